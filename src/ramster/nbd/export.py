@@ -1,0 +1,88 @@
+"""The interface between the NBD server and what it serves.
+
+The server speaks the protocol; an Export says what the bytes are. Every data
+method is a coroutine because some exports (RAMster's remote pages) must wait
+on the network without stopping the server from serving other requests.
+Offsets and lengths reaching an export are already checked against `size`.
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+# base:allocation flags (NBD proto.md)
+STATE_HOLE = 1
+STATE_ZERO = 2
+
+
+class ExportError(Exception):
+    """A request failed; `errno` is sent to the client (EIO, ENOSPC, ...)."""
+
+    def __init__(self, err: int, message: str = ""):
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+@dataclass
+class ExportCounters:
+    reads: int = 0
+    writes: int = 0
+    trims: int = 0
+    zeroes: int = 0
+    flushes: int = 0
+    caches: int = 0
+    block_status: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: int = 0
+
+
+class Export:
+    """Base class. Subclasses set the capability flags they honour."""
+
+    name: str = ""
+    description: str = ""
+    size: int = 0
+    read_only: bool = False
+    can_flush: bool = True
+    can_fua: bool = True
+    can_trim: bool = True
+    can_zero: bool = True
+    can_fast_zero: bool = False
+    can_cache: bool = True
+    # True only if every connection sees one shared state (proto.md: CAN_MULTI_CONN).
+    can_multi_conn: bool = True
+    # Block sizes advertised with NBD_INFO_BLOCK_SIZE.
+    min_block: int = 1
+    preferred_block: int = 4096
+    max_payload: int = 32 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.counters = ExportCounters()
+
+    async def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    async def write(self, offset: int, data: bytes | memoryview, fua: bool = False) -> None:
+        raise ExportError(errno.EPERM)
+
+    async def flush(self) -> None:
+        return None
+
+    async def trim(self, offset: int, length: int, fua: bool = False) -> None:
+        return None
+
+    async def zero(self, offset: int, length: int, fua: bool = False, fast: bool = False) -> None:
+        """Write zeroes. With `fast`, raise ExportError(ENOTSUP) unless it is cheap."""
+        raise ExportError(errno.ENOTSUP)
+
+    async def cache(self, offset: int, length: int) -> None:
+        return None
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Extents (length, flags) covering at least the first byte of the range."""
+        return [(length, 0)]
+
+    async def close(self) -> None:
+        """Flush what must be durable; called once at server shutdown."""
+        await self.flush()
