@@ -1,0 +1,77 @@
+"""`ramster bench …`: the benchmark subcommands."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..cli import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark (engine, nbd)",
+        description="Benchmarks measure their baseline in the same run and report the ratio to it.",
+    )
+    bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
+    bsub.required = True
+    e = bsub.add_parser(
+        "engine",
+        help="Zcache put/get throughput vs the bare codec, metadata per page, density",
+        description="Puts every corpus page into a persistent pool and gets it back, for each compressor, "
+        "against a floor loop that only compresses into an arena and decompresses from it. Also fills a small "
+        "budget to measure Python metadata bytes per stored page and zbud density.",
+    )
+    e.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus)")
+    e.add_argument("--compressor", nargs="+", metavar="NAME", help="compressors to run (default: all: lz4 lzo zstd zlib)")
+    e.add_argument("--pages", type=int, metavar="N", help="use at most N pages of each file")
+    e.add_argument("--repeat", type=int, default=3, metavar="R", help="timed runs; the best is kept (default 3)")
+    e.add_argument("--cpu", type=int, metavar="N", help="CPU to pin to (default: the last one)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(func=_engine)
+    try:
+        from . import nbd  # noqa: F401  (built by the node issue)
+    except ImportError:
+        return
+    nbd.add_parser(bsub)
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from . import engine
+    from .corpus import corpus_files
+
+    if args.repeat < 1:
+        raise UserError("--repeat must be at least 1")
+    if args.pages is not None and args.pages < 1:
+        raise UserError("--pages must be at least 1")
+    try:
+        files = corpus_files(args.corpus)
+        pinning = engine.pin_to_cpu(args.cpu)
+        names = args.compressor or list(engine.NAMES)
+        for nm in names:
+            engine.get_codec(nm)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    console = Console(stderr=True)
+    total = len(files) * len(names)
+    with Progress(console=console, transient=True, disable=args.json and not sys.stderr.isatty()) as prog:
+        task = prog.add_task("bench engine", total=total)
+        results = engine.run([str(f) for f in files], names, args.pages, args.repeat, lambda: prog.advance(task))
+    if args.json:
+        print(json.dumps(engine.as_json(results, pinning), indent=2))
+        return 0
+    t = Table(title=f"ramster bench engine — {pinning}")
+    for col in ("corpus", "codec", "pages", "floor put/s", "put/s", "put ratio", "floor get/s", "get/s", "get ratio",
+                "meta B/page", "zpages/frame", "density", "rejected"):
+        t.add_column(col, justify="left" if col in ("corpus", "codec") else "right")
+    for r in results:
+        t.add_row(r.corpus, r.compressor, str(r.pages), f"{r.floor_put_pps:,.0f}", f"{r.put_pps:,.0f}", f"{r.put_ratio:.2f}",
+                  f"{r.floor_get_pps:,.0f}", f"{r.get_pps:,.0f}", f"{r.get_ratio:.2f}", f"{r.metadata_bytes_per_page:.1f}",
+                  f"{r.zpages_per_frame:.2f}", f"{r.density:.2f}", str(r.rejected_pages))
+    Console().print(t)
+    return 0

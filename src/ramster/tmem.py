@@ -1,0 +1,238 @@
+"""tmem: the transcendent-memory index (SPEC §1–2). It knows nothing of bytes.
+
+clients → pools (16 per client) → objects (oid) → index → pampd. A pampd is an
+opaque non-zero int that only the backend's pamops interpret; tmem stores it,
+hands it back, and tells the backend when to free it.
+
+An object is a dict {index >> 6: leaf}; a leaf is an array of 64 pampd slots
+plus its count of slots in use (the seed's objnode with `slots_in_use`). One
+leaf per 64 consecutive indices keeps dense objects (swap offsets, file pages)
+at about 9 bytes of index per page, where a dict entry and an int per page
+would cost ten times that. The seed's 256 hash buckets per pool only spread
+lock contention; this index is single-threaded, so one dict per pool does.
+"""
+from __future__ import annotations
+
+from array import array
+from typing import Protocol
+
+LOCAL_CLIENT = 0xFFFF
+MAX_CLIENTS = 16
+MAX_POOLS_PER_CLIENT = 16
+OBJNODE_SHIFT = 6
+OBJNODE_SLOTS = 1 << OBJNODE_SHIFT
+OBJNODE_MASK = OBJNODE_SLOTS - 1
+_COUNT = OBJNODE_SLOTS  # leaf[64]: slots in use
+# 32-bit slots: pampds are node ids < 2**30 shifted left once, or small negatives
+_EMPTY_LEAF = array("i", bytes(4 * (OBJNODE_SLOTS + 1)))
+OID_LIMIT = 1 << 192
+INDEX_LIMIT = 1 << 32
+
+
+class TmemError(Exception):
+    """An unknown pool, or no pool id left."""
+
+
+class Pamops(Protocol):
+    """What tmem needs from a backend (the seed's pamops)."""
+
+    def create_finish(self, pampd: int, pool: "Pool") -> None: ...
+    def get_data(self, pampd: int, pool: "Pool") -> bytes | None: ...
+    def get_data_and_free(self, pampd: int, pool: "Pool") -> bytes | None: ...
+    def free(self, pampd: int, pool: "Pool", oid: int | None, index: int) -> None: ...
+    # RAMster adds new_obj/free_obj/is_remote/repatriate/replace_in_obj through
+    # the same object; plain zcache leaves free_obj as a no-op.
+    def free_obj(self, pool: "Pool", oid: int, pool_destroy: bool) -> None: ...
+
+
+class Pool:
+    __slots__ = ("client_id", "pool_id", "persistent", "shared", "objs")
+
+    def __init__(self, client_id: int, pool_id: int, persistent: bool, shared: bool = False):
+        self.client_id = client_id
+        self.pool_id = pool_id
+        self.persistent = persistent
+        self.shared = shared
+        self.objs: dict[int, dict[int, array]] = {}
+
+    def __repr__(self) -> str:
+        kind = "persistent" if self.persistent else "ephemeral"
+        return f"<Pool {self.client_id:#x}/{self.pool_id} {kind} objs={len(self.objs)}>"
+
+
+class Tmem:
+    def __init__(self, pamops: Pamops):
+        self.pamops = pamops
+        # client_id -> [Pool | None] * 16
+        self.clients: dict[int, list[Pool | None]] = {LOCAL_CLIENT: [None] * MAX_POOLS_PER_CLIENT}
+        self.obj_count = 0
+        self.obj_count_max = 0
+        self.objnode_count = 0
+        self.objnode_count_max = 0
+
+    # ---- pools ------------------------------------------------------------------
+
+    def new_pool(self, client_id: int, persistent: bool, shared: bool = False, pool_id: int | None = None) -> Pool | None:
+        """Create a pool in the first free slot (or in `pool_id`); None when all 16 are used."""
+        pools = self.clients.get(client_id)
+        if pools is None:
+            if client_id != LOCAL_CLIENT and not 0 <= client_id < MAX_CLIENTS:
+                raise TmemError(f"client id {client_id} out of range")
+            pools = self.clients[client_id] = [None] * MAX_POOLS_PER_CLIENT
+        if pool_id is None:
+            try:
+                pool_id = pools.index(None)
+            except ValueError:
+                return None
+        elif pools[pool_id] is not None:
+            return None
+        pool = pools[pool_id] = Pool(client_id, pool_id, persistent, shared)
+        return pool
+
+    def get_pool(self, client_id: int, pool_id: int) -> Pool | None:
+        pools = self.clients.get(client_id)
+        if pools is None or not 0 <= pool_id < MAX_POOLS_PER_CLIENT:
+            return None
+        return pools[pool_id]
+
+    def pools(self) -> list[Pool]:
+        return [p for pools in self.clients.values() for p in pools if p is not None]
+
+    def destroy_pool(self, pool: Pool) -> bool:
+        pools = self.clients.get(pool.client_id)
+        if pools is None or pools[pool.pool_id] is not pool:
+            return False
+        pools[pool.pool_id] = None
+        for oid in list(pool.objs):
+            self._destroy_obj(pool, oid, pool_destroy=True)
+        return True
+
+    # ---- pages -------------------------------------------------------------------
+
+    def put(self, pool: Pool, oid: int, index: int, pampd: int) -> None:
+        """Link pampd under the handle; a duplicate put frees the old pampd."""
+        obj = pool.objs.get(oid)
+        if obj is None:
+            obj = pool.objs[oid] = {}
+            self.obj_count += 1
+            if self.obj_count > self.obj_count_max:
+                self.obj_count_max = self.obj_count
+        leaf = obj.get(index >> OBJNODE_SHIFT)
+        if leaf is None:
+            leaf = obj[index >> OBJNODE_SHIFT] = _EMPTY_LEAF[:]
+            self.objnode_count += 1
+            if self.objnode_count > self.objnode_count_max:
+                self.objnode_count_max = self.objnode_count
+        slot = index & OBJNODE_MASK
+        old = leaf[slot]
+        leaf[slot] = pampd
+        if old:
+            self.pamops.free(old, pool, oid, index)
+        else:
+            leaf[_COUNT] += 1
+        self.pamops.create_finish(pampd, pool)
+
+    def lookup(self, pool: Pool, oid: int, index: int) -> int:
+        """The pampd under the handle, or 0."""
+        obj = pool.objs.get(oid)
+        if obj is None:
+            return 0
+        leaf = obj.get(index >> OBJNODE_SHIFT)
+        if leaf is None:
+            return 0
+        return leaf[index & OBJNODE_MASK]
+
+    def get(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
+        obj = pool.objs.get(oid)
+        if obj is None:
+            return None
+        leaf = obj.get(index >> OBJNODE_SHIFT)
+        if leaf is None:
+            return None
+        slot = index & OBJNODE_MASK
+        p = leaf[slot]
+        if not p:
+            return None
+        if free:
+            leaf[slot] = 0
+            leaf[_COUNT] -= 1
+            if not leaf[_COUNT]:
+                self._drop_leaf(pool, obj, oid, index)
+            return self.pamops.get_data_and_free(p, pool)
+        return self.pamops.get_data(p, pool)
+
+    def delete(self, pool: Pool, oid: int, index: int) -> int:
+        """Unlink and return the pampd under the handle without freeing it (0 if none)."""
+        obj = pool.objs.get(oid)
+        if obj is None:
+            return 0
+        leaf = obj.get(index >> OBJNODE_SHIFT)
+        if leaf is None:
+            return 0
+        slot = index & OBJNODE_MASK
+        p = leaf[slot]
+        if p:
+            leaf[slot] = 0
+            leaf[_COUNT] -= 1
+            if not leaf[_COUNT]:
+                self._drop_leaf(pool, obj, oid, index)
+        return p
+
+    def flush_page(self, pool: Pool, oid: int, index: int) -> bool:
+        p = self.delete(pool, oid, index)
+        if not p:
+            return False
+        self.pamops.free(p, pool, oid, index)
+        return True
+
+    def replace(self, pool: Pool, oid: int, index: int, new: int) -> bool:
+        """Overwrite an existing slot in place (RAMster); the old pampd is freed as by a destroy."""
+        obj = pool.objs.get(oid)
+        leaf = obj.get(index >> OBJNODE_SHIFT) if obj is not None else None
+        if leaf is None or not leaf[index & OBJNODE_MASK]:
+            return False
+        old = leaf[index & OBJNODE_MASK]
+        leaf[index & OBJNODE_MASK] = new
+        self.pamops.free(old, pool, None, index)
+        return True
+
+    def flush_object(self, pool: Pool, oid: int) -> bool:
+        if oid not in pool.objs:
+            return False
+        self._destroy_obj(pool, oid, pool_destroy=False)
+        return True
+
+    def indexes(self, pool: Pool, oid: int) -> list[int]:
+        """Every index present in an object, ascending."""
+        obj = pool.objs.get(oid)
+        if obj is None:
+            return []
+        out = []
+        for key in sorted(obj):
+            leaf = obj[key]
+            base = key << OBJNODE_SHIFT
+            out.extend(base + i for i in range(OBJNODE_SLOTS) if leaf[i])
+        return out
+
+    # ---- internals -----------------------------------------------------------------
+
+    def _drop_leaf(self, pool: Pool, obj: dict, oid: int, index: int) -> None:
+        del obj[index >> OBJNODE_SHIFT]
+        self.objnode_count -= 1
+        if not obj:
+            del pool.objs[oid]
+            self.obj_count -= 1
+            self.pamops.free_obj(pool, oid, False)
+
+    def _destroy_obj(self, pool: Pool, oid: int, pool_destroy: bool) -> None:
+        obj = pool.objs.pop(oid)
+        self.obj_count -= 1
+        self.objnode_count -= len(obj)
+        free = self.pamops.free
+        for key, leaf in obj.items():
+            for slot in range(OBJNODE_SLOTS):
+                p = leaf[slot]
+                if p:
+                    # oid=None: an object-wide destroy (RAMster skips per-page remote flushes)
+                    free(p, pool, None, (key << OBJNODE_SHIFT) | slot)
+        self.pamops.free_obj(pool, oid, pool_destroy)
