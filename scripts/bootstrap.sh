@@ -5,7 +5,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian's own python3 (built with PGO and LTO) runs the engine's Python about 20%
+# faster than a plain source build, and python3-libnbd is built for it: prefer it.
+py=${PYTHON:-}
+if [[ -z $py ]]; then
+    if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        py=/usr/bin/python3
+    else
+        py=python3
+    fi
+fi
+
 debs=(liblzo2-dev nbdkit libnbd-bin python3-libnbd fio qemu-utils)
+if [[ $py == /usr/bin/python3 ]]; then
+    debs+=(python3-venv python3-dev)  # venv's ensurepip, and headers to build python-lzo
+fi
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,9 +34,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-py=${PYTHON:-python3}
+want=$("$py" -c 'import sys; print(sys.executable, sys.version)')
+if [[ -x .venv/bin/python ]] && [[ $(cat .venv/.interpreter 2>/dev/null) != "$want" ]]; then
+    rm -rf .venv  # made by another interpreter: rebuild
+fi
 if [[ ! -x .venv/bin/python ]]; then
     "$py" -m venv .venv
+    echo "$want" > .venv/.interpreter
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[test]"

@@ -35,17 +35,19 @@ class FrameArena:
         self._map = mmap.mmap(-1, self.reserve * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.buf = memoryview(self._map)
         self.budget = budget
-        self.in_use = 0
         self.high_water = 0  # frames below this have been handed out at least once
         self._freed = array("i")  # a stack: reuse warm frames first
         self.pageframes_alloced = 0
         self.pageframes_freed = 0
 
+    @property
+    def in_use(self) -> int:
+        return self.pageframes_alloced - self.pageframes_freed
+
     def alloc(self) -> int:
         """A free frame number, or -1 when the budget is used up."""
-        if self.in_use >= self.budget:
+        if self.pageframes_alloced - self.pageframes_freed >= self.budget:
             return -1
-        self.in_use += 1
         self.pageframes_alloced += 1
         if self._freed:
             return self._freed.pop()
@@ -54,10 +56,9 @@ class FrameArena:
         return f
 
     def free(self, frame: int) -> None:
-        self.in_use -= 1
         self.pageframes_freed += 1
         self._freed.append(frame)
-        if self.in_use >= self.budget:
+        if self.pageframes_alloced - self.pageframes_freed >= self.budget:
             self._release(frame)
 
     def set_budget(self, budget: int) -> None:

@@ -5,10 +5,11 @@ opaque non-zero int that only the backend's pamops interpret; tmem stores it,
 hands it back, and tells the backend when to free it.
 
 An object is a dict {index >> 6: leaf}; a leaf is an array of 64 pampd slots
-plus its count of slots in use (the seed's objnode with `slots_in_use`). One
-leaf per 64 consecutive indices keeps dense objects (swap offsets, file pages)
-at about 9 bytes of index per page, where a dict entry and an int per page
-would cost ten times that. The seed's 256 hash buckets per pool only spread
+(the seed's objnode). One leaf per 64 consecutive indices keeps dense objects
+(swap offsets, file pages) at about 5 bytes of index per page, where a dict
+entry and an int per page would cost ten times that. A leaf keeps no count of
+its slots in use: comparing it with an empty leaf when a slot is cleared is
+cheaper in CPython than keeping a count on every put. The seed's 256 hash buckets per pool only spread
 lock contention; this index is single-threaded, so one dict per pool does.
 """
 from __future__ import annotations
@@ -22,9 +23,8 @@ MAX_POOLS_PER_CLIENT = 16
 OBJNODE_SHIFT = 6
 OBJNODE_SLOTS = 1 << OBJNODE_SHIFT
 OBJNODE_MASK = OBJNODE_SLOTS - 1
-_COUNT = OBJNODE_SLOTS  # leaf[64]: slots in use
 # 32-bit slots: pampds are node ids < 2**30 shifted left once, or small negatives
-_EMPTY_LEAF = array("i", bytes(4 * (OBJNODE_SLOTS + 1)))
+_EMPTY_LEAF = array("i", bytes(4 * OBJNODE_SLOTS))
 OID_LIMIT = 1 << 192
 INDEX_LIMIT = 1 << 32
 
@@ -36,7 +36,6 @@ class TmemError(Exception):
 class Pamops(Protocol):
     """What tmem needs from a backend (the seed's pamops)."""
 
-    def create_finish(self, pampd: int, pool: "Pool") -> None: ...
     def get_data(self, pampd: int, pool: "Pool") -> bytes | None: ...
     def get_data_and_free(self, pampd: int, pool: "Pool") -> bytes | None: ...
     def free(self, pampd: int, pool: "Pool", oid: int | None, index: int) -> None: ...
@@ -46,12 +45,15 @@ class Pamops(Protocol):
 
 
 class Pool:
-    __slots__ = ("client_id", "pool_id", "persistent", "shared", "objs")
+    __slots__ = ("client_id", "pool_id", "persistent", "shared", "objs", "cls", "handle_tag")
 
     def __init__(self, client_id: int, pool_id: int, persistent: bool, shared: bool = False):
         self.client_id = client_id
         self.pool_id = pool_id
         self.persistent = persistent
+        self.cls = 1 if persistent else 0  # index of the class in per-class counters
+        # the handle's trailing u64 (index u32, pool_id u16, client_id u16), less the index
+        self.handle_tag = pool_id << 32 | client_id << 48
         self.shared = shared
         self.objs: dict[int, dict[int, array]] = {}
 
@@ -128,9 +130,10 @@ class Tmem:
         leaf[slot] = pampd
         if old:
             self.pamops.free(old, pool, oid, index)
-        else:
-            leaf[_COUNT] += 1
-        self.pamops.create_finish(pampd, pool)
+        # The seed's tmem_put ended with pamops.create_finish, which made the new
+        # zbud evictable again. Nothing can run between zbud's prep and this link
+        # here, so the synchronous put path pins nothing and there is nothing to
+        # finish; only reservations that wait for data (RAMster) pin a frame.
 
     def lookup(self, pool: Pool, oid: int, index: int) -> int:
         """The pampd under the handle, or 0."""
@@ -155,8 +158,7 @@ class Tmem:
             return None
         if free:
             leaf[slot] = 0
-            leaf[_COUNT] -= 1
-            if not leaf[_COUNT]:
+            if leaf == _EMPTY_LEAF:
                 self._drop_leaf(pool, obj, oid, index)
             return self.pamops.get_data_and_free(p, pool)
         return self.pamops.get_data(p, pool)
@@ -173,8 +175,7 @@ class Tmem:
         p = leaf[slot]
         if p:
             leaf[slot] = 0
-            leaf[_COUNT] -= 1
-            if not leaf[_COUNT]:
+            if leaf == _EMPTY_LEAF:
                 self._drop_leaf(pool, obj, oid, index)
         return p
 

@@ -11,9 +11,11 @@ tmem) is `n << 1 | budnum`, never 0. Per-page Python objects would cost more
 than the page's whole metadata budget.
 
 Lists, per class (EPH, PERS):
-- unbuddied[1..63]: doubly linked lists threaded through `bprev`/`bnext`, whose
-  first NSENTINELS nodes are the list heads, plus a bitmap of non-empty lists
-  so match_prep finds the best fit in O(1).
+- unbuddied[1..63]: one array per chunk count, used as a stack of the
+  zbudrefs of the frames' single zbuds (the seed's list_add + first-entry take
+  is LIFO too), with each frame's position in `ubpos` so removal from the
+  middle is O(1) by moving the last entry into the hole; plus a bitmap of
+  non-empty stacks so match_prep finds the best fit in O(1).
 - buddied: implicit. Nothing walks it, so a count is all it needs.
 - LRU: an append-only queue of node ids with a per-frame stamp; an entry is live
   only while `stamp[n]` names its position, so "move to the tail" is one append
@@ -22,6 +24,9 @@ Lists, per class (EPH, PERS):
 - zombie: a dict used as an ordered set (rare: remotify and writeback only).
 
 This allocator is single-threaded: the seed's try-locks become plain checks.
+Element access to an array costs CPython about twice a list's, so the put path
+touches as few of them as it can: class and state share one byte, and a free
+frame is all zeroes, so a new frame writes only what differs.
 """
 from __future__ import annotations
 
@@ -42,15 +47,23 @@ EPH, PERS = 0, 1
 CLASS_NAMES = ("eph", "pers")
 NSENTINELS = 2 * NCHUNKS  # unbuddied list heads: (class << 6) | nchunks
 
-# frame state bits
+# frame state byte: state bits, and the class in bit 3
 LIVE = 1
 ZOMBIE = 2
 DYING = 4
+CLASS_SHIFT = 3
 
 # oid (24 bytes, little-endian: oid[0] first), index u32, pool_id u16, client_id u16
 HANDLE = struct.Struct("<24sIHH")
-_pack_handle = HANDLE.pack_into
+# the same bytes written as oid + one u64 "tag" = index | pool_id << 32 | client_id << 48
+_pack_handle = struct.Struct("<24sQ").pack_into
+
+
 _unpack_handle = HANDLE.unpack_from
+
+
+def handle_tag(client_id: int, pool_id: int, index: int) -> int:
+    return index | pool_id << 32 | client_id << 48
 
 
 def nchunks(stored_size: int) -> int:
@@ -64,15 +77,14 @@ class Zbud:
         self.buf = buf
         self._base = NSENTINELS << PAGE_SHIFT  # byte offset of node n is (n << 12) - _base
         self.sizes = array("H")  # stored size of zbudref p is sizes[p]; 0 = empty slot
-        self.cls = bytearray()
-        self.state = bytearray()
+        self.state = bytearray()  # LIVE/ZOMBIE/DYING | class << CLASS_SHIFT; 0 = free
         self.unevictable = bytearray()
-        self.bprev = array("i")
-        self.bnext = array("i")
+        self.ubpos = array("i")  # position of a frame's zbudref in its unbuddied stack
         self.stamp = array("q")
         self.nodes = 0
         self._grow(NSENTINELS + nframes)
         self.bitmap = [0, 0]  # bit i set: unbuddied[i] of that class is not empty
+        self.ub = [[array("i") for _ in range(NCHUNKS)] for _ in (EPH, PERS)]
         self.lru = [array("i"), array("i")]
         self.lru_head = [0, 0]  # index of the first possibly-live entry
         self.lru_base = [0, 0]  # absolute position of lru[c][0]
@@ -85,8 +97,7 @@ class Zbud:
         self.freed_zpages = [0, 0]
         self.pageframes = [0, 0]
         self.evicted_pageframes = [0, 0]
-        self.unbuddied_count = [0, 0]
-        self.cumul_chunk_counts = [array("q", bytes(8 * NCHUNKS)), array("q", bytes(8 * NCHUNKS))]
+        self.cumul_zpages = [0, 0]
 
     # ---- sizing -------------------------------------------------------------
 
@@ -96,12 +107,9 @@ class Zbud:
             return
         start = self.nodes
         self.sizes.frombytes(bytes(4 * extra))
-        self.cls.extend(bytes(extra))
         self.state.extend(bytes(extra))
         self.unevictable.extend(bytes(extra))
-        # a node not on any bud list points at itself
-        self.bprev.extend(range(start, nodes))
-        self.bnext.extend(range(start, nodes))
+        self.ubpos.frombytes(bytes(4 * extra))
         self.stamp.frombytes(b"\xff" * (8 * extra))  # -1: not on an LRU
         self.nodes = nodes
 
@@ -118,48 +126,50 @@ class Zbud:
 
     # ---- unbuddied lists ----------------------------------------------------
 
-    def _ub_add(self, c: int, n: int, nch: int) -> None:
-        # list_add: new entries go to the head, and match_prep takes the head (LIFO, as the seed)
-        h = (c << CHUNK_SHIFT) | nch
-        bnext = self.bnext
-        x = bnext[h]
-        bnext[h] = n
-        self.bprev[n] = h
-        bnext[n] = x
-        self.bprev[x] = n
-        self.bitmap[c] |= 1 << nch
-        self.unbuddied_count[c] += 1
+    def cls(self, n: int) -> int:
+        return self.state[n] >> CLASS_SHIFT
 
-    def _ub_del(self, n: int) -> None:
-        bprev, bnext = self.bprev, self.bnext
-        p = bprev[n]
-        x = bnext[n]
-        bnext[p] = x
-        bprev[x] = p
-        if p == x:  # only the head is left
-            self.bitmap[p >> CHUNK_SHIFT] &= ~(1 << (p & MAX_CHUNK))
-        bprev[n] = n
-        bnext[n] = n
-        self.unbuddied_count[self.cls[n]] -= 1
+    def _ub_add(self, c: int, p: int, nch: int) -> None:
+        """Push zbudref p, the single zbud of its frame, on unbuddied[nch]."""
+        stack = self.ub[c][nch]
+        self.ubpos[p >> 1] = len(stack)
+        stack.append(p)
+        self.bitmap[c] |= 1 << nch
+
+    def _ub_del(self, n: int, nch: int) -> None:
+        c = self.state[n] >> CLASS_SHIFT
+        stack = self.ub[c][nch]
+        last = stack.pop()
+        if last >> 1 != n:
+            i = self.ubpos[n]
+            stack[i] = last
+            self.ubpos[last >> 1] = i
+        if not stack:
+            self.bitmap[c] ^= 1 << nch
+
+    def unbuddied_count(self, c: int) -> int:
+        return sum(map(len, self.ub[c]))
 
     # ---- LRU ------------------------------------------------------------------
 
     def _lru_add_tail(self, c: int, n: int) -> None:
         q = self.lru[c]
-        self.stamp[n] = self.lru_base[c] + len(q)
+        k = len(q)
+        self.stamp[n] = self.lru_base[c] + k
         q.append(n)
-        self._lru_maybe_compact(c, q)
+        if not k & 4095:
+            self._lru_maybe_compact(c, q)
 
     def _lru_maybe_compact(self, c: int, q: array) -> None:
-        # checked every 4096 appends: keeps dead entries below about half the queue
-        if not len(q) & 4095 and len(q) > 2 * self.pageframes[c] + 4096:
+        # called every 4096 appends: keeps dead entries below about half the queue
+        if len(q) > 2 * self.pageframes[c] + 4096:
             self._lru_compact(c)
 
     def _lru_compact(self, c: int) -> None:
         q = self.lru[c]
         base = self.lru_base[c]
-        stamp, state, cls = self.stamp, self.state, self.cls
-        live = array("i", (n for i, n in enumerate(q) if stamp[n] == base + i and cls[n] == c and state[n] == LIVE))
+        stamp, state, want = self.stamp, self.state, LIVE | c << CLASS_SHIFT
+        live = array("i", (n for i, n in enumerate(q) if stamp[n] == base + i and state[n] == want))
         newbase = base + len(q)  # positions are never reused, so old stamps stay stale
         for i, n in enumerate(live):
             stamp[n] = newbase + i
@@ -171,13 +181,14 @@ class Zbud:
         """Walk the LRU from the head; unlink and return the first evictable frame, or 0."""
         q = self.lru[c]
         base = self.lru_base[c]
-        stamp, state, cls, unevictable = self.stamp, self.state, self.cls, self.unevictable
+        stamp, state, unevictable = self.stamp, self.state, self.unevictable
+        want = LIVE | c << CLASS_SHIFT
         i = self.lru_head[c]
         head = i
         end = len(q)
         while i < end:
             n = q[i]
-            if stamp[n] == base + i and cls[n] == c and state[n] == LIVE:
+            if stamp[n] == base + i and state[n] == want:
                 if not unevictable[n]:
                     stamp[n] = -1
                     if i == head:
@@ -196,7 +207,8 @@ class Zbud:
         """Live frames of class c, LRU end first (for tests and tools)."""
         q = self.lru[c]
         base = self.lru_base[c]
-        return [n for i, n in enumerate(q) if self.stamp[n] == base + i and self.cls[n] == c and self.state[n] == LIVE]
+        want = LIVE | c << CLASS_SHIFT
+        return [n for i, n in enumerate(q) if self.stamp[n] == base + i and self.state[n] == want]
 
     # ---- data -----------------------------------------------------------------
 
@@ -233,69 +245,79 @@ class Zbud:
 
     # ---- create -----------------------------------------------------------------
 
-    def match_prep(self, c: int, stored: int, cdata, client_id: int, pool_id: int, oidb: bytes, index: int) -> int:
+    def match_prep(self, c: int, stored: int, cdata, oidb: bytes, tag: int) -> int:
         """Put a zbud of `stored` bytes (handle included) into a half-full frame; 0 if none fits.
 
         Best fit by fullness: unbuddied[64 - nchunks] first, i.e. the frames whose
-        zbud leaves exactly enough room, then ever emptier ones.
+        zbud leaves exactly enough room, then ever emptier ones. The handle written
+        in front is the oid bytes and `tag` (see handle_tag).
         """
         nch = (stored + CHUNK_SIZE - 1) >> CHUNK_SHIFT
         m = self.bitmap[c] & ((2 << (NCHUNKS - nch)) - 2)
         if not m:
             return 0
         i = m.bit_length() - 1
-        h = (c << CHUNK_SHIFT) | i
-        bnext = self.bnext
-        n = bnext[h]
-        x = bnext[n]
-        bnext[h] = x
-        self.bprev[x] = h
-        if x == h:
+        stack = self.ub[c][i]
+        p = stack.pop() ^ 1  # the empty slot of that frame
+        n = p >> 1
+        if not stack:
             self.bitmap[c] ^= 1 << i
-        self.unbuddied_count[c] -= 1
         # a frame goes to the LRU tail when its second zbud arrives (SPEC §3.4)
         q = self.lru[c]
-        self.stamp[n] = self.lru_base[c] + len(q)
+        k = len(q)
+        self.stamp[n] = self.lru_base[c] + k
         q.append(n)
-        if not len(q) & 4095:
+        if not k & 4095:
             self._lru_maybe_compact(c, q)
-        self.unevictable[n] += 1
         off = (n << PAGE_SHIFT) - self._base
-        p = n << 1
-        if self.sizes[p]:
-            p |= 1
-            off += PAGE_SIZE - ((stored + CHUNK_SIZE - 1) & -CHUNK_SIZE)
+        if p & 1:
+            off += PAGE_SIZE - (nch << CHUNK_SHIFT)
         self.sizes[p] = stored
-        if cdata is not None:
-            _pack_handle(self.buf, off, oidb, index, pool_id, client_id)
-            self.buf[off + HANDLE_SIZE : off + stored] = cdata
+        buf = self.buf
+        _pack_handle(buf, off, oidb, tag)
+        if cdata is not None:  # None: reserve the space only, the data comes later
+            buf[off + HANDLE_SIZE : off + stored] = cdata
         self.cumul_zbytes[c] += stored
-        self.cumul_chunk_counts[c][nch] += 1
+        self.cumul_zpages[c] += 1
         return p
 
-    def create_prep(self, c: int, frame: int, stored: int, cdata, client_id: int, pool_id: int, oidb: bytes, index: int) -> int:
+    def create_prep(self, c: int, frame: int, stored: int, cdata, oidb: bytes, tag: int) -> int:
         """Turn the empty arena frame `frame` into a zbud frame holding one zbud in slot 0."""
         if stored > MAX_SIZE:
             return 0
         n = frame + NSENTINELS
         if n >= self.nodes:
-            self._grow(n + 1)
-        self.sizes[n << 1] = stored
-        self.sizes[(n << 1) | 1] = 0
-        self.cls[n] = c
-        self.state[n] = LIVE
-        self.unevictable[n] = 1
+            self._grow(max(n + 1, 2 * self.nodes))
+        p = n << 1
+        # a free frame's sizes, state and pins are all zero (free_and_delist, finish_evict)
+        self.sizes[p] = stored
+        self.state[n] = LIVE | c << CLASS_SHIFT
+        # push on unbuddied[nchunks] (inlined: this is half of all puts)
         nch = (stored + CHUNK_SIZE - 1) >> CHUNK_SHIFT
-        self._ub_add(c, n, nch)
+        stack = self.ub[c][nch]
+        self.ubpos[n] = len(stack)
+        stack.append(p)
+        self.bitmap[c] |= 1 << nch
         self.pageframes[c] += 1
-        self._lru_add_tail(c, n)
+        q = self.lru[c]
+        k = len(q)
+        self.stamp[n] = self.lru_base[c] + k
+        q.append(n)
+        if not k & 4095:
+            self._lru_maybe_compact(c, q)
+        off = (n << PAGE_SHIFT) - self._base
+        buf = self.buf
+        _pack_handle(buf, off, oidb, tag)
         if cdata is not None:
-            off = (n << PAGE_SHIFT) - self._base
-            _pack_handle(self.buf, off, oidb, index, pool_id, client_id)
-            self.buf[off + HANDLE_SIZE : off + stored] = cdata
+            buf[off + HANDLE_SIZE : off + stored] = cdata
         self.cumul_zbytes[c] += stored
-        self.cumul_chunk_counts[c][nch] += 1
-        return n << 1
+        self.cumul_zpages[c] += 1
+        return p
+
+    def pin(self, p: int) -> None:
+        """Make the frame of zbudref p unevictable until `create_finish(p)`: for a zbud
+        reserved with cdata=None whose data arrives later (RAMster repatriation)."""
+        self.unevictable[p >> 1] += 1
 
     def create_finish(self, p: int) -> None:
         self.unevictable[p >> 1] -= 1
@@ -314,17 +336,17 @@ class Zbud:
         s = sizes[p]
         sizes[p] = 0
         other = sizes[p ^ 1]
-        c = self.cls[n]
+        c = st >> CLASS_SHIFT
         self.freed_zbytes[c] += s
         self.freed_zpages[c] += 1
         if other:
             if not st & ZOMBIE:  # a zombie stays off the bud lists until it is empty
-                self._ub_add(c, n, (other + CHUNK_SIZE - 1) >> CHUNK_SHIFT)
+                self._ub_add(c, p ^ 1, (other + CHUNK_SIZE - 1) >> CHUNK_SHIFT)
             return s
         if st & ZOMBIE:
             del self.zombies[c][n]
         else:
-            self._ub_del(n)
+            self._ub_del(n, (s + CHUNK_SIZE - 1) >> CHUNK_SHIFT)
             self.stamp[n] = -1
         self.state[n] = 0
         self.pageframes[c] -= 1
@@ -332,8 +354,9 @@ class Zbud:
 
     def _unlink_live(self, n: int) -> None:
         """Take a LIVE frame off its bud list (the LRU entry is already dead)."""
-        if not (self.sizes[n << 1] and self.sizes[(n << 1) | 1]):
-            self._ub_del(n)
+        s0, s1 = self.sizes[n << 1], self.sizes[(n << 1) | 1]
+        if not (s0 and s1):
+            self._ub_del(n, nchunks(s0 or s1))
 
     def _read_buds(self, n: int, with_data: bool) -> list[tuple]:
         out = []
@@ -356,7 +379,7 @@ class Zbud:
         if not n:
             return 0, [], 0, 0
         self._unlink_live(n)
-        self.state[n] = LIVE | DYING
+        self.state[n] |= DYING
         buds = self._read_buds(n, False)
         stored = self.sizes[n << 1] + self.sizes[(n << 1) | 1]
         self.freed_zbytes[EPH] += stored
@@ -383,18 +406,18 @@ class Zbud:
         if not n:
             return []
         self._unlink_live(n)
-        self.state[n] = LIVE | ZOMBIE
+        self.state[n] |= ZOMBIE
         self.zombies[c][n] = None
         return self._read_buds(n, with_data)
 
     def revive_zombie(self, n: int) -> None:
         """Put a zombie frame whose data could not leave back on its lists (LRU tail)."""
-        c = self.cls[n]
+        c = self.state[n] >> CLASS_SHIFT
         del self.zombies[c][n]
-        self.state[n] = LIVE
+        self.state[n] = LIVE | c << CLASS_SHIFT
         s0, s1 = self.sizes[n << 1], self.sizes[(n << 1) | 1]
         if not (s0 and s1):
-            self._ub_add(c, n, nchunks(s0 or s1))
+            self._ub_add(c, (n << 1) | (not s0), nchunks(s0 or s1))
         self._lru_add_tail(c, n)
 
     # ---- statistics -------------------------------------------------------------------
@@ -404,11 +427,11 @@ class Zbud:
         return self.cumul_zbytes[c] - self.freed_zbytes[c]
 
     def zpages(self, c: int) -> int:
-        return sum(self.cumul_chunk_counts[c]) - self.freed_zpages[c]
+        return self.cumul_zpages[c] - self.freed_zpages[c]
 
     def buddied_count(self, c: int) -> int:
         # the buddied list is implicit: every live frame that is neither unbuddied nor a zombie
-        return self.pageframes[c] - self.unbuddied_count[c] - len(self.zombies[c])
+        return self.pageframes[c] - self.unbuddied_count(c) - len(self.zombies[c])
 
     def stats(self) -> dict[str, int]:
         out = {}
@@ -416,11 +439,11 @@ class Zbud:
             out[f"{name}_zbytes"] = self.zbytes(c)
             out[f"{name}_cumul_zbytes"] = self.cumul_zbytes[c]
             out[f"{name}_zpages"] = self.zpages(c)
-            out[f"{name}_cumul_zpages"] = sum(self.cumul_chunk_counts[c])
+            out[f"{name}_cumul_zpages"] = self.cumul_zpages[c]
             out[f"{name}_pageframes"] = self.pageframes[c]
             out[f"{name}_evicted_pageframes"] = self.evicted_pageframes[c]
             out[f"{name}_buddied_count"] = self.buddied_count(c)
-            out[f"{name}_unbuddied_count"] = self.unbuddied_count[c]
+            out[f"{name}_unbuddied_count"] = self.unbuddied_count(c)
         # The seed exported only pers_zombie_count and counted eph zombies into it
         # by mistake; both are kept apart here.
         out["pers_zombie_count"] = len(self.zombies[PERS])
@@ -431,19 +454,18 @@ class Zbud:
 
     def check(self) -> None:
         """Assert the structural invariants over every frame and list."""
-        on_ub: dict[int, int] = {}
+        on_ub: dict[int, int] = {}  # node -> (class << 6) | nchunks of the stack it is on
         for c in (EPH, PERS):
             for i in range(1, NCHUNKS):
-                h = (c << CHUNK_SHIFT) | i
-                n = self.bnext[h]
-                count = 0
-                while n != h:
-                    assert n not in on_ub, f"node {n} on two bud lists"
-                    on_ub[n] = h
-                    assert self.bprev[self.bnext[n]] == n
-                    n = self.bnext[n]
-                    count += 1
-                assert bool(count) == bool(self.bitmap[c] & (1 << i)), f"bitmap wrong for class {c} list {i}"
+                stack = self.ub[c][i]
+                for pos, p in enumerate(stack):
+                    n = p >> 1
+                    assert self.sizes[p] and not self.sizes[p ^ 1], f"ref {p} is not the frame's single zbud"
+                    assert n not in on_ub, f"node {n} on two unbuddied stacks"
+                    assert self.ubpos[n] == pos, f"node {n} position wrong"
+                    on_ub[n] = (c << CHUNK_SHIFT) | i
+                assert bool(stack) == bool(self.bitmap[c] & (1 << i)), f"bitmap wrong for class {c} list {i}"
+            assert not self.ub[c][0] and not self.bitmap[c] & 1
         lru_live = {c: self.lru_frames(c) for c in (EPH, PERS)}
         for c in (EPH, PERS):
             assert len(set(lru_live[c])) == len(lru_live[c]), "frame twice on an LRU"
@@ -452,9 +474,9 @@ class Zbud:
             st = self.state[n]
             s0, s1 = self.sizes[n << 1], self.sizes[(n << 1) | 1]
             if not st:
-                assert s0 == 0 and s1 == 0 and n not in on_ub, f"free node {n} holds data or is listed"
+                assert s0 == 0 and s1 == 0 and not self.unevictable[n] and n not in on_ub, f"free node {n} not clean"
                 continue
-            c = self.cls[n]
+            c = st >> CLASS_SHIFT
             assert not st & DYING, "dying frame outside eviction"
             assert s0 or s1, f"live frame {n} is empty"
             assert nchunks(s0) + nchunks(s1) <= NCHUNKS, f"frame {n} overfull"
@@ -475,7 +497,7 @@ class Zbud:
         for c in (EPH, PERS):
             assert counts["pf"][c] == self.pageframes[c]
             assert counts["b"][c] == self.buddied_count(c)
-            assert counts["u"][c] == self.unbuddied_count[c]
+            assert counts["u"][c] == self.unbuddied_count(c)
             assert counts["zp"][c] == self.zpages(c)
             assert counts["zb"][c] == self.zbytes(c)
             assert len(lru_live[c]) + len(self.zombies[c]) == self.pageframes[c]

@@ -271,9 +271,10 @@ class Zcache:
         The seed's pampd_create is inlined: partial frame first, then a new
         frame, then ouroboros. This is the hottest path of the project.
         """
-        if page[:8] == page[-8:] and page == page[:8] * 512:
+        # first byte of the first and of the last word: a cheap filter before the full compare
+        if page[0] == page[4088] and page[:8] == page[-8:] and page == page[:8] * 512:
             return self._put_same_filled(pool, oid, index, page)
-        c = PERS if pool.persistent else EPH
+        c = pool.cls
         cdata = self._compress(page)
         clen = len(cdata)
         if c:
@@ -289,14 +290,15 @@ class Zcache:
             return self._put_failed(pool, oid, index, c)
         zbud = self.zbud
         oidb = oid.to_bytes(24, "little")
-        p = zbud.match_prep(c, clen + HANDLE_SIZE, cdata, pool.client_id, pool.pool_id, oidb, index)
+        tag = index | pool.handle_tag
+        p = zbud.match_prep(c, clen + HANDLE_SIZE, cdata, oidb, tag)
         if not p:
             f = self.arena.alloc()
             if f < 0:
                 f = self._ouroboros(c)
                 if f < 0:
                     return self._put_failed(pool, oid, index, c)
-            p = zbud.create_prep(c, f, clen + HANDLE_SIZE, cdata, pool.client_id, pool.pool_id, oidb, index)
+            p = zbud.create_prep(c, f, clen + HANDLE_SIZE, cdata, oidb, tag)
             if zbud.pageframes[c] > self.pageframes_max[c]:
                 self.pageframes_max[c] = zbud.pageframes[c]
         n = self.zpages[c] + 1
@@ -338,7 +340,7 @@ class Zcache:
 
     def _put_same_filled(self, pool: Pool, oid: int, index: int, page) -> bool:
         # zswap's same-filled pages and zcache 3.10's ZERO_FILLED: no frame, no zbud.
-        c = PERS if pool.persistent else EPH
+        c = pool.cls
         word = bytes(page[:8])
         if word == b"\0" * 8:
             p = ZERO_FILLED
@@ -437,10 +439,6 @@ class Zcache:
 
     # ---- pamops (called by tmem) ------------------------------------------------------------
 
-    def create_finish(self, p: int, pool: Pool) -> None:
-        if p > 0:
-            self.zbud.unevictable[p >> 1] -= 1
-
     def get_data(self, p: int, pool: Pool) -> bytes:
         if p > 0:
             data = self._decompress(self.zbud.payload(p))
@@ -457,7 +455,7 @@ class Zcache:
         return data
 
     def free(self, p: int, pool: Pool, oid: int | None, index: int) -> None:
-        c = PERS if pool.persistent else EPH
+        c = pool.cls
         if p > 0:
             s = self.zbud.free_and_delist(p)
             if not s:  # dying: the evictor accounts for it
@@ -503,12 +501,12 @@ class Zcache:
             assert self.pageframes_max[c] >= pf[c]
         specials = [0, 0]
         for pool in self.tmem.pools():
-            c = PERS if pool.persistent else EPH
+            c = pool.cls
             for obj in pool.objs.values():
                 assert obj, "empty object kept"
                 for leaf in obj.values():
-                    used = [x for x in leaf[:64] if x]
-                    assert used and len(used) == leaf[64], "leaf count wrong"
+                    used = [x for x in leaf if x]
+                    assert used and len(leaf) == 64, "empty leaf kept"
                     specials[c] += sum(1 for x in used if x < 0)
         for c in (EPH, PERS):
             assert self.zpages[c] == self.zbud.zpages(c) + specials[c]

@@ -10,9 +10,6 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def create_finish(self, p, pool):
-        self.calls.append(("finish", p))
-
     def get_data(self, p, pool):
         self.calls.append(("get", p))
         return f"data{p}"
@@ -33,11 +30,11 @@ def t():
     return Tmem(Recorder())
 
 
-def test_put_calls_create_finish_and_duplicate_frees_old(t):
+def test_duplicate_put_frees_old(t):
     pool = t.new_pool(LOCAL_CLIENT, True)
     t.put(pool, 1, 5, 10)
     t.put(pool, 1, 5, 12)
-    assert t.pamops.calls == [("finish", 10), ("free", 10, 1, 5), ("finish", 12)]
+    assert t.pamops.calls == [("free", 10, 1, 5)]
     assert t.lookup(pool, 1, 5) == 12
 
 

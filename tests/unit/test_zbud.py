@@ -15,6 +15,7 @@ from ramster.zbud import (
     PAGE_SIZE,
     PERS,
     Zbud,
+    handle_tag,
 )
 
 
@@ -32,16 +33,11 @@ def oidb(oid):
 
 
 def create(z, c, frame, payload, oid=1, index=0, pool=0, client=0xFFFF):
-    p = z.create_prep(c, frame, len(payload) + HANDLE_SIZE, payload, client, pool, oidb(oid), index)
-    z.create_finish(p)
-    return p
+    return z.create_prep(c, frame, len(payload) + HANDLE_SIZE, payload, oidb(oid), handle_tag(client, pool, index))
 
 
 def match(z, c, payload, oid=1, index=0, pool=0, client=0xFFFF):
-    p = z.match_prep(c, len(payload) + HANDLE_SIZE, payload, client, pool, oidb(oid), index)
-    if p:
-        z.create_finish(p)
-    return p
+    return z.match_prep(c, len(payload) + HANDLE_SIZE, payload, oidb(oid), handle_tag(client, pool, index))
 
 
 def test_constants_match_the_seed():
@@ -98,7 +94,7 @@ def test_same_list_is_lifo(zb):
 
 
 def test_create_rejects_oversized(zb):
-    assert zb.create_prep(EPH, 0, MAX_SIZE + 1, b"x" * (MAX_SIZE + 1 - 32), 0, 0, oidb(0), 0) == 0
+    assert zb.create_prep(EPH, 0, MAX_SIZE + 1, b"x" * (MAX_SIZE + 1 - 32), oidb(0), 0) == 0
 
 
 def test_lru_tail_on_create_and_second_zbud_not_on_free(zb):
@@ -119,8 +115,10 @@ def test_lru_tail_on_create_and_second_zbud_not_on_free(zb):
 
 def test_evict_takes_lru_frame_skips_unevictable_and_reports_handles(zb):
     create(zb, EPH, 0, b"a" * 100, oid=1, index=10)
-    p = zb.create_prep(EPH, 1, 132, b"b" * 100, 0xFFFF, 0, oidb(2), 20)  # half-created: unevictable
-    match(zb, EPH, b"c" * 100, oid=3, index=30)  # lands in frame 1 (LIFO), still unevictable
+    p = zb.create_prep(EPH, 1, 132, None, oidb(2), handle_tag(0xFFFF, 0, 20))  # a reservation waiting for data
+    zb.pin(p)
+    zb.copy_to_zbud(p, b"b" * 100)
+    match(zb, EPH, b"c" * 100, oid=3, index=30)  # lands in frame 1 (LIFO), still pinned
     n, buds, stored, zpages = zb.evict_pageframe_lru()
     assert n - NSENTINELS == 0 and zpages == 1 and stored == 132
     assert [(b[2], b[3], b[4]) for b in buds] == [(0, 1, 10)]
@@ -180,11 +178,9 @@ def test_stats_names_and_counts(zb):
 def test_lru_queue_compacts_under_churn():
     arena = FrameArena(4, 4)
     z = Zbud(arena.buf, 4)
-    p = z.create_prep(EPH, 0, 132, b"a" * 100, 0, 0, oidb(1), 0)
-    z.create_finish(p)
+    p = z.create_prep(EPH, 0, 132, b"a" * 100, oidb(1), 0)
     for i in range(20000):  # match and free the same frame again and again
-        q = z.match_prep(EPH, 132, b"b" * 100, 0, 0, oidb(1), 1)
-        z.create_finish(q)
+        q = z.match_prep(EPH, 132, b"b" * 100, oidb(1), 1)
         z.free_and_delist(q)
     assert len(z.lru[EPH]) < 10000
     assert z.lru_frames(EPH) == [p >> 1]

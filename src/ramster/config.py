@@ -1,0 +1,339 @@
+"""Node configuration: one TOML file (the same on every node) merged with flags.
+
+    [node]
+    memory = "512M"                     # bytes or K/M/G/T, KiB/MiB/GiB/TiB
+    compressor = "lz4"
+    listen = ["127.0.0.1:10809", "unix:/run/ramster.sock"]
+    metrics = "127.0.0.1:9105"          # "off" disables the HTTP endpoint
+    log_level = "info"
+
+    [[node.export]]
+    name = "swap"
+    kind = "swap"                       # swap | cache
+    size = "2G"
+    backing = "/var/tmp/ramster.swap"   # optional for swap, required for cache
+
+Flags override the file; a list given by flags (listen, export) replaces the
+file's list rather than adding to it, so a command line always says exactly
+what is served. Tables other than [node] belong to other parts of ramster
+(cluster, remotify) and are left alone here; inside [node] every key is
+checked so that a typo is an error rather than a silently ignored setting.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import compress
+from .frames import MAX_FRAMES
+
+PAGE_SIZE = 4096
+KINDS = ("swap", "cache")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_LISTEN = "127.0.0.1:10809"
+DEFAULT_METRICS = "127.0.0.1:9105"
+DEFAULT_MEMORY_CAP = 1 << 30
+# Frontswap takes one pool for every swap export; each cache export takes one of its own.
+MAX_CACHE_EXPORTS = 15
+# The longest export name NBD clients must accept (proto.md: SHOULD <= 256 bytes).
+MAX_NAME_BYTES = 256
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
+_NODE_KEYS = ("memory", "compressor", "listen", "metrics", "log_level", "export")
+_EXPORT_KEYS = ("name", "kind", "size", "backing")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message is one line meant for the user."""
+
+
+def parse_size(value, what: str = "size") -> int:
+    """Bytes from an int or a string such as "4096", "64K", "1M", "2GiB" (binary units)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid {what} {value!r}: expected bytes or a size like 64M, 1G, 2GiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"invalid {what} {value}: must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value)
+        # a bare "B"/"iB" without a unit letter ("4096iB") is not a size
+        if m and not (m.group(3) and m.group(3).lower() == "ib" and not m.group(2)):
+            return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    raise ConfigError(f"invalid {what} {value!r}: expected bytes or a size like 64M, 1G, 2GiB")
+
+
+def format_size(n: int) -> str:
+    """Bytes as the largest binary unit that keeps it readable: 1.5 GiB, 64.0 KiB, 512 B."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} B"
+
+
+def check_address(address: str, what: str = "listen address") -> str:
+    """A 'HOST:PORT', '[IPV6]:PORT' or (for NBD) 'unix:PATH' address, returned unchanged."""
+    if not isinstance(address, str) or not address:
+        raise ConfigError(f"invalid {what} {address!r}: expected HOST:PORT or unix:PATH")
+    if address.startswith("unix:"):
+        if what != "listen address":
+            raise ConfigError(f"invalid {what} {address!r}: expected HOST:PORT")
+        path = address[5:]
+        if not path or "\0" in path:
+            raise ConfigError(f"invalid {what} {address!r}: empty socket path")
+        # sun_path holds 108 bytes including the terminating NUL
+        if len(os.fsencode(path)) > 107:
+            raise ConfigError(f"invalid {what} {address!r}: socket path longer than 107 bytes")
+        return address
+    split_address(address, what)
+    return address
+
+
+def split_address(address: str, what: str = "address") -> tuple[str, int]:
+    """'HOST:PORT' or '[IPV6]:PORT' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"invalid {what} {address!r}: expected HOST:PORT (e.g. 127.0.0.1:10809) or unix:PATH"
+                          if what == "listen address" else
+                          f"invalid {what} {address!r}: expected HOST:PORT (e.g. 127.0.0.1:9105)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"invalid {what} {address!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ConfigError(f"invalid {what} {address!r}: put IPv6 addresses in brackets, e.g. [::1]:10809")
+    elif not re.fullmatch(r"[A-Za-z0-9.\-*]+", host):
+        raise ConfigError(f"invalid {what} {address!r}: bad host name {host!r}")
+    return host, int(port)
+
+
+def default_memory() -> int:
+    """1 GiB or a quarter of the RAM, whichever is smaller, in whole pages."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # pragma: no cover - every Linux has both
+        ram = 4 * DEFAULT_MEMORY_CAP
+    return max(PAGE_SIZE, min(DEFAULT_MEMORY_CAP, ram // 4) // PAGE_SIZE * PAGE_SIZE)
+
+
+@dataclass
+class ExportConfig:
+    name: str
+    kind: str
+    size: int
+    backing: Path | None = None
+
+    def spec(self) -> str:
+        """The --export form of this export."""
+        s = f"{self.name}:{self.kind}:{self.size}"
+        return f"{s}:{self.backing}" if self.backing is not None else s
+
+
+@dataclass
+class NodeConfig:
+    memory: int
+    compressor: str = compress.DEFAULT
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    metrics: str | None = DEFAULT_METRICS  # None: no metrics endpoint
+    log_level: str = "info"
+    exports: list[ExportConfig] = field(default_factory=list)
+    source: Path | None = None  # the TOML file it came from, if any
+
+    @property
+    def max_pageframes(self) -> int:
+        return self.memory // PAGE_SIZE
+
+
+def parse_export_spec(spec: str) -> ExportConfig:
+    """NAME:KIND:SIZE[:BACKING] (the backing path may itself contain colons)."""
+    parts = spec.split(":", 3)
+    if len(parts) < 3 or not all(parts[:3]):
+        raise ConfigError(f"invalid --export {spec!r}: expected NAME:KIND:SIZE[:BACKING], e.g. swap:swap:2G")
+    name, kind, size = parts[:3]
+    backing = parts[3] if len(parts) == 4 else None
+    if backing == "":
+        raise ConfigError(f"invalid --export {spec!r}: empty backing path")
+    return ExportConfig(name, kind.lower(), parse_size(size, f"size of export {name!r}"),
+                        Path(backing) if backing is not None else None)
+
+
+def load_file(path: str | os.PathLike) -> dict:
+    """The [node] table of a TOML file ({} if it has none); other tables are ignored."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    node = doc.get("node", {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"config file {path}: 'node' must be a table ([node])")
+    unknown = sorted(set(node) - set(_NODE_KEYS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r} in [node] "
+                          f"(known: {', '.join(_NODE_KEYS)})")
+    return node
+
+
+def _file_exports(node: dict, base: Path, path: Path) -> list[ExportConfig]:
+    tables = node.get("export", [])
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"config file {path}: exports must be [[node.export]] tables")
+    out = []
+    for i, t in enumerate(tables, 1):
+        where = f"config file {path}: [[node.export]] #{i}"
+        unknown = sorted(set(t) - set(_EXPORT_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(_EXPORT_KEYS)})")
+        for key in ("name", "kind", "size"):
+            if key not in t:
+                raise ConfigError(f"{where}: missing {key!r}")
+        name, kind, backing = t["name"], t["kind"], t.get("backing")
+        if not isinstance(name, str) or not isinstance(kind, str):
+            raise ConfigError(f"{where}: name and kind must be strings")
+        if backing is not None and (not isinstance(backing, str) or not backing):
+            raise ConfigError(f"{where}: backing must be a non-empty path string")
+        # relative paths in a file mean "beside the file", wherever ramster is started from
+        bpath = None if backing is None else base / Path(backing).expanduser()
+        out.append(ExportConfig(name, kind.lower(), parse_size(t["size"], f"size of export {name!r}"), bpath))
+    return out
+
+
+def build(
+    config_file: str | os.PathLike | None = None,
+    *,
+    memory=None,
+    compressor: str | None = None,
+    listen: list[str] | None = None,
+    exports: list[str] | None = None,
+    metrics: str | None = None,
+    log_level: str | None = None,
+) -> NodeConfig:
+    """The defaults, overridden by the file, overridden by flags; validated."""
+    node: dict = {}
+    src = None
+    file_exports: list[ExportConfig] = []
+    if config_file is not None:
+        src = Path(config_file)
+        node = load_file(src)
+        file_exports = _file_exports(node, src.resolve().parent, src)
+
+    def pick(flag, key):
+        return flag if flag is not None else node.get(key)
+
+    mem = pick(memory, "memory")
+    mem = default_memory() if mem is None else parse_size(mem, "memory")
+    cfg = NodeConfig(memory=mem, source=src)
+
+    comp = pick(compressor, "compressor")
+    if comp is not None:
+        if not isinstance(comp, str):
+            raise ConfigError(f"invalid compressor {comp!r}: expected a name")
+        cfg.compressor = comp.lower()
+
+    lst = listen if listen else node.get("listen")
+    if lst is not None:
+        if isinstance(lst, str):
+            lst = [lst]
+        if not isinstance(lst, list) or not all(isinstance(a, str) for a in lst):
+            raise ConfigError("invalid listen: expected a list of addresses like \"127.0.0.1:10809\"")
+        cfg.listen = list(lst)
+
+    met = pick(metrics, "metrics")
+    if met is not None:
+        if not isinstance(met, str):
+            raise ConfigError(f"invalid metrics address {met!r}: expected HOST:PORT or \"off\"")
+        cfg.metrics = None if met.strip().lower() in ("off", "none", "") else met
+
+    lvl = pick(log_level, "log_level")
+    if lvl is not None:
+        if not isinstance(lvl, str):
+            raise ConfigError(f"invalid log level {lvl!r}")
+        cfg.log_level = lvl.lower()
+
+    if exports:
+        cfg.exports = [parse_export_spec(s) for s in exports]
+    elif file_exports:
+        cfg.exports = file_exports
+    else:
+        cfg.exports = [ExportConfig("swap", "swap", 2 * cfg.memory)]
+
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: NodeConfig) -> None:
+    """Raise ConfigError (one line) for the first mistake found."""
+    if cfg.memory % PAGE_SIZE or cfg.memory <= 0:
+        raise ConfigError(f"memory {cfg.memory} is not a positive multiple of {PAGE_SIZE} bytes")
+    if cfg.memory // PAGE_SIZE > MAX_FRAMES:
+        raise ConfigError(f"memory {format_size(cfg.memory)} is more than one node can hold "
+                          f"(at most {format_size(MAX_FRAMES * PAGE_SIZE)})")
+    if cfg.compressor not in compress.NAMES:
+        raise ConfigError(f"unknown compressor {cfg.compressor!r}; choose one of: {', '.join(compress.NAMES)}")
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"unknown log level {cfg.log_level!r}; choose one of: {', '.join(LOG_LEVELS)}")
+    if not cfg.listen:
+        raise ConfigError("nothing to listen on: give at least one --listen address")
+    for a in cfg.listen:
+        check_address(a)
+    if len(set(cfg.listen)) != len(cfg.listen):
+        raise ConfigError("the same listen address is given twice")
+    if cfg.metrics is not None:
+        check_address(cfg.metrics, "metrics address")
+    if not cfg.exports:
+        raise ConfigError("no exports: give at least one --export NAME:KIND:SIZE[:BACKING]")
+    seen = set()
+    for e in cfg.exports:
+        validate_export(e)
+        if e.name in seen:
+            raise ConfigError(f"duplicate export name {e.name!r}")
+        seen.add(e.name)
+    if sum(e.kind == "cache" for e in cfg.exports) > MAX_CACHE_EXPORTS:
+        raise ConfigError(f"too many cache exports: at most {MAX_CACHE_EXPORTS} (one tmem pool each)")
+    backings = [e.backing.resolve() for e in cfg.exports if e.backing is not None]
+    if len(set(backings)) != len(backings):
+        raise ConfigError("two exports use the same backing file")
+
+
+def validate_export(e: ExportConfig) -> None:
+    if not e.name or "\0" in e.name or len(e.name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"invalid export name {e.name!r}: 1 to {MAX_NAME_BYTES} bytes, no NUL")
+    if e.kind not in KINDS:
+        raise ConfigError(f"export {e.name!r}: unknown kind {e.kind!r}; choose swap or cache")
+    if e.size <= 0 or e.size % PAGE_SIZE:
+        raise ConfigError(f"export {e.name!r}: size {e.size} is not a positive multiple of {PAGE_SIZE}")
+    if e.kind == "cache" and e.backing is None:
+        raise ConfigError(f"export {e.name!r}: a cache export needs a backing file (NAME:cache:SIZE:PATH)")
+    if e.backing is not None:
+        check_backing(e.name, e.backing)
+
+
+def check_backing(name: str, path: Path) -> None:
+    """The backing file must be a readable, writable regular file, or creatable."""
+    if path.exists():
+        if path.is_dir():
+            raise ConfigError(f"export {name!r}: backing file {path} is a directory")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"export {name!r}: backing file {path} is not readable and writable")
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"export {name!r}: backing file {path} cannot be created: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"export {name!r}: backing file {path} cannot be created: {parent} is not writable")

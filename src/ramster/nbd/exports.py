@@ -1,0 +1,535 @@
+"""The node's NBD exports: a swap device over frontswap and a cached disk over cleancache.
+
+Both work in 4 KiB pages. Requests that do not cover whole pages are
+read-modify-write on the partial pages at either end. Everything here runs
+on the node's one event loop and touches zcache synchronously (no await
+between looking at a page and changing it), so requests never see each
+other's half-done pages. Only fsync leaves the loop, for a thread: it may
+take long and the loop must keep serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from dataclasses import dataclass
+
+from ..frontends.cleancache import Cleancache
+from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap
+from ..writeback import BackingFile
+from ..zcache import ZERO_FILLED
+from .export import STATE_HOLE, STATE_ZERO, Export, ExportCounters, ExportError
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+PAGE_MASK = PAGE_SIZE - 1
+ZERO_PAGE = bytes(PAGE_SIZE)
+# Pages looked at by one BLOCK_STATUS call; the reply may cover less than asked (proto.md).
+STATUS_SCAN_PAGES = 8192
+# Pages invalidated between two yields to the loop during a long TRIM/WRITE_ZEROES.
+YIELD_EVERY = 16384
+_HOLE = STATE_HOLE | STATE_ZERO
+# cleancache indexes are 32-bit: page p of a cache export is (inode p >> 32, index p & 0xFFFFFFFF)
+_CC_SHIFT = 32
+_CC_MASK = (1 << _CC_SHIFT) - 1
+
+log = logging.getLogger("ramster.exports")
+
+
+@dataclass
+class SwapCounters(ExportCounters):
+    backing_writes: int = 0  # pages that went to the backing file because tmem refused them
+    backing_reads: int = 0  # pages read from the backing file
+    failed_writes: int = 0  # pages neither tmem nor a backing file took (now "lost")
+
+
+@dataclass
+class CacheCounters(ExportCounters):
+    cache_hits: int = 0  # pages read from memory
+    cache_misses: int = 0  # pages read from the backing file (and then cached)
+
+
+async def _fsync(backing: BackingFile) -> None:
+    if backing.dirty:
+        await asyncio.get_running_loop().run_in_executor(None, backing.fsync)
+
+
+def _err(counters: ExportCounters, err: int, message: str) -> ExportError:
+    counters.errors += 1
+    return ExportError(err, message)
+
+
+class SwapExport(Export):
+    """A swap device: frontswap stores into the node's persistent pool, one swap type per export.
+
+    Reads do not take pages out of tmem (the node's Frontswap has
+    exclusive_gets=False). The kernel's exclusive gets rely on frontswap's
+    per-slot bit and on re-dirtying the page so it is stored again on the next
+    swap-out; a block device has neither: its client may read a block any
+    number of times and expects it to stay. An exclusive get followed by a
+    re-store would cost a compression per read and could fail under pressure,
+    losing the only copy. Pages leave memory when the client says they are
+    dead: the kernel discards freed swap slots (`swapon --discard=pages`)
+    and the discard arrives here as TRIM.
+
+    Without a backing file, a page whose store failed is recorded as lost:
+    reads of it fail with EIO until it is written or trimmed again, so stale
+    or zero data is never passed off as current. With one, failed stores and
+    the ouroboros writeback put the page in the file at its offset; the file
+    is then the copy of record whenever tmem has none.
+    """
+
+    can_fast_zero = True
+
+    def __init__(self, name: str, size: int, frontswap: Frontswap, swap_type: int,
+                 backing: BackingFile | None = None, description: str = ""):
+        super().__init__()
+        self.counters = SwapCounters()
+        self.name = name
+        self.size = size
+        self.description = description or f"ramster swap ({'with' if backing else 'no'} backing file)"
+        self.kind = "swap"
+        self.frontswap = frontswap
+        self.swap_type = swap_type
+        self.backing = backing
+        self.lost: set[int] = set()
+        frontswap.init(swap_type)
+        self._zc = frontswap.zc
+        self._pool = frontswap.zc.pool(frontswap.pool_id)
+        self._type_bits = swap_type << SWIZ_BITS
+        self._write_back_errors = 0
+
+    # ---- one page -------------------------------------------------------------------
+
+    def _page(self, p: int):
+        """The current contents of page p, or None if it was lost."""
+        page = self.frontswap.load(self.swap_type, p)
+        if page is not None:
+            return page
+        if p in self.lost:
+            return None
+        if self.backing is not None:
+            self.counters.backing_reads += 1
+            return self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE)
+        return ZERO_PAGE
+
+    def _read_page(self, p: int):
+        page = self._page(p)
+        if page is None:
+            raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed")
+        return page
+
+    def _store(self, p: int, page) -> bool:
+        """Store one whole page; False if nothing took it (the page is then lost)."""
+        if self.frontswap.store(self.swap_type, p, page):
+            if self.lost:
+                self.lost.discard(p)
+            return True
+        # The failed store flushed any older tmem copy, so the file (or "lost") is now the truth.
+        if self.backing is not None:
+            try:
+                self.backing.pwrite(p << PAGE_SHIFT, page)
+            except OSError as e:
+                log.error("%s: writing page %d to %s failed: %s", self.name, p, self.backing.path, e)
+            else:
+                self.counters.backing_writes += 1
+                if self.lost:
+                    self.lost.discard(p)
+                return True
+        self.lost.add(p)
+        self.counters.failed_writes += 1
+        return False
+
+    def write_back(self, p: int, page) -> bool:
+        """The writeback sink's hook: put an evicted page into the file at its offset."""
+        try:
+            self.backing.pwrite(p << PAGE_SHIFT, page)
+        except OSError as e:
+            self._write_back_errors += 1
+            if self._write_back_errors == 1:
+                log.error("%s: writeback to %s failed, keeping pages in memory: %s", self.name, self.backing.path, e)
+            return False
+        return True
+
+    # ---- requests ---------------------------------------------------------------------
+
+    async def read(self, offset: int, length: int):
+        if length == PAGE_SIZE and not offset & PAGE_MASK:
+            return self._read_page(offset >> PAGE_SHIFT)
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        start = offset & PAGE_MASK
+        if first == last:
+            return self._read_page(first)[start:start + length]
+        buf = bytearray((last - first + 1) << PAGE_SHIFT)
+        load = self.frontswap.load
+        swap_type = self.swap_type
+        lost = self.lost
+        backing = self.backing
+        run = -1  # first page of a run of pages to read from the file
+        for p in range(first, last + 1):
+            page = load(swap_type, p)
+            if page is not None:
+                if run >= 0:
+                    self._read_run(buf, first, run, p)
+                    run = -1
+                i = (p - first) << PAGE_SHIFT
+                buf[i:i + PAGE_SIZE] = page
+            elif p in lost:
+                raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed")
+            elif backing is not None and run < 0:
+                run = p
+        if run >= 0:
+            self._read_run(buf, first, run, last + 1)
+        if start == 0 and len(buf) == length:
+            return buf
+        return memoryview(buf)[start:start + length]
+
+    def _read_run(self, buf: bytearray, first: int, p: int, stop: int) -> None:
+        self.counters.backing_reads += stop - p
+        i = (p - first) << PAGE_SHIFT
+        self.backing.preadinto(memoryview(buf)[i:(stop - first) << PAGE_SHIFT], p << PAGE_SHIFT)
+
+    async def write(self, offset: int, data, fua: bool = False) -> None:
+        length = len(data)
+        if length == PAGE_SIZE and not offset & PAGE_MASK:
+            if type(data) is not bytes:
+                data = bytes(data)
+            if not self._store(offset >> PAGE_SHIFT, data):
+                raise _err(self.counters, errno.ENOSPC, "no memory left for the page and no backing file")
+        else:
+            self._write_span(offset, data)
+        if fua and self.backing is not None:
+            await _fsync(self.backing)
+
+    def _write_span(self, offset: int, data) -> None:
+        # zcache takes pages as bytes: slicing bytes copies once, a view is copied explicitly
+        mv = data if type(data) is bytes else memoryview(data)
+        failed = 0
+        end = offset + len(mv)
+        p = offset >> PAGE_SHIFT
+        pos = 0
+        while offset < end:
+            s = offset & PAGE_MASK
+            n = min(PAGE_SIZE - s, end - offset)
+            if n == PAGE_SIZE:
+                ok = self._store(p, bytes(mv[pos:pos + PAGE_SIZE]))
+            else:
+                old = self._page(p)
+                if old is None:
+                    # the rest of a lost page is unknown, so the page cannot be completed
+                    failed = failed or errno.EIO
+                    ok = True
+                else:
+                    page = bytearray(old)
+                    page[s:s + n] = mv[pos:pos + n]
+                    ok = self._store(p, bytes(page))
+            if not ok:
+                failed = errno.ENOSPC
+            offset += n
+            pos += n
+            p += 1
+        if failed:
+            raise _err(self.counters, failed,
+                       "no memory left for the data and no backing file" if failed == errno.ENOSPC
+                       else "a partial write hit a page that was lost")
+
+    async def trim(self, offset: int, length: int, fua: bool = False) -> None:
+        # Only whole pages can be dropped; the contents of the rest are the client's to forget.
+        first = (offset + PAGE_MASK) >> PAGE_SHIFT
+        stop = (offset + length) >> PAGE_SHIFT
+        if offset + length == self.size:
+            stop = (self.size + PAGE_MASK) >> PAGE_SHIFT
+        if first < stop:
+            await self._drop(first, stop)
+        if fua and self.backing is not None:
+            await _fsync(self.backing)
+
+    async def zero(self, offset: int, length: int, fua: bool = False, fast: bool = False) -> None:
+        end = offset + length
+        first = (offset + PAGE_MASK) >> PAGE_SHIFT
+        stop = end >> PAGE_SHIFT
+        if first >= stop:  # within one page, or straddling two without covering either
+            self._write_span(offset, bytes(length))
+        else:
+            if offset < first << PAGE_SHIFT:
+                self._write_span(offset, bytes((first << PAGE_SHIFT) - offset))
+            if end > stop << PAGE_SHIFT:
+                self._write_span(stop << PAGE_SHIFT, bytes(end - (stop << PAGE_SHIFT)))
+            # a dropped page reads as zeros: from the file's new hole, or from nothing
+            await self._drop(first, stop)
+        if fua and self.backing is not None:
+            await _fsync(self.backing)
+
+    async def _drop(self, first: int, stop: int) -> None:
+        fs = self.frontswap
+        npages = (self.size + PAGE_MASK) >> PAGE_SHIFT
+        if first == 0 and stop >= npages:
+            # the whole device (swapon --discard, blkdiscard): drop the type's 256 objects at once
+            fs.invalidate_area(self.swap_type)
+            fs.init(self.swap_type)
+            self.lost.clear()
+        else:
+            invalidate = fs.invalidate_page
+            swap_type = self.swap_type
+            for chunk in range(first, stop, YIELD_EVERY):
+                for p in range(chunk, min(chunk + YIELD_EVERY, stop)):
+                    invalidate(swap_type, p)
+                if chunk + YIELD_EVERY < stop:
+                    await asyncio.sleep(0)  # a long discard must not stall the other clients
+            lost = self.lost
+            if lost:
+                if len(lost) < stop - first:
+                    self.lost = {x for x in lost if not first <= x < stop}
+                else:
+                    for p in range(first, stop):
+                        lost.discard(p)
+        if self.backing is not None:
+            self.backing.punch_hole(first << PAGE_SHIFT, min(stop << PAGE_SHIFT, self.size) - (first << PAGE_SHIFT))
+
+    async def cache(self, offset: int, length: int) -> None:
+        return None  # every page already is in memory or in the file
+
+    async def flush(self) -> None:
+        if self.backing is not None:
+            await _fsync(self.backing)
+
+    async def close(self) -> None:
+        if self.backing is not None and self.backing.dirty:
+            self.backing.fsync()
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        end = min(offset + length, self.size)
+        first = offset >> PAGE_SHIFT
+        stop = min(((end - 1) >> PAGE_SHIFT) + 1, first + STATUS_SCAN_PAGES)
+        lookup = self._zc.tmem.lookup
+        pool = self._pool
+        type_bits = self._type_bits
+        lost = self.lost
+        runs = self.backing.data_runs(first << PAGE_SHIFT, stop << PAGE_SHIFT) if self.backing else None
+        run_stop = -1
+        run_state = _HOLE
+        extents: list[list[int]] = []
+        for p in range(first, stop):
+            pd = lookup(pool, type_bits | (p & SWIZ_MASK), p >> SWIZ_BITS)
+            if pd:
+                st = STATE_ZERO if pd == ZERO_FILLED else 0
+            elif lost and p in lost:
+                st = 0  # reads fail: not a hole a client may skip
+            elif runs is not None:
+                while (p << PAGE_SHIFT) >= run_stop:
+                    _, run_stop, is_data = next(runs)
+                    run_state = 0 if is_data else _HOLE
+                st = run_state
+            else:
+                st = _HOLE
+            if extents and extents[-1][1] == st:
+                extents[-1][0] += PAGE_SIZE
+            else:
+                extents.append([PAGE_SIZE, st])
+        extents[0][0] -= offset & PAGE_MASK
+        return [(n, st) for n, st in extents]
+
+    def gauges(self) -> dict[str, int]:
+        """Current values the metrics show beside the counters."""
+        return {"lost_pages": len(self.lost)}
+
+
+class CacheExport(Export):
+    """A disk image behind a cleancache pool: reads are cached, writes go through to the file.
+
+    Memory only ever holds clean copies of what the file says, so the cache can
+    lose any page at any time (ephemeral frames are the first to be eaten
+    when swap exports need room) without losing data.
+    """
+
+    def __init__(self, name: str, size: int, cleancache: Cleancache, backing: BackingFile, description: str = ""):
+        super().__init__()
+        self.counters = CacheCounters()
+        self.name = name
+        self.size = size
+        self.description = description or f"ramster cache over {backing.path}"
+        self.kind = "cache"
+        self.cleancache = cleancache
+        self.backing = backing
+        self.can_fast_zero = backing.punch_supported
+        self.fsid = cleancache.init_fs()
+
+    # ---- pages in memory ---------------------------------------------------------------
+
+    def _cached(self, p: int):
+        """The cached copy of page p, kept cached, or None."""
+        cc = self.cleancache
+        page = cc.get_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
+        if page is not None:
+            # Cleancache gets are exclusive; a block device must keep serving
+            # hits, so the page goes back in, which also makes it the most
+            # recently used frame (the LRU then evicts cold pages first).
+            cc.put_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK, page)
+        return page
+
+    def _fill(self, p: int, page) -> None:
+        if type(page) is not bytes:  # zcache takes pages as bytes
+            page = bytes(page)
+        self.cleancache.put_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK, page)
+
+    def _forget(self, p: int) -> None:
+        self.cleancache.invalidate_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
+
+    # ---- requests ----------------------------------------------------------------------
+
+    async def read(self, offset: int, length: int):
+        first = offset >> PAGE_SHIFT
+        last = (offset + length - 1) >> PAGE_SHIFT
+        counters = self.counters
+        if first == last:
+            page = self._cached(first)
+            if page is None:
+                counters.cache_misses += 1
+                page = self.backing.pread(first << PAGE_SHIFT, PAGE_SIZE)
+                self._fill(first, page)
+            else:
+                counters.cache_hits += 1
+            if length == PAGE_SIZE:
+                return page
+            s = offset & PAGE_MASK
+            return page[s:s + length]
+        buf = bytearray((last - first + 1) << PAGE_SHIFT)
+        mv = memoryview(buf)
+        run = -1
+        for p in range(first, last + 2):
+            page = self._cached(p) if p <= last else None
+            if page is not None:
+                counters.cache_hits += 1
+                i = (p - first) << PAGE_SHIFT
+                buf[i:i + PAGE_SIZE] = page
+            if (page is not None or p > last) and run >= 0:
+                self._read_run(mv, first, run, p)
+                run = -1
+            elif page is None and run < 0 and p <= last:
+                run = p
+        s = offset & PAGE_MASK
+        if s == 0 and len(buf) == length:
+            return buf
+        return mv[s:s + length]
+
+    def _read_run(self, mv: memoryview, first: int, p: int, stop: int) -> None:
+        i = (p - first) << PAGE_SHIFT
+        self.backing.preadinto(mv[i:(stop - first) << PAGE_SHIFT], p << PAGE_SHIFT)
+        self.counters.cache_misses += stop - p
+        for q in range(p, stop):
+            j = (q - first) << PAGE_SHIFT
+            self._fill(q, mv[j:j + PAGE_SIZE])
+
+    async def write(self, offset: int, data, fua: bool = False) -> None:
+        try:
+            self.backing.pwrite(offset, data)
+        except OSError as e:
+            # the file may hold part of the write now; cached copies of it would be stale
+            self._forget_span(offset, offset + len(data))
+            raise _err(self.counters, errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO,
+                       f"writing {self.backing.path}: {e.strerror}") from None
+        mv = memoryview(data)
+        end = offset + len(mv)
+        p = offset >> PAGE_SHIFT
+        pos = 0
+        while offset < end:
+            s = offset & PAGE_MASK
+            n = min(PAGE_SIZE - s, end - offset)
+            if n == PAGE_SIZE:
+                self._fill(p, mv[pos:pos + PAGE_SIZE])
+            else:
+                old = self.cleancache.get_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
+                if old is not None:
+                    page = bytearray(old)
+                    page[s:s + n] = mv[pos:pos + n]
+                    self._fill(p, page)
+            offset += n
+            pos += n
+            p += 1
+        if fua:
+            await _fsync(self.backing)
+
+    def _forget_span(self, offset: int, end: int) -> None:
+        for p in range(offset >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+            self._forget(p)
+
+    async def trim(self, offset: int, length: int, fua: bool = False) -> None:
+        first = (offset + PAGE_MASK) >> PAGE_SHIFT
+        stop = (offset + length) >> PAGE_SHIFT
+        if offset + length == self.size:
+            stop = (self.size + PAGE_MASK) >> PAGE_SHIFT
+        if first < stop:
+            await self._drop(first, stop)
+        if fua:
+            await _fsync(self.backing)
+
+    async def zero(self, offset: int, length: int, fua: bool = False, fast: bool = False) -> None:
+        if fast and not self.backing.punch_supported:
+            raise ExportError(errno.ENOTSUP, "zeroing would write every byte")
+        end = offset + length
+        first = (offset + PAGE_MASK) >> PAGE_SHIFT
+        stop = end >> PAGE_SHIFT
+        if end == self.size:
+            stop = (self.size + PAGE_MASK) >> PAGE_SHIFT
+        if first >= stop:
+            await self.write(offset, bytes(length))
+        else:
+            if offset < first << PAGE_SHIFT:
+                await self.write(offset, bytes((first << PAGE_SHIFT) - offset))
+            if end > stop << PAGE_SHIFT:
+                await self.write(stop << PAGE_SHIFT, bytes(end - (stop << PAGE_SHIFT)))
+            await self._drop(first, stop)
+        if fua:
+            await _fsync(self.backing)
+
+    async def _drop(self, first: int, stop: int) -> None:
+        """Pages [first, stop) become a hole in the file and leave memory."""
+        try:
+            self.backing.punch_hole(first << PAGE_SHIFT, min(stop << PAGE_SHIFT, self.size) - (first << PAGE_SHIFT))
+        except OSError as e:
+            raise _err(self.counters, errno.EIO, f"punching a hole in {self.backing.path}: {e.strerror}") from None
+        npages = (self.size + PAGE_MASK) >> PAGE_SHIFT
+        cc = self.cleancache
+        if first == 0 and stop >= npages:
+            cc.invalidate_fs(self.fsid)
+            self.fsid = cc.init_fs()
+            return
+        for chunk in range(first, stop, YIELD_EVERY):
+            for p in range(chunk, min(chunk + YIELD_EVERY, stop)):
+                self._forget(p)
+            if chunk + YIELD_EVERY < stop:
+                await asyncio.sleep(0)
+
+    async def cache(self, offset: int, length: int) -> None:
+        """Prefetch: bring pages that are not in memory into the cache."""
+        zc = self.cleancache.zc
+        lookup = zc.tmem.lookup
+        first = offset >> PAGE_SHIFT
+        # more than twice the budget would only evict what this very request brought in
+        stop = min(((offset + length - 1) >> PAGE_SHIFT) + 1, first + 2 * zc.max_pageframes)
+        for p in range(first, stop):
+            if not lookup(zc.pool(self.fsid), p >> _CC_SHIFT, p & _CC_MASK):
+                self._fill(p, self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE))
+            if not (p - first + 1) % 1024:
+                await asyncio.sleep(0)  # the pool may be replaced meanwhile: looked up per page
+
+    async def flush(self) -> None:
+        await _fsync(self.backing)
+
+    async def close(self) -> None:
+        if self.backing.dirty:
+            self.backing.fsync()
+
+    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
+        # memory holds only copies of the file, so the file alone says where data is
+        end = min(offset + length, self.size)
+        out = []
+        for start, stop, is_data in self.backing.data_runs(offset, end):
+            out.append((stop - start, 0 if is_data else _HOLE))
+            if len(out) >= 1024:
+                break
+        return out
+
+    def gauges(self) -> dict[str, int]:
+        return {}

@@ -1,0 +1,228 @@
+"""One ramster node: a Zcache served as NBD exports, with metrics, on one asyncio loop.
+
+    cfg = ramster.config.build(memory="256M")
+    sys.exit(run(cfg))
+
+All exports share one Zcache and so one budget: swap exports store into
+frontswap's persistent pool, cache exports into a cleancache pool each, and
+a persistent put may eat an ephemeral frame but never the reverse. A swap
+export with a backing file takes the LRU persistent frames when the budget
+runs short (the writeback sink).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from . import __version__
+from .config import DEFAULT_METRICS, PAGE_SIZE, ConfigError, NodeConfig, format_size, split_address
+from .frontends import Cleancache, Frontswap
+from .nbd.export import Export
+from .nbd.exports import CacheExport, SwapExport
+from .writeback import BackingFile, SwapWriteback
+from .zcache import Zcache
+
+log = logging.getLogger("ramster.node")
+
+
+class Node:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.started = time.time()
+        try:
+            self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor)
+        except ValueError as err:  # e.g. the compressor's library is not installed, or memory > the arena
+            raise ConfigError(str(err)) from None
+        # Non-exclusive: an NBD client may read a swap block any number of times (see SwapExport).
+        self.frontswap = Frontswap(self.zc, exclusive_gets=False)
+        self.cleancache = Cleancache(self.zc)
+        self.writeback = SwapWriteback(self.frontswap)
+        self.exports: dict[str, Export] = {}
+        self._files: list[BackingFile] = []
+        self.server = None
+        self.metrics = None
+        self.addresses: list[str] = []
+        try:
+            for number, e in enumerate(config.exports):
+                backing = self._open_backing(e) if e.backing is not None else None
+                if e.kind == "swap":
+                    # the swap type is the export's number, as a kernel numbers its swap devices
+                    exp = SwapExport(e.name, e.size, self.frontswap, number, backing)
+                    self.writeback.register(number, exp)
+                else:
+                    exp = CacheExport(e.name, e.size, self.cleancache, backing)
+                self.exports[e.name] = exp
+        except BaseException:
+            self._close_files()
+            raise
+        self.zc.writeback_sink = self.writeback
+
+    def _open_backing(self, e) -> BackingFile:
+        try:
+            f = BackingFile(e.backing, e.size)
+        except OSError as err:
+            raise ConfigError(f"export {e.name!r}: cannot use backing file {e.backing}: "
+                              f"{err.strerror or err}") from None
+        self._files.append(f)
+        return f
+
+    def _close_files(self) -> None:
+        for f in self._files:
+            try:
+                f.close()
+            except OSError as err:
+                log.error("closing %s failed: %s", f.path, err)
+        self._files.clear()
+
+    # ---- counters --------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        counters = self.zc.stats()
+        counters.update(self.frontswap.stats())
+        counters.update(self.cleancache.stats())
+        exports = {}
+        for name, e in self.exports.items():
+            c = e.counters
+            exports[name] = {
+                "kind": e.kind,
+                "size": e.size,
+                "backing": e.backing.path if e.backing is not None else None,
+                "counters": dict(c.__dict__),
+                "gauges": e.gauges(),
+            }
+        return {
+            "node": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_seconds": round(time.time() - self.started, 3),
+                "memory": self.config.memory,
+                "compressor": self.config.compressor,
+                "page_size": PAGE_SIZE,
+                "listen": list(self.addresses),
+                "metrics": self.metrics.address if self.metrics is not None else None,
+            },
+            "counters": counters,
+            "exports": exports,
+        }
+
+    # ---- running ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every socket; ConfigError (one line) when one cannot be bound."""
+        from .nbd.server import NbdServer
+
+        # metrics first: a port in use there then fails before any NBD client could connect
+        if self.config.metrics is not None:
+            from .metrics import MetricsServer
+
+            host, port = split_address(self.config.metrics, "metrics address")
+            metrics = MetricsServer(self.stats)
+            try:
+                await metrics.start(None if host in ("*", "") else host, port)
+            except OSError as err:
+                raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {_oserror_text(err)}") from None
+            self.metrics = metrics
+        self.server = NbdServer(self.exports, default_export=next(iter(self.exports)))
+        try:
+            await self.server.start(self.config.listen)
+        except (OSError, ValueError) as err:
+            await self.server.stop(timeout=0, close_exports=False)
+            if self.metrics is not None:
+                await self.metrics.stop()
+            raise ConfigError(f"cannot listen: {_oserror_text(err)}") from None
+        self.addresses = list(self.server.addresses)
+        if self.metrics is not None:
+            log.info("metrics on http://%s/metrics", self.metrics.address)
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, fsync and close the backing files."""
+        if self.server is not None:
+            await self.server.stop()  # also closes (fsyncs) every export
+        if self.metrics is not None:
+            await self.metrics.stop()
+        for f in self._files:
+            log.info("closing %s", f.path)
+        self._close_files()  # fsyncs what is still dirty
+        self.zc.writeback_sink = None
+
+    async def serve(self, out=sys.stdout) -> int:
+        """Start, print how to connect, run until SIGINT/SIGTERM, stop. Returns the exit status."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        caught: list[str] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            caught.append(sig.name)
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.start()
+            log.info("node started: %s memory, %s, %d export(s)", format_size(self.config.memory),
+                     self.config.compressor, len(self.exports))
+            print(self.banner(), file=out, flush=True)
+            await stop.wait()
+            log.info("%s received: stopping", caught[0])
+            await self.stop()
+            log.info("node stopped")
+            return 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            self._close_files()
+
+    def banner(self) -> str:
+        lines = [f"ramster node {__version__}: {format_size(self.config.memory)} of memory "
+                 f"({self.config.compressor}), {len(self.exports)} export(s)"]
+        first = self.addresses[0] if self.addresses else self.config.listen[0]
+        for name, e in self.exports.items():
+            backing = f", backing {e.backing.path}" if e.backing is not None else ""
+            lines.append(f"  {name}: {e.kind}, {format_size(e.size)}{backing}")
+            lines.append(f"    nbdinfo {nbd_uri(first, name)}")
+            if e.kind == "swap" and not first.startswith("unix:"):
+                host, port = split_address(first)
+                lines.append(f"    swap: nbd-client -N {name} {host} {port} /dev/nbd0 && mkswap /dev/nbd0 "
+                             f"&& swapon /dev/nbd0")
+        for a in self.addresses[1:]:
+            lines.append(f"  also listening on {a}")
+        if self.metrics is not None:
+            stats = "ramster stats" if self.metrics.address == DEFAULT_METRICS else \
+                f"ramster stats --url http://{self.metrics.address}"
+            lines.append(f"  metrics: http://{self.metrics.address}/metrics   stats: {stats}")
+        return "\n".join(lines)
+
+
+def nbd_uri(address: str, export: str) -> str:
+    """The NBD URI (as libnbd, qemu and nbdkit spell it) of an export at a listen address."""
+    if address.startswith("unix:"):
+        return f"'nbd+unix:///{export}?socket={address[5:]}'"
+    host, port = address.rsplit(":", 1)
+    if host in ("", "*", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host in ("[::]",):
+        host = "[::1]"
+    return f"nbd://{host}:{port}/{export}"
+
+
+def _oserror_text(err: Exception) -> str:
+    # asyncio puts the address and the reason in strerror; "[Errno 98]" adds nothing for a user
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def run(config: NodeConfig) -> int:
+    """Run a node in this process until a signal stops it."""
+    setup_logging(config.log_level)
+    node = Node(config)
+    return asyncio.run(node.serve())

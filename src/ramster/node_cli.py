@@ -1,0 +1,89 @@
+"""`ramster node`: run a node (compressed memory served as NBD swap and cache exports)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import compress
+from .config import DEFAULT_LISTEN, DEFAULT_METRICS, LOG_LEVELS, ConfigError, build
+
+DESCRIPTION = """\
+Run a ramster node: one process holding a compressed-memory budget (zcache +
+zbud) and serving it as Network Block Device exports, so that nbd-client +
+swapon, QEMU, nbdcopy, fio or any NBD client can use it.
+
+With no arguments it serves one export "swap" (kind swap, twice the memory)
+on 127.0.0.1:10809 with metrics on 127.0.0.1:9105, using 1 GiB of memory or a
+quarter of the RAM, whichever is smaller. It prints how to connect, and runs
+until SIGINT or SIGTERM (in-flight requests finish, backing files are synced).
+
+Export kinds:
+  swap   frontswap over the shared budget. Pages that do not fit go to the
+         optional BACKING file (the "swap disk"), as do the coldest pages when
+         memory runs short. Without one, a write that does not fit fails with
+         ENOSPC and that page reads as EIO until written again or trimmed.
+  cache  a disk image (BACKING, required) with a cleancache of its pages in
+         memory: reads are cached, writes go through to the file.
+A BACKING file is created (sparse) if missing and grown to SIZE if shorter;
+it is never shrunk.
+"""
+
+EPILOG = """\
+sizes: bytes, or with a K, M, G, T suffix (KiB, MiB, ... also accepted; all binary).
+addresses: HOST:PORT, [IPV6]:PORT, or unix:PATH for NBD.
+flags override the config file; --listen and --export replace its lists.
+
+examples:
+  ramster node
+  ramster node --memory 2G --export swap:swap:8G:/var/tmp/ramster.swap
+  ramster node --listen unix:/run/ramster.sock --export disk:cache:20G:disk.img --metrics off
+  ramster node --config /etc/ramster.toml --log-level debug
+
+config file (TOML):
+  [node]
+  memory = "1G"
+  listen = ["127.0.0.1:10809"]
+  [[node.export]]
+  name = "swap"
+  kind = "swap"
+  size = "4G"
+  backing = "/var/tmp/ramster.swap"
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("node", help="run a node serving NBD swap/cache exports",
+                       description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file with a [node] table (other tables, e.g. [cluster], are ignored here)")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="memory budget for compressed pages, a multiple of 4096 (default: min(1G, RAM/4))")
+    p.add_argument("--compressor", metavar="NAME",
+                   help=f"page compressor: {', '.join(compress.NAMES)} (default: {compress.DEFAULT})")
+    p.add_argument("--listen", action="append", metavar="ADDR",
+                   help=f"NBD address, HOST:PORT or unix:PATH; repeat for several (default: {DEFAULT_LISTEN})")
+    p.add_argument("--export", action="append", metavar="NAME:KIND:SIZE[:BACKING]", dest="exports",
+                   help="an export; KIND is swap or cache, SIZE a multiple of 4096, BACKING a file "
+                        "(optional for swap, required for cache); repeat for several "
+                        "(default: swap:swap:<2 x memory>)")
+    p.add_argument("--metrics", metavar="ADDR",
+                   help=f"HTTP address for /metrics and /stats, or \"off\" (default: {DEFAULT_METRICS})")
+    p.add_argument("--log-level", metavar="LEVEL", type=str.lower,
+                   help=f"one of {', '.join(LOG_LEVELS)} (default: info)")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from .node import run
+
+    try:
+        cfg = build(args.config, memory=args.memory, compressor=args.compressor, listen=args.listen,
+                    exports=args.exports, metrics=args.metrics, log_level=args.log_level)
+        return run(cfg)
+    except ConfigError as e:
+        # printed here rather than raised as cli.UserError: under `python -m ramster.cli` that
+        # module runs as __main__, so its UserError is not the class this module would import
+        print(f"ramster node: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,198 @@
+"""`ramster stats`: a running node's counters, summarised like zramctl."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from .config import DEFAULT_METRICS, format_size
+
+DEFAULT_URL = f"http://{DEFAULT_METRICS}"
+PAGE_SIZE = 4096
+TIMEOUT = 5.0
+
+
+class NodeUnreachable(Exception):
+    pass
+
+
+def fetch(url: str) -> dict:
+    """The node's /stats document; NodeUnreachable (one line) if there is no node there."""
+    base = url.rstrip("/")
+    if base.endswith("/stats") or base.endswith("/metrics"):
+        base = base.rsplit("/", 1)[0]
+    if "://" not in base:
+        base = "http://" + base
+    target = base + "/stats"
+    try:
+        with urllib.request.urlopen(target, timeout=TIMEOUT) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        raise NodeUnreachable(f"{target} answered {e.code} {e.reason}: is that a ramster node?") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise NodeUnreachable(f"no ramster node answering at {base} ({reason}); "
+                              f"start one with `ramster node` or pass --url") from None
+    except ValueError:
+        raise NodeUnreachable(f"{target} did not return JSON: is that a ramster node?") from None
+
+
+def summary(stats: dict) -> dict:
+    """The zramctl-like figures, in bytes and counts."""
+    c = stats.get("counters", {})
+    g = c.get
+    eph_pages, pers_pages = g("zcache.eph_zpages", 0), g("zcache.pers_zpages", 0)
+    eph_frames, pers_frames = g("zcache.eph_pageframes", 0), g("zcache.pers_pageframes", 0)
+    original = (eph_pages + pers_pages) * PAGE_SIZE
+    compressed = g("zcache.eph_zbytes", 0) + g("zcache.pers_zbytes", 0)
+    used = (eph_frames + pers_frames) * PAGE_SIZE
+    return {
+        "original": original,
+        "compressed": compressed,
+        "memory_used": used,
+        "memory_limit": g("zcache.max_pageframes", 0) * PAGE_SIZE,
+        "ratio": original / used if used else 0.0,
+        "compress_ratio": original / compressed if compressed else 0.0,
+        "eph_pageframes": eph_frames,
+        "pers_pageframes": pers_frames,
+        "eph_zpages": eph_pages,
+        "pers_zpages": pers_pages,
+        "zero_filled_pages": g("zcache.zero_filled_pages", 0),
+        "same_filled_pages": g("zcache.same_filled_pages", 0),
+        "evicted_eph_pageframes": g("zcache.evicted_eph_pageframes", 0),
+        "evicted_eph_zpages": g("zcache.evicted_eph_zpages", 0),
+        "writtenback_pages": g("zcache.writtenback_pages", 0),
+        "outstanding_writeback_pages": g("zcache.outstanding_writeback_pages", 0),
+        "compress_poor": g("zcache.compress_poor", 0),
+        "mean_compress_poor": g("zcache.mean_compress_poor", 0),
+        "failed_eph_puts": g("zcache.failed_eph_puts", 0),
+        "failed_pers_puts": g("zcache.failed_pers_puts", 0),
+    }
+
+
+def _kv(title: str, rows: list[tuple[str, str]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", title_style="bold", box=None, show_header=False,
+              pad_edge=False)
+    t.add_column(no_wrap=True)
+    t.add_column(justify="right", no_wrap=True)
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def render(stats: dict):
+    from rich.columns import Columns
+    from rich.console import Group
+    from rich.table import Table
+
+    s = summary(stats)
+    node = stats.get("node", {})
+    memory = _kv("memory", [
+        ("algorithm", str(node.get("compressor", "?"))),
+        ("original data", format_size(s["original"])),
+        ("compressed", format_size(s["compressed"])),
+        ("memory used", format_size(s["memory_used"])),
+        ("memory limit", format_size(s["memory_limit"])),
+        ("ratio (data/used)", f"{s['ratio']:.2f}"),
+        ("compression ratio", f"{s['compress_ratio']:.2f}"),
+    ])
+    pages = _kv("pages", [
+        ("eph frames", str(s["eph_pageframes"])),
+        ("pers frames", str(s["pers_pageframes"])),
+        ("eph pages", str(s["eph_zpages"])),
+        ("pers pages", str(s["pers_zpages"])),
+        ("zero-filled", str(s["zero_filled_pages"])),
+        ("same-filled", str(s["same_filled_pages"])),
+    ])
+    events = _kv("events", [
+        ("evicted eph frames", str(s["evicted_eph_pageframes"])),
+        ("evicted eph pages", str(s["evicted_eph_zpages"])),
+        ("written back", str(s["writtenback_pages"])),
+        ("writeback outstanding", str(s["outstanding_writeback_pages"])),
+        ("rejected: compress poor", str(s["compress_poor"] + s["mean_compress_poor"])),
+        ("failed eph/pers puts", f"{s['failed_eph_puts']}/{s['failed_pers_puts']}"),
+    ])
+    ex = Table(title="exports", title_justify="left", title_style="bold", box=None, header_style="bold",
+               pad_edge=False)
+    for col in ("export", "kind", "size", "reads", "writes", "read", "written", "errors", "hits", "miss"):
+        ex.add_column(col, justify="left" if col in ("export", "kind") else "right", no_wrap=True)
+    for name, e in stats.get("exports", {}).items():
+        k = e.get("counters", {})
+        ex.add_row(name, e.get("kind", ""), format_size(e.get("size", 0)), str(k.get("reads", 0)),
+                   str(k.get("writes", 0)), format_size(k.get("bytes_read", 0)),
+                   format_size(k.get("bytes_written", 0)), str(k.get("errors", 0)),
+                   str(k["cache_hits"]) if "cache_hits" in k else "-",
+                   str(k["cache_misses"]) if "cache_misses" in k else "-")
+    title = (f"ramster node {node.get('version', '?')}  pid {node.get('pid', '?')}  "
+             f"up {_duration(node.get('uptime_seconds', 0))}  listen {' '.join(node.get('listen', []))}")
+    return Group(title, "", Columns([memory, pages, events], padding=(0, 4)), "", ex)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{d}d{h:02d}h{m:02d}m" if d else f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "stats", help="show a running node's counters",
+        description="Show a running node's memory use and counters (from its /stats endpoint), "
+                    "summarised like zramctl: DATA is the original size of the stored pages, COMPR "
+                    "their compressed size, TOTAL the memory holding them, RATIO DATA/TOTAL.",
+        epilog="examples:\n  ramster stats\n  ramster stats --watch\n"
+               "  ramster stats --url http://10.0.0.2:9105 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the node's metrics address (default: {DEFAULT_URL})")
+    p.add_argument("--json", action="store_true", help="print the raw /stats document as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh in place every second until Ctrl-C")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        stats = fetch(args.url)
+    except NodeUnreachable as e:
+        print(f"ramster stats: {e}", file=sys.stderr)
+        return 1
+    if args.json and not args.watch:
+        try:
+            json.dump(stats, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `ramster stats --json | head`
+            sys.stderr.close()
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    if not args.watch:
+        console.print(render(stats))
+        return 0
+    from rich.live import Live
+    from rich.pretty import Pretty
+
+    def view(st):
+        return Pretty(st) if args.json else render(st)
+
+    try:
+        with Live(view(stats), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(1.0)
+                try:
+                    stats = fetch(args.url)
+                except NodeUnreachable as e:
+                    live.stop()
+                    print(f"ramster stats: {e}", file=sys.stderr)
+                    return 1
+                live.update(view(stats), refresh=True)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,355 @@
+"""`ramster node` as a real process, driven by real NBD clients (nbdinfo, nbdcopy, qemu-img)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.interop
+
+PAGE = 4096
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO.parent / "shared" / "corpus"
+RAMSTER = [sys.executable, "-m", "ramster.cli"]
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+def corpus_image(path: Path, size: int, which: int = 0) -> bytes:
+    """`size` bytes of real pages (shared corpus, else this repository's sources) written to `path`."""
+    files = sorted(CORPUS.glob("*.pages")) if CORPUS.is_dir() else []
+    if files:
+        data = files[which % len(files)].read_bytes()[:size]
+    else:
+        src = b"".join(p.read_bytes() for p in sorted(REPO.glob("src/**/*.py")))
+        data = (src[which * 1000:] + src) * (size // len(src) + 1)
+    data = data[:size].ljust(size, b"\0")
+    path.write_bytes(data)
+    return data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProcess:
+    def __init__(self, tmp: Path, *args: str):
+        self.sock = tmp / "nbd.sock"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout_path, self.stderr_path = tmp / "node.out", tmp / "node.err"
+        cmd = [*RAMSTER, "node", "--listen", f"unix:{self.sock}", "--metrics", f"127.0.0.1:{self.port}", *args]
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=tmp)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        # poll the NBD socket and the metrics endpoint until both answer
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.stderr()}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(self.sock))
+                    s.settimeout(5)
+                    assert s.recv(8) == b"NBDMAGIC"
+                with urllib.request.urlopen(self.url + "/stats", timeout=5) as r:
+                    json.load(r)
+                return
+            except (OSError, AssertionError):
+                time.sleep(0.05)
+        raise RuntimeError(f"node not ready after {timeout}s: {self.stderr()}")
+
+    def uri(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.sock}"
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as r:
+            return json.load(r)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("node")
+    disk = corpus_image(tmp / "disk.img", 8 * MiB, which=1)
+    # 4 MiB of memory for a 16 MiB swap device: the writeback tier must carry the rest
+    n = NodeProcess(tmp, "--memory", "4M", "--export", f"swap:swap:16M:{tmp}/swap.img",
+                    "--export", f"disk:cache:8M:{tmp}/disk.img", "--export", "small:swap:1M")
+    n.tmp = tmp
+    n.disk = disk
+    yield n
+    if n.proc.poll() is None:
+        n.stop()
+
+
+def run(*cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_banner_says_how_to_connect(node):
+    out = node.stdout_path.read_text()
+    assert f"nbdinfo 'nbd+unix:///swap?socket={node.sock}'" in out
+    assert f"http://127.0.0.1:{node.port}/metrics" in out
+
+
+def test_nbdinfo(node):
+    need("nbdinfo")
+    r = run("nbdinfo", "--list", "--json", f"nbd+unix:///?socket={node.sock}")
+    assert r.returncode == 0, r.stderr
+    exports = {e["export-name"]: e for e in json.loads(r.stdout)["exports"]}
+    assert set(exports) == {"swap", "disk", "small"}
+    assert exports["swap"]["export-size"] == 16 * MiB
+    assert exports["disk"]["export-size"] == 8 * MiB
+    swap = exports["swap"]
+    assert swap["can_trim"] and swap["can_zero"] and swap["can_flush"] and swap["can_fua"]
+    assert swap["can_multi_conn"] and not swap["is_read_only"]
+    assert "base:allocation" in swap["contexts"]
+
+
+def test_cache_export_second_read_hits(node, tmp_path):
+    # before the swap tests: their persistent pages will take every frame from the cache
+    need("nbdcopy")
+    before = node.stats()["exports"]["disk"]["counters"]
+    for name in ("a.img", "b.img"):
+        r = run("nbdcopy", node.uri("disk"), str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / name).read_bytes() == node.disk
+    after = node.stats()["exports"]["disk"]["counters"]
+    assert after["cache_misses"] > before["cache_misses"]
+    assert after["cache_hits"] > before["cache_hits"]
+    assert after["bytes_read"] - before["bytes_read"] == 16 * MiB
+
+
+def test_nbdcopy_and_qemu_img_through_writeback(node, tmp_path):
+    need("nbdcopy")
+    data = corpus_image(tmp_path / "in.img", 16 * MiB)
+    r = run("nbdcopy", str(tmp_path / "in.img"), node.uri("swap"))
+    assert r.returncode == 0, r.stderr
+    r = run("nbdcopy", node.uri("swap"), str(tmp_path / "out.img"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.img").read_bytes() == data
+    if shutil.which("qemu-img"):
+        r = run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(tmp_path / "in.img"), node.uri("swap"))
+        assert r.returncode == 0, r.stdout + r.stderr
+    s = node.stats()
+    assert s["counters"]["zcache.writtenback_pages"] > 0
+    assert s["counters"]["zcache.pers_pageframes"] <= 1024
+    assert s["exports"]["swap"]["counters"]["errors"] == 0
+
+
+def test_libnbd_random_ops_on_two_connections(node):
+    """Random reads, writes, trims and zeroes on two connections to the swap export (through the
+    writeback tier) and the cache export, checked against a bytearray model."""
+    nbd = pytest.importorskip("nbd", reason="python3-libnbd not linked into the venv")
+    import random
+
+    rng = random.Random(3)
+    for export in ("swap", "disk"):
+        handles = []
+        for _ in range(2):
+            h = nbd.NBD()
+            h.connect_uri(node.uri(export))
+            handles.append(h)
+        size = handles[0].get_size()
+        model = bytearray(handles[0].pread(size, 0))
+        defined = bytearray(b"\1") * size  # trimmed bytes are the server's to choose
+        src = corpus_image(node.tmp / f"src-{export}.img", 4 * MiB, which=2)
+        for i in range(300):
+            h = handles[i % 2]
+            op = rng.choice("wwwrrtz")
+            off = rng.randrange(size)
+            ln = rng.randint(1, min(size - off, 200_000))
+            if op == "w":
+                s = rng.randrange(len(src) - ln)
+                h.pwrite(src[s:s + ln], off, nbd.CMD_FLAG_FUA if rng.random() < 0.1 else 0)
+                model[off:off + ln] = src[s:s + ln]
+                defined[off:off + ln] = b"\1" * ln
+            elif op == "r":
+                got = h.pread(ln, off)
+                want = bytes(model[off:off + ln])
+                if defined[off:off + ln].count(0):
+                    got = bytes(g if d else 0 for g, d in zip(got, defined[off:off + ln]))
+                    want = bytes(w if d else 0 for w, d in zip(want, defined[off:off + ln]))
+                assert got == want, (export, i, off, ln)
+            elif op == "t":
+                h.trim(ln, off)
+                defined[off:off + ln] = bytes(ln)
+            else:
+                h.zero(ln, off)
+                model[off:off + ln] = bytes(ln)
+                defined[off:off + ln] = b"\1" * ln
+        if export == "disk":  # leave a known image for the shutdown test to find in the file
+            handles[1].pwrite(bytes(model), 0)
+            node.disk = bytes(model)
+        handles[0].flush()
+        for h in handles:
+            h.shutdown()
+    s = node.stats()["exports"]
+    assert s["swap"]["counters"]["errors"] == 0 and s["disk"]["counters"]["errors"] == 0
+
+
+def test_swap_without_backing_reports_enospc(node, tmp_path):
+    need("nbdcopy")
+    # 1 MiB of incompressible pages: zcache refuses them and there is no swap disk
+    (tmp_path / "rand.img").write_bytes(os.urandom(MiB))
+    r = run("nbdcopy", str(tmp_path / "rand.img"), node.uri("small"))
+    assert r.returncode != 0
+    assert "No space left on device" in r.stderr or "ENOSPC" in r.stderr
+    assert node.stats()["exports"]["small"]["gauges"]["lost_pages"] > 0
+
+
+def test_ramster_stats(node):
+    r = run(*RAMSTER, "stats", "--json", "--url", node.url)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["node"]["memory"] == 4 * MiB and set(s["exports"]) == {"swap", "disk", "small"}
+    r = run(*RAMSTER, "stats", "--url", node.url, env={**os.environ, "COLUMNS": "120"})
+    assert r.returncode == 0, r.stderr
+    for word in ("original data", "compressed", "memory used", "ratio", "written back", "swap", "disk"):
+        assert word in r.stdout
+    r = run(*RAMSTER, "stats", "--url", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "no ramster node" in r.stderr
+
+
+def test_metrics_endpoint(node):
+    with urllib.request.urlopen(node.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert "ramster_zcache_writtenback_pages_total" in text
+    assert 'ramster_export_requests_total{command="reads",export="swap",kind="swap"}' in text
+
+
+def test_sigterm_exits_zero_and_syncs(node):
+    # runs last in this module: stop the node and look at what it left behind
+    status = node.stop()
+    err = node.stderr()
+    assert status == 0, err
+    assert "Traceback" not in err
+    assert "SIGTERM received" in err and "node stopped" in err
+    assert not node.sock.exists()
+    assert (node.tmp / "disk.img").read_bytes() == node.disk
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--export", "a:tape:1M"], "unknown kind 'tape'"),
+    (["--export", "a:swap:1000"], "not a positive multiple of 4096"),
+    (["--export", "a:cache:1M:/proc/version"], "cannot use backing file /proc/version"),
+    (["--export", "a:cache:1M:node.err/img"], "not a directory"),
+    (["--export", "a:cache:1M:/no/such/dir/img"], "cannot be created"),
+    (["--memory", "lots"], "invalid memory"),
+])
+def test_bad_config_one_line(tmp_path, args, message):
+    (tmp_path / "node.err").write_text("a file, not a directory")
+    r = run(*RAMSTER, "node", "--listen", f"unix:{tmp_path}/s.sock", "--metrics", "off", *args, cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_port_in_use_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        for args in (["--listen", f"127.0.0.1:{port}", "--metrics", "off"],
+                     ["--listen", f"unix:{tmp_path}/s.sock", "--metrics", f"127.0.0.1:{port}"]):
+            r = run(*RAMSTER, "node", "--memory", "1M", *args, cwd=tmp_path)
+            assert r.returncode != 0
+            assert r.stderr.count("\n") == 1, r.stderr
+            assert "address already in use" in r.stderr
+
+
+def test_config_file(tmp_path):
+    need("nbdinfo")
+    (tmp_path / "ramster.toml").write_text("""
+[cluster]
+peers = ["10.0.0.1:9999"]   # not the node's business
+
+[node]
+memory = "8M"
+compressor = "zstd"
+log_level = "debug"
+
+[[node.export]]
+name = "wb"
+kind = "swap"
+size = "4M"
+backing = "wb.img"
+""")
+    n = NodeProcess(tmp_path, "--config", str(tmp_path / "ramster.toml"))
+    try:
+        r = run("nbdinfo", "--size", n.uri("wb"))
+        assert r.returncode == 0 and r.stdout.strip() == str(4 * MiB), r.stderr
+        s = n.stats()
+        assert s["node"]["compressor"] == "zstd" and s["node"]["memory"] == 8 * MiB
+        assert s["exports"]["wb"]["backing"] == str(tmp_path / "wb.img")
+    finally:
+        assert n.stop() == 0
+    assert "DEBUG" in n.stderr() and "Traceback" not in n.stderr()
+
+
+def test_sigterm_finishes_requests_in_flight(tmp_path):
+    """Writes in flight when SIGTERM arrives are answered, and those answered OK are in the file."""
+    nbd = pytest.importorskip("nbd", reason="python3-libnbd not linked into the venv")
+    corpus_image(tmp_path / "disk.img", 8 * MiB)
+    n = NodeProcess(tmp_path, "--memory", "4M", "--export", f"disk:cache:8M:{tmp_path}/disk.img")
+    h = nbd.NBD()
+    h.connect_uri(n.uri("disk"))
+    chunk = 128 * 1024
+    src = corpus_image(tmp_path / "src.img", 8 * MiB, which=3)
+    cookies = {h.aio_pwrite(nbd.Buffer.from_bytearray(src[off:off + chunk]), off): off
+               for off in range(0, 8 * MiB, chunk)}
+    n.proc.send_signal(signal.SIGTERM)
+    done, failed = [], []
+    while cookies:
+        if h.aio_is_dead() or h.aio_is_closed():
+            failed += cookies.values()  # never answered: the connection went away first
+            break
+        try:
+            h.poll(-1)
+        except nbd.Error:  # the node closed with requests still unread: a reset, not a reply
+            failed += cookies.values()
+            break
+        for cookie in list(cookies):
+            try:
+                if h.aio_command_completed(cookie):
+                    done.append(cookies.pop(cookie))
+            except nbd.Error:
+                failed.append(cookies.pop(cookie))
+    assert n.proc.wait(timeout=30) == 0, n.stderr()
+    assert "Traceback" not in n.stderr()
+    image = (tmp_path / "disk.img").read_bytes()
+    for off in done:
+        assert image[off:off + chunk] == src[off:off + chunk], off
+    assert len(done) + len(failed) == 64
+    print(f"{len(done)} writes answered before the node stopped, {len(failed)} not")
