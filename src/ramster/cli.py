@@ -53,4 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the package's module so subcommands raise the same UserError class
+    from ramster.cli import main as _main
+
+    sys.exit(_main())

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from . import compress
+from .cli import UserError
 from .config import DEFAULT_LISTEN, DEFAULT_METRICS, LOG_LEVELS, ConfigError, build
 
 DESCRIPTION = """\
@@ -83,7 +84,4 @@ def main(args: argparse.Namespace) -> int:
                     exports=args.exports, metrics=args.metrics, log_level=args.log_level)
         return run(cfg)
     except ConfigError as e:
-        # printed here rather than raised as cli.UserError: under `python -m ramster.cli` that
-        # module runs as __main__, so its UserError is not the class this module would import
-        print(f"ramster node: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None

@@ -272,7 +272,7 @@ class Zcache:
         frame, then ouroboros. This is the hottest path of the project.
         """
         # first byte of the first and of the last word: a cheap filter before the full compare
-        if page[0] == page[4088] and page[:8] == page[-8:] and page == page[:8] * 512:
+        if page[0] == page[4088] and page[:8] == page[-8:] and page == bytes(page[:8]) * 512:
             return self._put_same_filled(pool, oid, index, page)
         c = pool.cls
         cdata = self._compress(page)

@@ -230,6 +230,17 @@ def test_bytes_like_pages_accepted():
     assert zc.get_page(pid, 1, 0) == zc.get_page(pid, 1, 1) == zc.get_page(pid, 1, 2) == p
 
 
+def test_bytes_like_same_filled_and_zero_pages():
+    zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    assert zc.put_page(pid, 1, 0, bytearray(b"ab" * 2048))
+    assert zc.put_page(pid, 1, 1, memoryview(bytes(4096)))
+    assert zc.put_page(pid, 1, 2, memoryview(bytearray(b"\x07" * 4096)))
+    assert zc.get_page(pid, 1, 0) == b"ab" * 2048 and zc.get_page(pid, 1, 1) == bytes(4096)
+    assert zc.get_page(pid, 1, 2) == b"\x07" * 4096
+    assert zc.stats()["zcache.same_filled_pages"] == 2 and zc.stats()["zcache.zero_filled_pages"] == 1
+
+
 def test_set_max_pageframes_shrinks_ephemeral_and_reports_persistent_leftover():
     zc = zc_(frames=16)
     eph = zc.new_pool(persistent=False)
