@@ -112,8 +112,8 @@ def node(tmp_path_factory):
         n.stop()
 
 
-def run(*cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+def run(*cmd, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def test_banner_says_how_to_connect(node):
@@ -216,6 +216,22 @@ def test_libnbd_random_ops_on_two_connections(node):
             h.shutdown()
     s = node.stats()["exports"]
     assert s["swap"]["counters"]["errors"] == 0 and s["disk"]["counters"]["errors"] == 0
+
+
+def test_fio_verify_through_writeback(node):
+    # 12 MiB of compressible pages on a 4 MiB budget: most of them go through the swap file
+    need("fio")
+    before = node.stats()["counters"]["zcache.writtenback_pages"]
+    r = run("fio", "--name=verify", "--ioengine=nbd", f"--uri={node.uri('swap')}", "--rw=randwrite",
+            "--bs=4k", "--iodepth=16", "--size=12M", "--verify=crc32c", "--do_verify=1", "--verify_state_save=0",
+            "--buffer_compress_percentage=60", "--refill_buffers", "--output-format=json", timeout=180)
+    out = r.stdout
+    job = json.loads(out[out.index("\n{") + 1:] if not out.startswith("{") else out)["jobs"][0]
+    assert job["error"] == 0, r.stderr
+    assert job["write"]["io_bytes"] == 12 * MiB and job["read"]["io_bytes"] == 12 * MiB
+    after = node.stats()
+    assert after["exports"]["swap"]["counters"]["errors"] == 0
+    assert after["counters"]["zcache.writtenback_pages"] > before
 
 
 def test_swap_without_backing_reports_enospc(node, tmp_path):

@@ -66,12 +66,21 @@ def _engine(args: argparse.Namespace) -> int:
         print(json.dumps(engine.as_json(results, pinning), indent=2))
         return 0
     t = Table(title=f"ramster bench engine — {pinning}")
-    for col in ("corpus", "codec", "pages", "floor put/s", "put/s", "put ratio", "floor get/s", "get/s", "get ratio",
-                "meta B/page", "zpages/frame", "density", "rejected"):
+    for col in ("corpus", "codec", "put/s", "floor", "×", "get/s", "floor", "×", "meta B", "zp/frame", "rejected"):
         t.add_column(col, justify="left" if col in ("corpus", "codec") else "right")
+    k = lambda v: f"{v / 1000:,.0f}k"  # noqa: E731
     for r in results:
-        t.add_row(r.corpus, r.compressor, str(r.pages), f"{r.floor_put_pps:,.0f}", f"{r.put_pps:,.0f}", f"{r.put_ratio:.2f}",
-                  f"{r.floor_get_pps:,.0f}", f"{r.get_pps:,.0f}", f"{r.get_ratio:.2f}", f"{r.metadata_bytes_per_page:.1f}",
-                  f"{r.zpages_per_frame:.2f}", f"{r.density:.2f}", str(r.rejected_pages))
-    Console().print(t)
+        t.add_row(r.corpus.removesuffix(".pages"), r.compressor, k(r.put_pps), k(r.floor_put_pps), f"{r.put_ratio:.2f}",
+                  k(r.get_pps), k(r.floor_get_pps), f"{r.get_ratio:.2f}", f"{r.metadata_bytes_per_page:.0f}",
+                  f"{r.zpages_per_frame:.2f}", str(r.rejected_pages))
+    t.caption = "×: ratio to the floor (compress into / decompress from a bare arena); meta B: Python bytes per stored page"
+    out = Console(width=max(Console().width, 100))
+    out.print(t)
+    tt = Table(title="all corpus files (ratios of total times)")
+    for col in ("codec", "pages", "put ratio", "get ratio", "max meta B/page", "min zpages/frame"):
+        tt.add_column(col, justify="left" if col == "codec" else "right")
+    for r in engine.totals(results):
+        tt.add_row(r["compressor"], str(r["pages"]), f"{r['put_ratio']:.2f}", f"{r['get_ratio']:.2f}",
+                   f"{r['metadata_bytes_per_page_max']:.1f}", f"{r['zpages_per_frame_min']:.2f}")
+    out.print(tt)
     return 0

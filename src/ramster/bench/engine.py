@@ -62,6 +62,7 @@ def _floor(pages: list[bytes], codec) -> tuple[float, float]:
     arena = bytearray(b"\x01") * (len(pages) * PAGE_SIZE)  # touched up front, like a warm arena
     mv = memoryview(arena)
     spans = []
+    gc.disable()
     t0 = time.perf_counter()
     off = 0
     for p in pages:
@@ -74,6 +75,7 @@ def _floor(pages: list[bytes], codec) -> tuple[float, float]:
     for o, n in spans:
         decompress(mv[o : o + n])
     t2 = time.perf_counter()
+    gc.enable()
     return t1 - t0, t2 - t1
 
 
@@ -171,5 +173,22 @@ def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | No
     return results
 
 
+def totals(results: list[EngineResult]) -> list[dict]:
+    """Per compressor, over every corpus file: time-weighted ratios (total floor time / total time)."""
+    out = []
+    for nm in dict.fromkeys(r.compressor for r in results):
+        rs = [r for r in results if r.compressor == nm]
+        t = {k: sum(r.pages / getattr(r, k) for r in rs) for k in ("floor_put_pps", "put_pps", "floor_get_pps", "get_pps")}
+        out.append({
+            "compressor": nm,
+            "pages": sum(r.pages for r in rs),
+            "put_ratio": t["floor_put_pps"] / t["put_pps"],
+            "get_ratio": t["floor_get_pps"] / t["get_pps"],
+            "metadata_bytes_per_page_max": max(r.metadata_bytes_per_page for r in rs),
+            "zpages_per_frame_min": min(r.zpages_per_frame for r in rs),
+        })
+    return out
+
+
 def as_json(results: list[EngineResult], pinning: str) -> dict:
-    return {"benchmark": "engine", "pinning": pinning, "results": [asdict(r) for r in results]}
+    return {"benchmark": "engine", "pinning": pinning, "results": [asdict(r) for r in results], "totals": totals(results)}
