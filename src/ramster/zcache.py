@@ -30,6 +30,8 @@ PAGE_SIZE = 4096
 ZERO_PAGE = bytes(PAGE_SIZE)
 ZERO_FILLED = -1
 SAME_FILLED_BASE = -2
+# lz4, lzo, zstd and zlib all shrink a same-filled page below this
+SAME_FILLED_MAX_CLEN = 64
 # persistent policy (SPEC §4.5)
 PERS_MAX_ZSIZE = PAGE_SIZE // 8 * 7  # 3584
 PERS_MAX_MEAN_ZSIZE = PAGE_SIZE // 8 * 5  # 2560
@@ -159,7 +161,50 @@ class Zcache:
             index = check_index(index)
         if type(page) is not bytes or len(page) != PAGE_SIZE:
             page = check_page(page)
-        return self.put(pool, oid, index, page)
+        # The put path proper (SPEC §4.3–4.5), inlined here because it is the
+        # hottest path of the project: partial frame first, then a new frame,
+        # then ouroboros.
+        c = pool.cls
+        cdata = self._compress(page)
+        clen = len(cdata)
+        # A same-filled page compresses to a few bytes: test only those, so the
+        # common path pays nothing for the check (zswap tests before compressing).
+        if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
+            return self._put_same_filled(pool, oid, index, page)
+        if c:
+            if clen > PERS_MAX_ZSIZE:
+                self.compress_poor += 1
+                return self._put_failed(pool, oid, index, c)
+            # poorly compressing pages are taken only while the running mean stays low
+            if clen > PERS_MAX_MEAN_ZSIZE and self.zpages[PERS] and self.zbytes[PERS] > PERS_MAX_MEAN_ZSIZE * self.zpages[PERS]:
+                self.mean_compress_poor += 1
+                return self._put_failed(pool, oid, index, c)
+        elif clen > MAX_BUDDY_SIZE:
+            self.compress_poor += 1
+            return self._put_failed(pool, oid, index, c)
+        zbud = self.zbud
+        oidb = oid.to_bytes(24, "little")
+        tag = index | pool.handle_tag
+        p = zbud.match_prep(c, clen + HANDLE_SIZE, cdata, oidb, tag)
+        if not p:
+            f = self.arena.alloc()
+            if f < 0:
+                f = self._ouroboros(c)
+                if f < 0:
+                    return self._put_failed(pool, oid, index, c)
+            p = zbud.create_prep(c, f, clen + HANDLE_SIZE, cdata, oidb, tag)
+            if zbud.pageframes[c] > self.pageframes_max[c]:
+                self.pageframes_max[c] = zbud.pageframes[c]
+        n = self.zpages[c] + 1
+        self.zpages[c] = n
+        if n > self.zpages_max[c]:
+            self.zpages_max[c] = n
+        n = self.zbytes[c] + clen
+        self.zbytes[c] = n
+        if n > self.zbytes_max[c]:
+            self.zbytes_max[c] = n
+        self.tmem.put(pool, oid, index, p)
+        return True
 
     def get_page(self, pool_id: int, oid, index: int, free: bool = False) -> bytes | None:
         """The page, or None. Ephemeral gets always remove it; persistent ones only with free=True."""
@@ -264,53 +309,6 @@ class Zcache:
         return s
 
     # ---- the put path (§4.3–4.5) -------------------------------------------------------
-
-    def put(self, pool: Pool, oid: int, index: int, page) -> bool:
-        """Compress and store a checked page; the host-side entry for front-ends.
-
-        The seed's pampd_create is inlined: partial frame first, then a new
-        frame, then ouroboros. This is the hottest path of the project.
-        """
-        # first byte of the first and of the last word: a cheap filter before the full compare
-        if page[0] == page[4088] and page[:8] == page[-8:] and page == bytes(page[:8]) * 512:
-            return self._put_same_filled(pool, oid, index, page)
-        c = pool.cls
-        cdata = self._compress(page)
-        clen = len(cdata)
-        if c:
-            if clen > PERS_MAX_ZSIZE:
-                self.compress_poor += 1
-                return self._put_failed(pool, oid, index, c)
-            # poorly compressing pages are taken only while the running mean stays low
-            if clen > PERS_MAX_MEAN_ZSIZE and self.zpages[PERS] and self.zbytes[PERS] > PERS_MAX_MEAN_ZSIZE * self.zpages[PERS]:
-                self.mean_compress_poor += 1
-                return self._put_failed(pool, oid, index, c)
-        elif clen > MAX_BUDDY_SIZE:
-            self.compress_poor += 1
-            return self._put_failed(pool, oid, index, c)
-        zbud = self.zbud
-        oidb = oid.to_bytes(24, "little")
-        tag = index | pool.handle_tag
-        p = zbud.match_prep(c, clen + HANDLE_SIZE, cdata, oidb, tag)
-        if not p:
-            f = self.arena.alloc()
-            if f < 0:
-                f = self._ouroboros(c)
-                if f < 0:
-                    return self._put_failed(pool, oid, index, c)
-            p = zbud.create_prep(c, f, clen + HANDLE_SIZE, cdata, oidb, tag)
-            if zbud.pageframes[c] > self.pageframes_max[c]:
-                self.pageframes_max[c] = zbud.pageframes[c]
-        n = self.zpages[c] + 1
-        self.zpages[c] = n
-        if n > self.zpages_max[c]:
-            self.zpages_max[c] = n
-        n = self.zbytes[c] + clen
-        self.zbytes[c] = n
-        if n > self.zbytes_max[c]:
-            self.zbytes_max[c] = n
-        self.tmem.put(pool, oid, index, p)
-        return True
 
     def _ouroboros(self, c: int) -> int:
         """No frame left: eat the LRU ephemeral frame. Its arena frame, or -1."""

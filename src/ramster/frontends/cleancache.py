@@ -61,7 +61,7 @@ class Cleancache:
             self.zc.eph_nonactive_puts_ignored += 1
             self.zc.tmem.flush_page(pool, oid, index)  # the caller's page is newer than ours
             return
-        self.zc.put(pool, oid, index, page)
+        self.zc.put_page(fsid, oid, index, page)
 
     def get_page(self, fsid: int, inode, index: int) -> bytes | None:
         pool = self._pool(fsid)

@@ -79,7 +79,7 @@ class Frontswap:
             # the page goes to disk, so an older copy here would be stale
             self.zc.tmem.flush_page(self._pool, oid, index)
             return False
-        if self.zc.put(self._pool, oid, index, page):
+        if self.zc.put_page(self.pool_id, oid, index, page):
             self.succ_stores += 1
             return True
         self.failed_stores += 1
