@@ -33,6 +33,15 @@ class TmemError(Exception):
     """An unknown pool, or no pool id left."""
 
 
+class RemotePage(TmemError):
+    """The page under the handle lives on another node (RAMster): the
+    synchronous get cannot fetch it; the cluster's asynchronous get can."""
+
+    def __init__(self, pampd: int):
+        super().__init__("the page is held by a remote node; use the cluster's asynchronous get")
+        self.pampd = pampd
+
+
 class Pamops(Protocol):
     """What tmem needs from a backend (the seed's pamops)."""
 
@@ -42,6 +51,8 @@ class Pamops(Protocol):
     # RAMster adds new_obj/free_obj/is_remote/repatriate/replace_in_obj through
     # the same object; plain zcache leaves free_obj as a no-op.
     def free_obj(self, pool: "Pool", oid: int, pool_destroy: bool) -> None: ...
+    def free_pool(self, pool: "Pool") -> None: ...
+    def is_remote(self, pampd: int) -> bool: ...
 
 
 class Pool:
@@ -107,6 +118,7 @@ class Tmem:
         pools[pool.pool_id] = None
         for oid in list(pool.objs):
             self._destroy_obj(pool, oid, pool_destroy=True)
+        self.pamops.free_pool(pool)
         return True
 
     # ---- pages -------------------------------------------------------------------
@@ -156,6 +168,8 @@ class Tmem:
         p = leaf[slot]
         if not p:
             return None
+        if p < 0 and self.pamops.is_remote(p):
+            raise RemotePage(p)
         if free:
             leaf[slot] = 0
             if leaf == _EMPTY_LEAF:

@@ -21,6 +21,7 @@ from .tmem import (
     MAX_POOLS_PER_CLIENT,
     OID_LIMIT,
     Pool,
+    RemotePage,
     Tmem,
     TmemError,
 )
@@ -30,6 +31,8 @@ PAGE_SIZE = 4096
 ZERO_PAGE = bytes(PAGE_SIZE)
 ZERO_FILLED = -1
 SAME_FILLED_BASE = -2
+# RAMster's remote pages: REMOTE_BASE - r, r indexing the cluster's remote table
+REMOTE_BASE = -(1 << 24)
 # lz4, lzo, zstd and zlib all shrink a same-filled page below this
 SAME_FILLED_MAX_CLEN = 64
 # persistent policy (SPEC §4.5)
@@ -125,6 +128,11 @@ class Zcache:
         # The writeback tier (SPEC §6.3) plugs in here: called as
         # sink(pool, oid, index, page) -> bool for each page leaving memory.
         self.writeback_sink = None
+        # RAMster plugs in here (remote/ramster.py): it is told when a remote
+        # pampd, object or pool is freed so the remote copies go too.
+        self.remote = None
+        self.foreign_pages = [0, 0]  # pages this node holds for other nodes
+        self.foreign_pages_max = [0, 0]
 
     # ---- public API (DESIGN.md) ----------------------------------------------------
 
@@ -161,9 +169,7 @@ class Zcache:
             index = check_index(index)
         if type(page) is not bytes or len(page) != PAGE_SIZE:
             page = check_page(page)
-        # The put path proper (SPEC §4.3–4.5), inlined here because it is the
-        # hottest path of the project: partial frame first, then a new frame,
-        # then ouroboros.
+        # the put path (SPEC §4.3–4.5): the hottest path of the project
         c = pool.cls
         cdata = self._compress(page)
         clen = len(cdata)
@@ -171,6 +177,11 @@ class Zcache:
         # common path pays nothing for the check (zswap tests before compressing).
         if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
             return self._put_same_filled(pool, oid, index, page)
+        return self._store(pool, oid, index, cdata, clen, c)
+
+    def _store(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int) -> bool:
+        """Policy, then zbud placement (partial frame first, then a new frame,
+        then ouroboros), then the tmem link, for a compressed payload."""
         if c:
             if clen > PERS_MAX_ZSIZE:
                 self.compress_poor += 1
@@ -205,6 +216,43 @@ class Zcache:
             self.zbytes_max[c] = n
         self.tmem.put(pool, oid, index, p)
         return True
+
+    # ---- RAMster host paths (SPEC §5.4, §5.5) ----------------------------------------------
+
+    def foreign_pool(self, client_id: int, pool_id: int, persistent: bool) -> Pool | None:
+        """The pool that holds node `client_id`'s pages of its pool `pool_id`,
+        created on first use; None if an existing pool is of the other kind."""
+        pool = self.tmem.get_pool(client_id, pool_id)
+        if pool is None:
+            pool = self.tmem.new_pool(client_id, persistent, pool_id=pool_id)
+        return pool if pool.persistent == persistent else None
+
+    def put_raw(self, pool: Pool, oid: int, index: int, cdata) -> bool:
+        """Store an already compressed payload (a foreign page, a repatriated one)
+        under the normal policies, without compressing it again."""
+        clen = len(cdata)
+        if not 0 < clen <= MAX_BUDDY_SIZE:
+            self.compress_poor += 1
+            return self._put_failed(pool, oid, index, pool.cls)
+        if not self._store(pool, oid, index, cdata, clen, pool.cls):
+            return False
+        if pool.client_id != LOCAL_CLIENT:
+            c = pool.cls
+            self.foreign_pages[c] += 1
+            if self.foreign_pages[c] > self.foreign_pages_max[c]:
+                self.foreign_pages_max[c] = self.foreign_pages[c]
+        return True
+
+    def get_raw(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
+        """The compressed payload under the handle, or None (zbud pages only)."""
+        p = self.tmem.lookup(pool, oid, index)
+        if p <= 0:
+            return None
+        data = bytes(self.zbud.payload(p))
+        if free:
+            self.tmem.delete(pool, oid, index)
+            self.free(p, pool, oid, index)
+        return data
 
     def get_page(self, pool_id: int, oid, index: int, free: bool = False) -> bytes | None:
         """The page, or None. Ephemeral gets always remove it; persistent ones only with free=True."""
@@ -381,6 +429,8 @@ class Zcache:
             # the zbud is dying, so the free this flush triggers is a no-op
             if pool is not None and tmem.lookup(pool, oid, index) == p:
                 tmem.flush_page(pool, oid, index)
+                if client_id != LOCAL_CLIENT:
+                    self.foreign_pages[EPH] -= 1
         self.zbytes[EPH] -= stored - HANDLE_SIZE * zpages
         self.zpages[EPH] -= zpages
         self.evicted_eph_pageframes += 1
@@ -463,6 +513,11 @@ class Zcache:
                 self.arena.free((p >> 1) - NSENTINELS)
             self.zpages[c] -= 1
             self.zbytes[c] -= s - HANDLE_SIZE
+            if pool.client_id != LOCAL_CLIENT:
+                self.foreign_pages[c] -= 1
+            return
+        if p <= REMOTE_BASE:
+            self.remote.free_remote(p, pool, oid, index)
             return
         self.zpages[c] -= 1
         if p == ZERO_FILLED:
@@ -476,7 +531,15 @@ class Zcache:
             self._fills[k] = None
 
     def free_obj(self, pool: Pool, oid: int, pool_destroy: bool) -> None:
-        return None
+        if self.remote is not None:
+            self.remote.free_obj(pool, oid, pool_destroy)
+
+    def free_pool(self, pool: Pool) -> None:
+        if self.remote is not None:
+            self.remote.free_pool(pool)
+
+    def is_remote(self, p: int) -> bool:
+        return p <= REMOTE_BASE
 
     # ---- helpers -------------------------------------------------------------------------------
 

@@ -24,6 +24,12 @@ class Recorder:
     def free_obj(self, pool, oid, pool_destroy):
         self.calls.append(("free_obj", oid, pool_destroy))
 
+    def free_pool(self, pool):
+        self.calls.append(("free_pool", pool.pool_id))
+
+    def is_remote(self, p):
+        return p <= -1000
+
 
 @pytest.fixture
 def t():
@@ -83,6 +89,16 @@ def test_foreign_clients_have_their_own_pools(t):
     assert p.pool_id == 5 and t.get_pool(3, 5) is p and t.get_pool(LOCAL_CLIENT, 5) is None
     with pytest.raises(TmemError):
         t.new_pool(99, True)
+
+
+def test_remote_pampd_is_not_got_synchronously(t):
+    from ramster.tmem import RemotePage
+
+    pool = t.new_pool(LOCAL_CLIENT, True)
+    t.put(pool, 1, 1, -5000)
+    with pytest.raises(RemotePage) as info:
+        t.get(pool, 1, 1, free=True)
+    assert info.value.pampd == -5000 and t.lookup(pool, 1, 1) == -5000  # still there
 
 
 def test_replace_frees_old_as_destroy(t):
