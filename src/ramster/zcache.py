@@ -568,7 +568,7 @@ class Zcache:
                 for leaf in obj.values():
                     used = [x for x in leaf if x]
                     assert used and len(leaf) == 64, "empty leaf kept"
-                    specials[c] += sum(1 for x in used if x < 0)
+                    specials[c] += sum(1 for x in used if REMOTE_BASE < x < 0)
         for c in (EPH, PERS):
             assert self.zpages[c] == self.zbud.zpages(c) + specials[c]
         assert self.zero_filled_pages + self.same_filled_pages == specials[EPH] + specials[PERS]

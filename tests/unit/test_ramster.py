@@ -1,0 +1,340 @@
+"""RAMster's engine side (SPEC §5) between in-process nodes.
+
+The nodes talk through a loopback network that encodes and decodes every
+message with the real wire codec; the socket transport itself is tested in
+tests/interop/test_peers.py.
+"""
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+from pages import page
+
+from ramster import Frontswap, Zcache
+from ramster.remote import wire
+from ramster.remote.ramster import Ramster, RemoteError, RemotifyPolicy
+from ramster.zcache import REMOTE_BASE
+
+
+@dataclass
+class PeerState:
+    number: int
+    connected: bool = True
+    free_frames: int | None = None
+
+
+class Unavailable(Exception):
+    pass
+
+
+class LoopbackNet:
+    """Nodes in one process; `down` nodes do not answer."""
+
+    def __init__(self):
+        self.nodes: dict[int, Ramster] = {}
+        self.down: set[int] = set()
+        self.requests: list[tuple[int, int, str]] = []
+
+    def view(self, me: int) -> "NodeNet":
+        return NodeNet(self, me)
+
+
+class NodeNet:
+    def __init__(self, loop_net: LoopbackNet, me: int):
+        self.ln = loop_net
+        self.me = me
+
+    def peers(self):
+        return [PeerState(n, n not in self.ln.down, self.ln.nodes[n].free_frames())
+                for n in self.ln.nodes if n != self.me]
+
+    async def request(self, node: int, msg):
+        if node in self.ln.down:
+            raise Unavailable(f"node {node} is down")
+        self.ln.requests.append((self.me, node, type(msg).__name__))
+        (req,) = wire.Decoder().feed(wire.encode(msg))
+        await asyncio.sleep(0)  # a real network yields
+        reply = await self.ln.nodes[node].handle(self.me, req)
+        (rep,) = wire.Decoder().feed(wire.encode(reply))
+        return rep
+
+
+def cluster(n: int, frames: int = 64, replicas: int = 1, ephemeral: bool = True):
+    ln = LoopbackNet()
+    for i in range(n):
+        others = tuple(j for j in range(n) if j != i)
+        zc = Zcache(frames, reserve_pageframes=256)
+        ln.nodes[i] = Ramster(zc, ln.view(i), RemotifyPolicy(targets=others, replicas=replicas, ephemeral=ephemeral))
+    return ln
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def fill(zc: Zcache, pid: int, count: int, oid_of=lambda i: i & 255, index_of=lambda i: i >> 8):
+    for i in range(count):
+        assert zc.put_page(pid, oid_of(i), index_of(i), page(i))
+
+
+def test_remotify_moves_frames_and_remote_gets_return_the_pages():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 100)
+        frames_before = a.zc.zbud.pageframes[1]
+        moved = await a.remotify_batch(frames=10)
+        await asyncio.sleep(0)
+        assert moved == 10
+        assert a.zc.zbud.pageframes[1] == frames_before - 10
+        s = a.stats()
+        assert s["ramster.pers_pages_remoted"] == s["ramster.remote_pers_pages"] >= 19
+        assert b.stats()["ramster.foreign_pers_pages"] == s["ramster.remote_pers_pages"]
+        a.zc.check()
+        b.zc.check()
+        pool = a.zc.pool(pid)
+        # the sync API says clearly that a page is remote
+        remote = [i for i in range(100) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        assert len(remote) == s["ramster.remote_pers_pages"]
+        from ramster import TmemError
+
+        with pytest.raises(TmemError, match="remote"):
+            a.zc.get_page(pid, remote[0] & 255, remote[0] >> 8)
+        for i in range(100):
+            assert await a.get(pool, i & 255, i >> 8) == page(i)
+        assert a.stats()["ramster.remote_pers_pages_succ_get"] >= len(remote)
+        a.zc.check()
+        b.zc.check()
+
+    run(go())
+
+
+def test_non_freeing_get_repatriates_when_there_is_room():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 20)
+        await a.remotify_batch(frames=5)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(20) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        i = remote[0]
+        assert await a.get(pool, i & 255, i >> 8) == page(i)
+        assert 0 < a.zc.tmem.lookup(pool, i & 255, i >> 8)  # local again
+        await asyncio.sleep(0.01)  # let the queued flush reach b
+        assert a.stats()["ramster.remote_pages_flushed"] >= 1
+        assert b.zc.foreign_pages[1] == len(remote) - 1
+
+    run(go())
+
+
+def test_exclusive_get_deletes_slot_and_remote_copy():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 10)
+        await a.remotify_batch(frames=5)
+        pool = a.zc.pool(pid)
+        for i in range(10):
+            assert await a.get(pool, i & 255, i >> 8, free=True) == page(i)
+            assert a.zc.tmem.lookup(pool, i & 255, i >> 8) == 0
+        assert b.zc.foreign_pages[1] == 0
+        assert a.stats()["ramster.remote_pers_pages"] == 0 and a.table.live == 0
+
+    run(go())
+
+
+def test_flushes_and_pool_destroy_reach_the_remote_side():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 60, oid_of=lambda i: i % 3, index_of=lambda i: i)
+        await a.remotify_batch(frames=30)
+        held = b.zc.foreign_pages[1]
+        assert held == 60
+        pool = a.zc.pool(pid)
+        assert a.zc.flush_page(pid, 0, 0)
+        assert a.zc.flush_object(pid, 1)
+        await asyncio.sleep(0.01)
+        assert b.zc.foreign_pages[1] == held - 1 - 20
+        assert a.stats()["ramster.remote_objects_flushed"] == 1 and a.stats()["ramster.remote_pages_flushed"] == 1
+        a.zc.destroy_pool(pid)
+        await asyncio.sleep(0.01)
+        assert b.zc.foreign_pages[1] == 0
+        assert b.zc.tmem.get_pool(0, pool.pool_id) is None  # the foreign pool itself is gone
+        assert a.stats()["ramster.remote_pools_destroyed"] == 1
+        b.zc.check()
+
+    run(go())
+
+
+def test_puts_and_flushes_to_a_node_stay_in_order():
+    async def go():
+        ln = cluster(2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 10)
+        await a.remotify_batch(frames=5)
+        a.zc.flush_object(pid, 0)
+        fill(a.zc, pid, 4)  # the same handles again
+        await a.remotify_batch(frames=5)
+        kinds = [k for src, dst, k in ln.requests if src == 0]
+        assert kinds.index("FlushObject") < len(kinds) - 1 - kinds[::-1].index("PutPages")
+        pool = a.zc.pool(pid)
+        for i in range(4):
+            assert await a.get(pool, i & 255, i >> 8) == page(i)
+
+    run(go())
+
+
+def test_two_replicas_survive_one_node_down_and_checksum_is_verified():
+    async def go():
+        ln = cluster(3, replicas=2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 40)
+        await a.remotify_batch(frames=20)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        assert remote and ln.nodes[1].zc.foreign_pages[1] == ln.nodes[2].zc.foreign_pages[1] == len(remote)
+        # corrupt node 1's copy of one page: the get must notice and use node 2's
+        i = remote[0]
+        fpool = ln.nodes[1].zc.tmem.get_pool(0, pool.pool_id)
+        p = ln.nodes[1].zc.tmem.lookup(fpool, i & 255, i >> 8)
+        mv = ln.nodes[1].zc.zbud.payload(p)
+        mv[5] ^= 0xFF
+        ln.down.add(2)
+        with pytest.raises(RemoteError) as info:
+            await a.get(pool, i & 255, i >> 8)
+        assert not info.value.lost  # node 2 may come back
+        assert a.stats()["ramster.remote_checksum_errors"] == 1
+        ln.down.clear()
+        assert await a.get(pool, i & 255, i >> 8, free=True) == page(i)
+        ln.down.add(1)  # kill one replica: every page stays readable
+        for j in remote[1:]:
+            assert await a.get(pool, j & 255, j >> 8) == page(j)
+
+    run(go())
+
+
+def test_restarted_node_pages_are_lost_not_zeros():
+    async def go():
+        ln = cluster(2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 10)
+        await a.remotify_batch(frames=5)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(10) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        # node 1 restarts empty
+        ln.nodes[1] = Ramster(Zcache(64), ln.view(1), RemotifyPolicy(targets=(0,)))
+        assert a.node_lost_pages(1) == len(remote)
+        for i in remote:
+            with pytest.raises(RemoteError) as info:
+                await a.get(pool, i & 255, i >> 8)
+            assert info.value.lost
+        assert a.stats()["ramster.remote_pers_pages_lost"] == len(remote)
+
+    run(go())
+
+
+def test_ephemeral_remote_miss_is_a_miss():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        eid = a.zc.new_pool(persistent=False)
+        fill(a.zc, eid, 10)
+        await a.remotify_batch(frames=5)
+        pool = a.zc.pool(eid)
+        remote = [i for i in range(10) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        assert remote and a.stats()["ramster.eph_pages_remoted"] == len(remote)
+        # b evicts its foreign ephemeral pages under its own pressure
+        b.zc.set_max_pageframes(0)
+        i = remote[0]
+        assert await a.get(pool, i & 255, i >> 8) is None
+        assert await a.get(pool, i & 255, i >> 8) is None  # a miss stays a miss
+        assert a.stats()["ramster.remote_eph_pages_unsucc_get"] == 1
+
+    run(go())
+
+
+def test_concurrent_gets_share_one_fetch():
+    async def go():
+        ln = cluster(2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 4)
+        a.zc.set_max_pageframes(64)
+        await a.remotify_batch(frames=2)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(4) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        i = remote[0]
+        ln.requests.clear()
+        got = await asyncio.gather(*(a.get(pool, i & 255, i >> 8) for _ in range(5)))
+        assert got == [page(i)] * 5
+        assert [k for _, _, k in ln.requests].count("Get") == 1
+
+    run(go())
+
+
+def test_put_during_remotify_wins_and_orphan_is_flushed():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 2)
+        task = asyncio.ensure_future(a.remotify_batch(frames=1))
+        await asyncio.sleep(0)  # the frame is a zombie, its pages in flight
+        assert a.zc.put_page(pid, 0, 0, page(50))  # overwrite one of them
+        await task
+        await asyncio.sleep(0.01)
+        pool = a.zc.pool(pid)
+        assert await a.get(pool, 0, 0) == page(50)
+        assert await a.get(pool, 1, 0) == page(1)
+        assert b.zc.foreign_pages[1] == 1  # the orphaned copy of (0, 0) was flushed
+        a.zc.check()
+
+    run(go())
+
+
+def test_foreign_pages_are_not_remotified_again():
+    async def go():
+        ln = cluster(3)
+        a, b = ln.nodes[0], ln.nodes[1]
+        ln.down.add(2)
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 20)
+        await a.remotify_batch(frames=10)
+        held = b.zc.foreign_pages[1]
+        assert held
+        ln.down.clear()
+        assert await b.remotify_batch(frames=10) == 0
+        assert ln.nodes[2].zc.foreign_pages[1] == 0 and b.zc.foreign_pages[1] == held
+        b.zc.check()
+
+    run(go())
+
+
+def test_frontswap_pages_round_trip_through_a_peer():
+    async def go():
+        ln = cluster(2, frames=32)
+        a = ln.nodes[0]
+        ln.nodes[1].zc.set_max_pageframes(256)  # the memory server has room for everything
+        fs = Frontswap(a.zc, exclusive_gets=False)
+        fs.init(0)
+        stored = 0
+        for off in range(400):
+            while not fs.store(0, off, page(off)):
+                assert await a.remotify_batch(frames=8), "nothing could be remotified"
+            stored += 1
+        assert stored == 400 and a.stats()["ramster.remote_pers_pages"] > 300
+        pool = a.zc.pool(fs.pool_id)
+        from ramster.frontends.frontswap import swiz
+
+        for off in range(400):
+            assert await a.get(pool, *swiz(0, off)) == page(off)
+
+    run(go())
