@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     e.add_argument("--repeat", type=int, default=3, metavar="R", help="timed runs; the best is kept (default 3)")
     e.add_argument("--cpu", type=int, metavar="N", help="CPU to pin to (default: the last one)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--markdown", action="store_true", help="print Markdown tables (for BENCHMARKS.md)")
     e.set_defaults(func=_engine)
     try:
         from . import nbd  # noqa: F401  (built by the node issue)
@@ -59,11 +60,15 @@ def _engine(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     console = Console(stderr=True)
     total = len(files) * len(names)
-    with Progress(console=console, transient=True, disable=args.json and not sys.stderr.isatty()) as prog:
+    quiet = (args.json or args.markdown) and not sys.stderr.isatty()
+    with Progress(console=console, transient=True, disable=quiet) as prog:
         task = prog.add_task("bench engine", total=total)
         results = engine.run([str(f) for f in files], names, args.pages, args.repeat, lambda: prog.advance(task))
     if args.json:
         print(json.dumps(engine.as_json(results, pinning), indent=2))
+        return 0
+    if args.markdown:
+        print(engine.as_markdown(results, pinning))
         return 0
     t = Table(title=f"ramster bench engine — {pinning}")
     for col in ("corpus", "codec", "put/s", "floor", "×", "get/s", "floor", "×", "meta B", "zp/frame", "rejected"):

@@ -192,3 +192,25 @@ def totals(results: list[EngineResult]) -> list[dict]:
 
 def as_json(results: list[EngineResult], pinning: str) -> dict:
     return {"benchmark": "engine", "pinning": pinning, "results": [asdict(r) for r in results], "totals": totals(results)}
+
+
+def as_markdown(results: list[EngineResult], pinning: str) -> str:
+    k = lambda v: f"{v / 1000:,.0f}k"  # noqa: E731
+    lines = [
+        f"Pinning: {pinning}.",
+        "",
+        "| corpus | codec | put/s | floor put/s | put × | get/s | floor get/s | get × | metadata B/page | zpages/frame | density | rejected |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.corpus.removesuffix('.pages')} | {r.compressor} | {k(r.put_pps)} | {k(r.floor_put_pps)} | {r.put_ratio:.2f} "
+            f"| {k(r.get_pps)} | {k(r.floor_get_pps)} | {r.get_ratio:.2f} | {r.metadata_bytes_per_page:.0f} "
+            f"| {r.zpages_per_frame:.2f} | {r.density:.2f} | {r.rejected_pages} |"
+        )
+    lines += ["", "| codec | pages | put × (all files) | get × (all files) | max metadata B/page | min zpages/frame |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for t in totals(results):
+        lines.append(f"| {t['compressor']} | {t['pages']} | {t['put_ratio']:.2f} | {t['get_ratio']:.2f} "
+                     f"| {t['metadata_bytes_per_page_max']:.0f} | {t['zpages_per_frame_min']:.2f} |")
+    return "\n".join(lines)
