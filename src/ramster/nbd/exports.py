@@ -15,7 +15,8 @@ import logging
 from dataclasses import dataclass
 
 from ..frontends.cleancache import Cleancache
-from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap
+from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap, swiz
+from ..tmem import RemotePage
 from ..writeback import BackingFile
 from ..zcache import ZERO_FILLED
 from .export import STATE_HOLE, STATE_ZERO, Export, ExportCounters, ExportError
@@ -98,6 +99,11 @@ class SwapExport(Export):
         self._pool = frontswap.zc.pool(frontswap.pool_id)
         self._type_bits = swap_type << SWIZ_BITS
         self._write_back_errors = 0
+        # RAMster (remote/ramster.py) when the node runs in a cluster: remote pages
+        # are fetched through it, and a store that finds memory full waits for it
+        # to move frames to peers before giving up.
+        self.remote = None
+        self.room_timeout = 5.0
 
     # ---- one page -------------------------------------------------------------------
 
@@ -119,12 +125,47 @@ class SwapExport(Export):
             raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed")
         return page
 
-    def _store(self, p: int, page) -> bool:
-        """Store one whole page; False if nothing took it (the page is then lost)."""
+    async def _remote_page(self, p: int):
+        """Page p, which a peer holds (RAMster)."""
+        from ..remote.ramster import RemoteError
+
+        try:
+            return await self.remote.get(self._pool, *swiz(self.swap_type, p))
+        except RemoteError as e:
+            if e.lost and self.backing is not None:
+                # remotify wrote the page through to the swap disk as well
+                self.counters.backing_reads += 1
+                return self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE)
+            raise _err(self.counters, errno.EIO, f"page {p}: {e}") from None
+
+    async def _page_async(self, p: int):
+        try:
+            return self._page(p)
+        except RemotePage:
+            return await self._remote_page(p)
+
+    async def _store_async(self, p: int, page) -> bool:
+        """Store one whole page; False if nothing took it (the page is then lost).
+        In a cluster, a store that finds memory full first waits (bounded) for
+        RAMster to move frames to peers."""
         if self.frontswap.store(self.swap_type, p, page):
             if self.lost:
                 self.lost.discard(p)
             return True
+        if self.remote is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.room_timeout
+            while True:
+                left = deadline - loop.time()
+                if left <= 0 or not await self.remote.make_room(left):
+                    break
+                if self.frontswap.store(self.swap_type, p, page):
+                    if self.lost:
+                        self.lost.discard(p)
+                    return True
+        return self._fall_back(p, page)
+
+    def _fall_back(self, p: int, page) -> bool:
         # The failed store flushed any older tmem copy, so the file (or "lost") is now the truth.
         if self.backing is not None:
             try:
@@ -154,13 +195,19 @@ class SwapExport(Export):
     # ---- requests ---------------------------------------------------------------------
 
     async def read(self, offset: int, length: int):
-        if length == PAGE_SIZE and not offset & PAGE_MASK:
-            return self._read_page(offset >> PAGE_SHIFT)
+        try:
+            if length == PAGE_SIZE and not offset & PAGE_MASK:
+                return self._read_page(offset >> PAGE_SHIFT)
+        except RemotePage:
+            return await self._remote_page(offset >> PAGE_SHIFT)
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
         start = offset & PAGE_MASK
         if first == last:
-            return self._read_page(first)[start:start + length]
+            page = await self._page_async(first)
+            if page is None:
+                raise _err(self.counters, errno.EIO, f"page {first} was lost: its last write failed")
+            return page[start:start + length]
         buf = bytearray((last - first + 1) << PAGE_SHIFT)
         load = self.frontswap.load
         swap_type = self.swap_type
@@ -168,7 +215,10 @@ class SwapExport(Export):
         backing = self.backing
         run = -1  # first page of a run of pages to read from the file
         for p in range(first, last + 1):
-            page = load(swap_type, p)
+            try:
+                page = load(swap_type, p)
+            except RemotePage:
+                page = await self._remote_page(p)
             if page is not None:
                 if run >= 0:
                     self._read_run(buf, first, run, p)
@@ -195,14 +245,14 @@ class SwapExport(Export):
         if length == PAGE_SIZE and not offset & PAGE_MASK:
             if type(data) is not bytes:
                 data = bytes(data)
-            if not self._store(offset >> PAGE_SHIFT, data):
+            if not await self._store_async(offset >> PAGE_SHIFT, data):
                 raise _err(self.counters, errno.ENOSPC, "no memory left for the page and no backing file")
         else:
-            self._write_span(offset, data)
+            await self._write_span(offset, data)
         if fua and self.backing is not None:
             await _fsync(self.backing)
 
-    def _write_span(self, offset: int, data) -> None:
+    async def _write_span(self, offset: int, data) -> None:
         # zcache takes pages as bytes: slicing bytes copies once, a view is copied explicitly
         mv = data if type(data) is bytes else memoryview(data)
         failed = 0
@@ -213,9 +263,9 @@ class SwapExport(Export):
             s = offset & PAGE_MASK
             n = min(PAGE_SIZE - s, end - offset)
             if n == PAGE_SIZE:
-                ok = self._store(p, bytes(mv[pos:pos + PAGE_SIZE]))
+                ok = await self._store_async(p, bytes(mv[pos:pos + PAGE_SIZE]))
             else:
-                old = self._page(p)
+                old = await self._page_async(p)
                 if old is None:
                     # the rest of a lost page is unknown, so the page cannot be completed
                     failed = failed or errno.EIO
@@ -223,7 +273,7 @@ class SwapExport(Export):
                 else:
                     page = bytearray(old)
                     page[s:s + n] = mv[pos:pos + n]
-                    ok = self._store(p, bytes(page))
+                    ok = await self._store_async(p, bytes(page))
             if not ok:
                 failed = errno.ENOSPC
             offset += n
@@ -250,12 +300,12 @@ class SwapExport(Export):
         first = (offset + PAGE_MASK) >> PAGE_SHIFT
         stop = end >> PAGE_SHIFT
         if first >= stop:  # within one page, or straddling two without covering either
-            self._write_span(offset, bytes(length))
+            await self._write_span(offset, bytes(length))
         else:
             if offset < first << PAGE_SHIFT:
-                self._write_span(offset, bytes((first << PAGE_SHIFT) - offset))
+                await self._write_span(offset, bytes((first << PAGE_SHIFT) - offset))
             if end > stop << PAGE_SHIFT:
-                self._write_span(stop << PAGE_SHIFT, bytes(end - (stop << PAGE_SHIFT)))
+                await self._write_span(stop << PAGE_SHIFT, bytes(end - (stop << PAGE_SHIFT)))
             # a dropped page reads as zeros: from the file's new hole, or from nothing
             await self._drop(first, stop)
         if fua and self.backing is not None:
