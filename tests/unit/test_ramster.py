@@ -338,3 +338,64 @@ def test_frontswap_pages_round_trip_through_a_peer():
             assert await a.get(pool, *swiz(0, off)) == page(off)
 
     run(go())
+
+
+def test_dead_replica_is_rereplicated_to_a_third_node():
+    async def go():
+        ln = cluster(4, replicas=2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 40)
+        await a.remotify_batch(frames=20)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        held = {n: ln.nodes[n].zc.foreign_pages[1] for n in (1, 2, 3)}
+        dead = max(held, key=held.get)
+        ln.down.add(dead)
+        copied = await a.rereplicate(dead)
+        assert copied == held[dead] and a.stats()["ramster.pages_rereplicated"] == copied
+        alive = [n for n in (1, 2, 3) if n != dead]
+        assert sum(ln.nodes[n].zc.foreign_pages[1] for n in alive) == 2 * len(remote)
+        # with the dead node gone for good, losing one more replica still loses nothing
+        ln.down.add(alive[0])
+        for i in remote:
+            assert await a.get(pool, i & 255, i >> 8) == page(i)
+
+    run(go())
+
+
+def test_remotify_writes_persistent_pages_through_to_the_sink():
+    async def go():
+        ln = cluster(2)
+        a = ln.nodes[0]
+        disk = {}
+        a.zc.writeback_sink = lambda pool, oid, index, data: disk.__setitem__((oid, index), data) or True
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 20)
+        await a.remotify_batch(frames=5)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(20) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        assert sorted(disk) == sorted((i & 255, i >> 8) for i in remote)
+        assert all(disk[(i & 255, i >> 8)] == page(i) for i in remote)
+
+    run(go())
+
+
+def test_selfshrink_brings_pages_home_when_idle():
+    async def go():
+        ln = cluster(2, frames=64)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 30)
+        await a.remotify_batch(frames=10)
+        before = a.stats()["ramster.remote_pers_pages"]
+        assert before == 20
+        results = [await a.selfshrink_pass() for _ in range(4)]
+        # idle for three passes (the inertia), then at most 20 pages come home at once
+        assert results[:3] == [0, 0, 0] and results[3] == before
+        assert a.stats()["ramster.remote_pers_pages"] == 0
+        pool = a.zc.pool(pid)
+        for i in range(30):
+            assert 0 < a.zc.tmem.lookup(pool, i & 255, i >> 8)
+
+    run(go())

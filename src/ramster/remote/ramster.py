@@ -107,6 +107,8 @@ class RemotifyPolicy:
     interval: float = 1.0  # seconds between remotify passes (the seed: 1 s)
     # remotify only while fewer than this share of the budget is free
     low_water: float = 0.25
+    selfshrink: bool = True
+    selfshrink_interval: float = 5.0  # the seed's selfshrink_interval
 
 
 _COUNTERS = (
@@ -259,6 +261,8 @@ class Ramster:
     # ---- remotify (SPEC §5.3) ----------------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_shrink = loop.time() + self.policy.selfshrink_interval
         while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.policy.interval)
@@ -268,10 +272,60 @@ class Ramster:
             try:
                 while not self._closing and self._wants_room() and await self.remotify_batch():
                     pass
+                if self.policy.selfshrink and loop.time() >= next_shrink:
+                    next_shrink = loop.time() + self.policy.selfshrink_interval
+                    await self.selfshrink_pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("remotify pass failed")
+
+    # ---- frontswap selfshrinking (SPEC §5.7) ------------------------------------------------
+
+    _ss_last = 0
+    _ss_inertia = 3
+
+    async def selfshrink_pass(self) -> int:
+        """When the persistent pages stopped growing for `inertia` passes, bring
+        remote ones home (all of them up to the hysteresis of 20, else 5 %), so
+        the exposure to a peer's crash shrinks while the node is idle. Only into
+        frames that are free: it never makes room by evicting."""
+        cur = self.zc.zpages[PERS] + self.remote_pages[PERS]
+        if cur == 0 or cur > self._ss_last:
+            self._ss_last, self._ss_inertia = cur, 3
+            return 0
+        self._ss_last = cur
+        self._ss_inertia -= 1
+        if self._ss_inertia > 0:
+            return 0
+        self._ss_inertia = 3
+        remote = self.remote_pages[PERS]
+        want = remote if remote <= 20 else remote // 20
+        done = 0
+        for pool, oid, index, _ in self._remote_slots(persistent=True):
+            if done >= want or not self._has_room() or self._wants_room():
+                break
+            try:
+                await self.get(pool, oid, index)  # a non-freeing get repatriates
+            except RemoteError:
+                continue
+            done += 1
+        return done
+
+    def _remote_slots(self, persistent: bool | None = None, node: int | None = None):
+        """(pool, oid, index, r) of every remote page of the local pools (a slow walk)."""
+        zc = self.zc
+        for pool in zc.tmem.clients[LOCAL_CLIENT]:
+            if pool is None or (persistent is not None and pool.persistent != persistent):
+                continue
+            for oid, obj in list(pool.objs.items()):
+                for key, leaf in list(obj.items()):
+                    for slot in range(64):
+                        p = leaf[slot]
+                        if p <= REMOTE_BASE:
+                            r = REMOTE_BASE - p
+                            if node is None or node in self.table.nodes(r):
+                                yield pool, oid, (key << 6) | slot, r
 
     def _wants_room(self) -> bool:
         a = self.zc.arena
@@ -359,6 +413,9 @@ class Ramster:
             # the handle must still hold this very zbud of a frame we zombified
             current = zc.tmem.lookup(pool, oid, index) == p and zbud.state[n] & ZOMBIE
             if len(got) == len(targets) and current:
+                if c and zc.writeback_sink is not None:
+                    # write-through: with a swap disk the page survives its peers too
+                    zc.writeback_sink(pool, oid, index, zc.codec.decompress(data))
                 r = self.table.alloc(sorted(got), len(data), sums[id(pg)], c)
                 self._pool_nodes.setdefault(self._pool_key(pool), set()).update(got)
                 zc.tmem.replace(pool, oid, index, REMOTE_BASE - r)
@@ -497,11 +554,56 @@ class Ramster:
             log.warning("node %d restarted: %d remote page(s) had no other copy", node, orphaned)
         return orphaned
 
-    def under_replicated(self) -> list[int]:
+    async def rereplicate(self, gone: int) -> int:
+        """Give every page that had a copy on `gone` a new copy on another target
+        (replicas >= 2). Returns the pages copied."""
         if self.policy.replicas < 2:
-            return []
-        table = self.table
-        return [r for r in range(len(table.size)) if table.size[r] and len(table.nodes(r)) == 1]
+            return 0
+        zc, table = self.zc, self.table
+        todo = [(pool, oid, index, r) for pool, oid, index, r in self._remote_slots(node=gone)]
+        done = 0
+        for pool, oid, index, r in todo:
+            p = REMOTE_BASE - r
+            if zc.tmem.lookup(pool, oid, index) != p:
+                continue  # flushed or rewritten meanwhile
+            keep = [n for n in table.nodes(r) if n != gone]
+            table.set_nodes(r, keep)
+            if not keep:
+                continue
+            spare = [t for t in self.choose_targets_excluding(set(keep) | {gone})]
+            if not spare:
+                continue
+            try:
+                reply = await self.net.request(keep[0], wire.Get(pool.pool_id, pool.persistent, oid, index, False))
+            except Exception:
+                continue
+            if not isinstance(reply, wire.GetReply) or not reply.found or checksum(reply.data) != table.cksum[r]:
+                continue
+            put = wire.PutPages(pool.pool_id, pool.persistent, [wire.PutPage(oid, index, table.cksum[r], reply.data)])
+            ack = await self._call(spare[0], put)
+            if isinstance(ack, wire.PutReply) and ack.statuses == [0]:
+                if zc.tmem.lookup(pool, oid, index) == p:
+                    table.set_nodes(r, keep + [spare[0]])
+                    self._pool_nodes.setdefault(self._pool_key(pool), set()).add(spare[0])
+                    self.pages_rereplicated += 1
+                    done += 1
+                else:
+                    self._send(spare[0], wire.FlushPage(pool.pool_id, pool.persistent, oid, index), "page")
+        if done:
+            log.info("node %d gone: %d page(s) copied to other nodes", gone, done)
+        return done
+
+    def choose_targets_excluding(self, exclude: set[int]) -> list[int]:
+        cands = [p for p in self._candidates() if p.number not in exclude]
+        cands.sort(key=lambda p: -(p.free_frames or 0))
+        return [p.number for p in cands]
+
+    def peer_changed(self, node: int, connected: bool, restarted: bool) -> None:
+        """The network's on_peer_change: a restarted peer lost every page it held."""
+        if restarted:
+            self.node_lost_pages(node)
+        if (restarted or not connected) and self.policy.replicas >= 2:
+            asyncio.get_running_loop().create_task(self.rereplicate(node))
 
     # ---- server side (SPEC §5.4) -----------------------------------------------------------------
 
