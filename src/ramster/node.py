@@ -30,8 +30,12 @@ log = logging.getLogger("ramster.node")
 
 
 class Node:
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, cluster=None):
         self.config = config
+        # a ramster.remote.cluster.ClusterConfig: this node is one of a RAMster cluster
+        self.cluster = cluster
+        self.net = None
+        self.ramster = None
         self.started = time.time()
         try:
             self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor)
@@ -84,6 +88,14 @@ class Node:
         counters = self.zc.stats()
         counters.update(self.frontswap.stats())
         counters.update(self.cleancache.stats())
+        peers = []
+        if self.ramster is not None:
+            counters.update(self.ramster.stats())
+            counters["ramster.auth_failures"] = self.net.auth_failures
+            for p in self.net.peers():
+                peers.append({"name": p.name, "number": p.number, "connected": p.connected,
+                              "rtt_seconds": p.rtt, "free_frames": p.free_frames,
+                              "pages_held": self.ramster.pages_on(p.number)})
         exports = {}
         for name, e in self.exports.items():
             c = e.counters
@@ -107,6 +119,7 @@ class Node:
             },
             "counters": counters,
             "exports": exports,
+            "peers": peers,
         }
 
     # ---- running ----------------------------------------------------------------------
@@ -137,11 +150,42 @@ class Node:
         self.addresses = list(self.server.addresses)
         if self.metrics is not None:
             log.info("metrics on http://%s/metrics", self.metrics.address)
+        if self.cluster is not None:
+            await self._start_cluster()
+
+    async def _start_cluster(self) -> None:
+        from .remote.peer import PeerNetwork
+        from .remote.ramster import Ramster, RemotifyPolicy
+
+        cl = self.cluster
+        policy = RemotifyPolicy(persistent=cl.persistent, ephemeral=cl.ephemeral,
+                                targets=tuple(t.number for t in cl.targets), replicas=cl.replicas,
+                                selfshrink=cl.selfshrink)
+        self.net = PeerNetwork(cl, handler=None)
+        self.ramster = Ramster(self.zc, self.net, policy)
+        self.net.handler = self.ramster.handle
+        self.net.free_frames = self.ramster.free_frames
+        self.net.on_peer_change = self.ramster.peer_changed
+        for e in self.exports.values():
+            if isinstance(e, SwapExport):
+                e.remote = self.ramster
+                e.room_timeout = cl.request_timeout
+        try:
+            await self.net.start()
+        except OSError as err:
+            raise ConfigError(f"cannot listen for peers on {cl.local.host}:{cl.local.port}: "
+                              f"{_oserror_text(err)}") from None
+        self.ramster.start()
+        log.info("cluster %s: node %d (%s), remotify to %s, %d replica(s)", cl.name, cl.local.number,
+                 cl.local.name, ", ".join(t.name for t in cl.targets) or "nobody", cl.replicas)
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish, fsync and close the backing files."""
         if self.server is not None:
             await self.server.stop()  # also closes (fsyncs) every export
+        if self.ramster is not None:
+            await self.ramster.stop()
+            await self.net.stop()
         if self.metrics is not None:
             await self.metrics.stop()
         for f in self._files:
@@ -221,8 +265,8 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
-def run(config: NodeConfig) -> int:
+def run(config: NodeConfig, cluster=None) -> int:
     """Run a node in this process until a signal stops it."""
     setup_logging(config.log_level)
-    node = Node(config)
+    node = Node(config, cluster)
     return asyncio.run(node.serve())

@@ -36,6 +36,7 @@ flags override the config file; --listen and --export replace its lists.
 
 examples:
   ramster node
+  ramster node --config cluster.toml --name a --listen 127.0.0.1:10809 --metrics 127.0.0.1:9105
   ramster node --memory 2G --export swap:swap:8G:/var/tmp/ramster.swap
   ramster node --listen unix:/run/ramster.sock --export disk:cache:20G:disk.img --metrics off
   ramster node --config /etc/ramster.toml --log-level debug
@@ -57,7 +58,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=DESCRIPTION, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE",
-                   help="TOML file with a [node] table (other tables, e.g. [cluster], are ignored here)")
+                   help="TOML file with a [node] table and, for a RAMster cluster, [cluster] and "
+                        "[remotify] tables (the same file on every node)")
+    p.add_argument("--name", metavar="NAME",
+                   help="this node's name in the config's [cluster] (runs the node as a RAMster peer)")
     p.add_argument("--memory", metavar="SIZE",
                    help="memory budget for compressed pages, a multiple of 4096 (default: min(1G, RAM/4))")
     p.add_argument("--compressor", metavar="NAME",
@@ -82,6 +86,29 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = build(args.config, memory=args.memory, compressor=args.compressor, listen=args.listen,
                     exports=args.exports, metrics=args.metrics, log_level=args.log_level)
-        return run(cfg)
+        cluster = _cluster(args.config, args.name)
+        return run(cfg, cluster)
     except ConfigError as e:
         raise UserError(str(e)) from None
+
+
+def _cluster(config: str | None, name: str | None):
+    """The cluster this node belongs to, or None for a single node."""
+    import tomllib
+
+    has_cluster = False
+    if config is not None:
+        try:
+            with open(config, "rb") as f:
+                has_cluster = "cluster" in tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            has_cluster = False  # build() has reported what is wrong with the file already
+    if name is None:
+        if has_cluster:
+            raise ConfigError(f"{config} describes a cluster: say which node this is with --name")
+        return None
+    if not has_cluster:
+        raise ConfigError("--name needs a --config file with a [cluster] table")
+    from .remote.cluster import load_cluster
+
+    return load_cluster(config, name)

@@ -310,8 +310,8 @@ def test_port_in_use_one_line(tmp_path):
 def test_config_file(tmp_path):
     need("nbdinfo")
     (tmp_path / "ramster.toml").write_text("""
-[cluster]
-peers = ["10.0.0.1:9999"]   # not the node's business
+[dashboard]
+panels = ["memory"]   # another tool's table: not the node's business
 
 [node]
 memory = "8M"
@@ -334,6 +334,14 @@ backing = "wb.img"
     finally:
         assert n.stop() == 0
     assert "DEBUG" in n.stderr() and "Traceback" not in n.stderr()
+
+
+def test_cluster_config_needs_a_name(tmp_path):
+    (tmp_path / "c.toml").write_text('[cluster]\nname = "lab"\n')
+    r = run(*RAMSTER, "node", "--config", str(tmp_path / "c.toml"), "--metrics", "off")
+    assert r.returncode == 2 and "--name" in r.stderr and "Traceback" not in r.stderr
+    r = run(*RAMSTER, "node", "--name", "a", "--metrics", "off")
+    assert r.returncode == 2 and "[cluster]" in r.stderr
 
 
 def test_sigterm_finishes_requests_in_flight(tmp_path):

@@ -554,6 +554,11 @@ class Ramster:
             log.warning("node %d restarted: %d remote page(s) had no other copy", node, orphaned)
         return orphaned
 
+    def pages_on(self, node: int) -> int:
+        """Remote pages of this node that `node` holds (a walk of the remote table)."""
+        t = self.table
+        return sum(1 for r in range(len(t.size)) if t.size[r] and node in (t.node_a[r], t.node_b[r]))
+
     async def rereplicate(self, gone: int) -> int:
         """Give every page that had a copy on `gone` a new copy on another target
         (replicas >= 2). Returns the pages copied."""
