@@ -148,11 +148,14 @@ class SwapExport(Export):
         """Store one whole page; False if nothing took it (the page is then lost).
         In a cluster, a store that finds memory full first waits (bounded) for
         RAMster to move frames to peers."""
+        zc = self._zc
+        short = zc.pers_ate_eph_failed
         if self.frontswap.store(self.swap_type, p, page):
             if self.lost:
                 self.lost.discard(p)
             return True
-        if self.remote is not None:
+        # wait only when memory ran out: a page that compresses poorly stays refused
+        if self.remote is not None and zc.pers_ate_eph_failed != short:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.room_timeout
             while True:

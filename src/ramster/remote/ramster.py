@@ -139,7 +139,8 @@ class Ramster:
         self._pool_nodes: dict[tuple, set[int]] = {}  # pool key -> nodes that ever held its pages
         self._worker: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()
+        self._room = asyncio.Event()  # set at the end of each remotify pass
+        self._room_made = False
         self._closing = False
         zc.remote = self
 
@@ -270,8 +271,14 @@ class Ramster:
                 pass
             self._wake.clear()
             try:
-                while not self._closing and self._wants_room() and await self.remotify_batch():
-                    pass
+                moved = 0
+                while not self._closing and self._wants_room():
+                    n = await self.remotify_batch()
+                    if not n:
+                        break
+                    moved += n
+                self._room_made = moved > 0
+                self._room.set()
                 if self.policy.selfshrink and loop.time() >= next_shrink:
                     next_shrink = loop.time() + self.policy.selfshrink_interval
                     await self.selfshrink_pass()
@@ -346,21 +353,22 @@ class Ramster:
             freed += await self._remotify_class(c, frames)
             if freed:
                 break
-        if freed:
-            self._room.set()
         return freed
 
     async def make_room(self, timeout: float) -> bool:
-        """For a store that found the budget full: remotify now, wait at most `timeout`."""
-        if not self._candidates():
+        """For a store that found the budget full: wake the remotify worker and
+        wait (at most `timeout`) for its pass; True if the pass freed frames."""
+        if self._worker is None or not self._candidates():
             return False
-        self._room.clear()
+        room = self._room
+        if room.is_set():  # start a fresh pass: one that began earlier may predate the shortage
+            room = self._room = asyncio.Event()
         self._wake.set()
         try:
-            await asyncio.wait_for(self._room.wait(), timeout)
+            await asyncio.wait_for(room.wait(), timeout)
         except asyncio.TimeoutError:
             return False
-        return True
+        return self._room_made
 
     async def _remotify_class(self, c: int, frames: int) -> int:
         zc, zbud = self.zc, self.zc.zbud

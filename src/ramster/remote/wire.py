@@ -317,12 +317,17 @@ def _body(msg) -> list:
     raise WireError(f"cannot encode {t.__name__}")
 
 
-def encode(msg: Message) -> bytes:
-    """The bytes of one message; WireError if a field does not fit its encoding."""
+def encode(msg: Message, msg_id: int | None = None) -> bytes:
+    """The bytes of one message; WireError if a field does not fit its encoding.
+
+    `msg_id` overrides the message's own id, so that one message object can
+    be sent to several peers without being mutated.
+    """
     try:
         parts = _body(msg)
         length = sum(map(len, parts))
-        head = HEADER.pack(MAGIC, VERSION, TYPE_OF[type(msg)], msg.status, msg.msg_id, length)
+        head = HEADER.pack(MAGIC, VERSION, TYPE_OF[type(msg)], msg.status,
+                           msg.msg_id if msg_id is None else msg_id, length)
     except struct.error as e:
         raise WireError(f"{type(msg).__name__}: {e}") from None
     return b"".join((head, *parts))

@@ -1,0 +1,639 @@
+"""RAMster peer connections over asyncio: one TCP connection per pair of nodes.
+
+As in r2net (SPEC §5.8) the higher-numbered node connects and the lower one
+accepts, so a pair never races to open two connections. Unlike r2net:
+
+- peers authenticate each other (HMAC-SHA256 challenge-response over the
+  cluster secret, which never crosses the wire), optionally inside TLS;
+- every request has a timeout, so a dead or paused peer costs a caller at
+  most `request_timeout`, never a hang;
+- a peer announces a random boot id, so a node that restarted (and lost every
+  page it held) is told apart from one that merely reconnected.
+
+Without TLS the HMAC only proves who opened the connection; an attacker able
+to rewrite packets in flight can still tamper with it afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import inspect
+import logging
+import random
+import secrets
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from . import wire
+from .cluster import ClusterConfig, NodeSpec, load_cluster
+from .wire import Auth, ErrorReply, Hello, Keepalive, KeepaliveReply, Unknown
+
+log = logging.getLogger("ramster.remote")
+
+PROTOCOL_VERSION = wire.VERSION
+MAX_HANDLERS = 128  # concurrent incoming requests per connection before reading pauses
+MAX_WRITE_BUFFER = 4 << 20  # bytes queued to a peer before senders wait for it
+RTT_WEIGHT = 0.25  # EWMA weight of a new keepalive round trip
+
+_HELLO, _AUTH, _READY, _CLOSED = range(4)
+_FREE_FRAMES_REPLIES = (wire.PutReply, wire.GetReply, wire.Ack, KeepaliveReply)
+
+Handler = Callable[[int, object], Awaitable[object]]
+
+
+class PeerUnavailable(ConnectionError):
+    """The peer is not connected, or the connection was lost before the reply came."""
+
+
+class PeerTimeout(TimeoutError):
+    """The peer is connected but did not answer within the request timeout."""
+
+
+@dataclass
+class PeerState:
+    name: str
+    number: int
+    connected: bool = False
+    rtt: float | None = None  # seconds, EWMA of keepalive round trips
+    free_frames: int | None = None  # as last reported by the peer
+    last_seen: float | None = None  # time.monotonic() of the last message received
+    boot_id: int | None = None
+    connects: int = 0  # successful handshakes
+    refused: int = 0  # connections claiming this node that failed authentication
+
+
+def _mac(secret: bytes, first_nonce: bytes, second_nonce: bytes, sender: int, receiver: int) -> bytes:
+    # Both node numbers are covered, so a MAC made for one pair of nodes
+    # (or reflected back at its sender) proves nothing to another.
+    return hmac.new(secret, b"ramster-auth\0" + first_nonce + second_nonce + bytes((sender, receiver)),
+                    hashlib.sha256).digest()
+
+
+class _Connection(asyncio.Protocol):
+    """One peer connection: handshake, request/reply matching, keepalives."""
+
+    def __init__(self, net: PeerNetwork, expect: int | None):
+        self.net = net
+        self.expect = expect  # the node we dialled, None for an accepted connection
+        self.peer: int | None = None
+        self.peer_boot: int | None = None
+        self.state = _HELLO
+        self.transport: asyncio.Transport | None = None
+        self.decoder = wire.Decoder()
+        self.nonce = secrets.token_bytes(wire.NONCE_SIZE)
+        self.peer_nonce = b""
+        self.pending: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
+        self.ready = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.last_rx = time.monotonic()
+        self.reason = ""
+        self.handlers = 0
+        self.reading_paused = False
+        self.tasks: set[asyncio.Task] = set()
+        self.keepalive_running = False
+        self.timer: asyncio.Task | None = None
+        self.name = f"node {expect}" if expect is not None else "incoming peer"
+
+    # --- asyncio callbacks ------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.expect is None:
+            addr = transport.get_extra_info("peername")
+            self.name = f"peer {addr[0]}:{addr[1]}" if addr else "incoming peer"
+        self.net._all.add(self)
+        cfg = self.net.config
+        self._send(Hello(PROTOCOL_VERSION, cfg.name, cfg.local.number, self.nonce, self.net.boot_id))
+        self.timer = self._spawn(self._timer())
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = now = time.monotonic()
+        try:
+            msgs = self.decoder.feed(data)
+        except wire.WireError as e:
+            self.close(f"protocol error: {e}", warn=True)
+            return
+        if self.state == _READY and msgs:
+            self.net._states[self.peer].last_seen = now
+        for m in msgs:
+            if self.state == _CLOSED:
+                return
+            try:
+                self._dispatch(m)
+            except Exception as e:  # a bug must cost one connection, not the node
+                log.exception("%s: internal error", self.name)
+                self.close(f"internal error: {e!r}", warn=True)
+                return
+
+    def eof_received(self) -> bool:
+        self.reason = self.reason or "closed by the peer"
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if exc is not None and not self.reason:
+            self.reason = f"connection lost: {exc}"
+        was_ready = self.state == _READY
+        self.state = _CLOSED
+        self.ready.set()  # wake the handshake wait so it sees _CLOSED
+        self.writable.set()
+        err = PeerUnavailable(f"{self.name}: {self.reason or 'connection closed'}")
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        # handlers run to the end (the engine's state must stay consistent); the timer stops
+        if self.timer is not None:
+            self.timer.cancel()
+        self.net._all.discard(self)
+        if not self.closed.done():
+            self.closed.set_result(was_ready)
+        self.net._lost(self, was_ready)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    # --- sending ------------------------------------------------------------------
+    def _send(self, msg, msg_id: int | None = None) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wire.encode(msg, msg_id))
+
+    def close(self, reason: str, warn: bool = False) -> None:
+        if self.state == _CLOSED or self.transport is None:
+            return
+        if not self.reason:
+            self.reason = reason
+        log.log(logging.WARNING if warn else logging.INFO, "%s: closing: %s", self.name, reason)
+        # abort, not close: a paused peer would never drain our buffer, and
+        # nothing queued is worth waiting for once the connection is given up
+        self.transport.abort()
+
+    def _alloc_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % 0xFFFFFFFF + 1
+            if self._next_id not in self.pending:
+                return self._next_id
+
+    async def request(self, msg, timeout: float):
+        if self.state != _READY:
+            raise PeerUnavailable(f"{self.name} is not connected")
+        deadline = self.loop.time() + timeout
+        if not self.writable.is_set():
+            try:
+                await asyncio.wait_for(self.writable.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise PeerTimeout(f"{self.name} has not taken queued data for {timeout:g} s") from None
+            if self.state != _READY:
+                raise PeerUnavailable(f"{self.name}: {self.reason or 'connection closed'}")
+        mid = self._alloc_id()
+        data = wire.encode(msg, mid)
+        fut = self.loop.create_future()
+        self.pending[mid] = fut
+        timer = self.loop.call_at(deadline, self._expire, mid, timeout)
+        try:
+            self.transport.write(data)
+            return await fut
+        finally:
+            timer.cancel()
+            if self.pending.get(mid) is fut:
+                del self.pending[mid]
+
+    def _expire(self, mid: int, timeout: float) -> None:
+        fut = self.pending.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(PeerTimeout(f"{self.name} did not answer within {timeout:g} s"))
+
+    # --- receiving -------------------------------------------------------------------
+    def _dispatch(self, m) -> None:
+        if self.state != _READY:
+            self._handshake(m)
+            return
+        t = type(m)
+        if t in wire.REPLIES:
+            fut = self.pending.pop(m.msg_id, None)
+            if t in _FREE_FRAMES_REPLIES:
+                self.net._states[self.peer].free_frames = m.free_frames
+            if fut is not None and not fut.done():
+                fut.set_result(m)
+            else:
+                log.debug("%s: late or unmatched reply %s #%d", self.name, t.__name__, m.msg_id)
+        elif t is Keepalive:
+            self._send(KeepaliveReply(self.net._free_frames()), m.msg_id)
+        elif t in wire.REQUESTS:
+            self.handlers += 1
+            if self.handlers >= MAX_HANDLERS and not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            self._spawn(self._serve(m))
+        elif t is Unknown:
+            self._send(ErrorReply(wire.ENOPROTOOPT, f"unknown message type {m.type}"), m.msg_id)
+        else:
+            self.close(f"unexpected {t.__name__} after the handshake", warn=True)
+
+    async def _serve(self, m) -> None:
+        try:
+            try:
+                reply = await self.net.handler(self.peer, m)
+                if reply is None or type(reply) not in wire.TYPE_OF:
+                    raise TypeError(f"handler returned {reply!r} for {type(m).__name__}")
+                data = wire.encode(reply, m.msg_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("%s: %s failed: %r", self.name, type(m).__name__, e)
+                status = getattr(e, "status", wire.EIO)
+                data = wire.encode(ErrorReply(status if isinstance(status, int) and status < 0 else wire.EIO,
+                                              f"{type(e).__name__}: {e}"), m.msg_id)
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+        finally:
+            self.handlers -= 1
+            if self.reading_paused and self.handlers <= MAX_HANDLERS // 2 and self.state != _CLOSED:
+                self.reading_paused = False
+                self.transport.resume_reading()
+
+    def _handshake(self, m) -> None:
+        cfg = self.net.config
+        if self.state == _HELLO:
+            if type(m) is not Hello:
+                self.close(f"expected Hello, got {type(m).__name__}", warn=True)
+                return
+            why = self._check_hello(m)
+            if why:
+                self.close(f"refused: {why}", warn=True)
+                return
+            self.peer, self.peer_boot, self.peer_nonce = m.node_number, m.boot_id, m.nonce
+            self.name = f"node {m.node_number} ({cfg.node(m.node_number).name})"
+            self._send(Auth(_mac(cfg.secret, self.peer_nonce, self.nonce, cfg.local.number, self.peer)))
+            self.state = _AUTH
+        elif self.state == _AUTH:
+            expected = _mac(cfg.secret, self.nonce, self.peer_nonce, self.peer, cfg.local.number)
+            if type(m) is not Auth or not hmac.compare_digest(m.mac, expected):
+                self.net.auth_failures += 1
+                self.net._states[self.peer].refused += 1
+                self.net._changed()
+                self.close("refused: authentication failed (does it have the cluster secret?)", warn=True)
+                return
+            self.state = _READY
+            self.ready.set()
+            self.net._ready(self)
+
+    def _check_hello(self, m: Hello) -> str:
+        cfg = self.net.config
+        if m.version != PROTOCOL_VERSION:
+            return f"protocol version {m.version}, this node speaks {PROTOCOL_VERSION}"
+        if m.cluster != cfg.name:
+            return f"cluster {m.cluster!r}, this node is in {cfg.name!r}"
+        if m.node_number == cfg.local.number:
+            return f"the peer claims this node's own number {m.node_number}"
+        if cfg.node(m.node_number) is None:
+            return f"node number {m.node_number} is not in the cluster"
+        if self.expect is not None and m.node_number != self.expect:
+            return f"dialled node {self.expect} but node {m.node_number} answered"
+        if self.expect is None and m.node_number < cfg.local.number:
+            return f"node {m.node_number} connected, but the higher-numbered node must connect"
+        if m.nonce == self.nonce:
+            return "the peer echoed our nonce"
+        return ""
+
+    # --- timers --------------------------------------------------------------------------
+    def _spawn(self, coro) -> asyncio.Task:
+        t = self.loop.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    async def _timer(self) -> None:
+        cfg = self.net.config
+        try:
+            await asyncio.wait_for(self.ready.wait(), cfg.request_timeout)
+        except asyncio.TimeoutError:
+            self.close(f"no handshake within {cfg.request_timeout:g} s", warn=True)
+            return
+        if self.state != _READY:
+            return
+        self._spawn(self._keepalive())  # an rtt and free_frames right away
+        while self.state == _READY:
+            now = time.monotonic()
+            silent = now - self.last_rx
+            if silent >= cfg.idle_timeout:
+                self.close(f"nothing received for {cfg.idle_timeout:g} s", warn=True)
+                return
+            if silent >= cfg.keepalive and not self.keepalive_running:
+                self._spawn(self._keepalive())
+            wake = self.last_rx + (cfg.idle_timeout if self.keepalive_running or silent >= cfg.keepalive
+                                   else cfg.keepalive)
+            # a keepalive in flight may finish (and refresh last_rx) before the idle deadline
+            await asyncio.sleep(max(0.005, min(wake - now, cfg.keepalive)))
+
+    async def _keepalive(self) -> None:
+        self.keepalive_running = True
+        try:
+            t0 = time.monotonic()
+            reply = await self.request(Keepalive(), self.net.config.request_timeout)
+            rtt = time.monotonic() - t0
+            if type(reply) is KeepaliveReply:
+                st = self.net._states[self.peer]
+                st.rtt = rtt if st.rtt is None else (1 - RTT_WEIGHT) * st.rtt + RTT_WEIGHT * rtt
+                self.net._changed()
+        except (PeerTimeout, PeerUnavailable):
+            pass  # the idle timeout decides when the peer is dead
+        finally:
+            self.keepalive_running = False
+
+
+class PeerNetwork:
+    """This node's connections to every other node of the cluster."""
+
+    def __init__(self, config: ClusterConfig, handler: Handler):
+        self.config = config
+        self.handler = handler
+        # on_peer_change(number, connected, restarted); may return an awaitable
+        self.on_peer_change: Callable[[int, bool, bool], object] | None = None
+        self.free_frames: Callable[[], int] = lambda: 0
+        self.boot_id = secrets.randbits(64)
+        self.auth_failures = 0
+        self._states = {n.number: PeerState(n.name, n.number) for n in config.peers}
+        self._conns: dict[int, _Connection] = {}
+        self._all: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+        self._change = asyncio.Event()
+        self._ssl_server, self._ssl_client = _ssl_contexts(config)
+
+    @property
+    def local(self) -> NodeSpec:
+        return self.config.local
+
+    # --- life cycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen on the local node's address and start dialling the lower-numbered nodes."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self, None), cfg.local.host, cfg.local.port, backlog=64,
+            reuse_address=True, ssl=self._ssl_server,
+            ssl_handshake_timeout=cfg.request_timeout if self._ssl_server else None)
+        log.info("node %d (%s) listening on %s", cfg.local.number, cfg.local.name, cfg.local.address)
+        for spec in cfg.peers:
+            if spec.number < cfg.local.number:
+                self._spawn(self._dial(spec))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for t in list(self._tasks):
+            t.cancel()
+        if self._server is not None:
+            self._server.close()
+        conns = list(self._all)
+        for c in conns:
+            c.close("shutting down")
+        waits = [c.closed for c in conns] + list(self._tasks)
+        if waits:
+            await asyncio.wait(waits, timeout=self.config.request_timeout)
+        handlers = [t for c in conns for t in c.tasks if t is not c.timer]
+        if handlers:
+            await asyncio.wait(handlers, timeout=self.config.request_timeout)
+        self._conns.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    async def _dial(self, spec: NodeSpec) -> None:
+        """Keep one connection to `spec` open, retrying with capped exponential backoff."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        delay = cfg.reconnect_delay
+        while not self._stopping:
+            conn: _Connection | None = None
+            try:
+                _, conn = await asyncio.wait_for(loop.create_connection(
+                    lambda: _Connection(self, spec.number), spec.host, spec.port,
+                    ssl=self._ssl_client, server_hostname=spec.host if self._ssl_client else None,
+                    ssl_handshake_timeout=cfg.request_timeout if self._ssl_client else None),
+                    cfg.request_timeout)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+                log.debug("node %d (%s): connect to %s failed: %s", spec.number, spec.name, spec.address,
+                          e or type(e).__name__)
+            if conn is not None:
+                was_ready = await conn.closed
+                if was_ready:
+                    delay = cfg.reconnect_delay
+            if self._stopping:
+                return
+            # jitter keeps a cluster that lost a node from redialling in lockstep
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, cfg.reconnect_max)
+
+    # --- state changes ---------------------------------------------------------------------
+    def _ready(self, conn: _Connection) -> None:
+        n = conn.peer
+        old = self._conns.get(n)
+        self._conns[n] = conn
+        if old is not None:
+            # the peer dialled again, so it has given up on the old connection
+            old.close("replaced by a new connection from the same node")
+        st = self._states[n]
+        restarted = st.boot_id is not None and st.boot_id != conn.peer_boot
+        st.boot_id = conn.peer_boot
+        st.connected = True
+        st.connects += 1
+        st.last_seen = time.monotonic()
+        if restarted:
+            st.rtt = None
+            st.free_frames = None
+        log.info("%s: connected%s", conn.name, " (restarted: its pages are gone)" if restarted else "")
+        self._notify(n, True, restarted)
+
+    def _lost(self, conn: _Connection, was_ready: bool) -> None:
+        if not was_ready or self._conns.get(conn.peer) is not conn:
+            self._changed()
+            return
+        del self._conns[conn.peer]
+        self._states[conn.peer].connected = False
+        log.info("%s: disconnected (%s)", conn.name, conn.reason or "closed")
+        if not self._stopping:
+            self._notify(conn.peer, False, False)
+        else:
+            self._changed()
+
+    def _notify(self, n: int, connected: bool, restarted: bool) -> None:
+        self._changed()
+        cb = self.on_peer_change
+        if cb is None:
+            return
+        try:
+            r = cb(n, connected, restarted)
+            if inspect.isawaitable(r):
+                self._spawn(r)
+        except Exception:
+            log.exception("on_peer_change(%d, %s, %s) failed", n, connected, restarted)
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def _free_frames(self) -> int:
+        try:
+            return max(0, int(self.free_frames()))
+        except Exception:
+            log.exception("free_frames() failed")
+            return 0
+
+    # --- public ------------------------------------------------------------------------------
+    async def request(self, node_number: int, msg, timeout: float | None = None):
+        """Send a request and return the peer's reply (ErrorReply when the peer refused it).
+
+        Raises PeerUnavailable when the node is not connected or the connection
+        is lost while waiting, PeerTimeout when no reply comes within `timeout`
+        (default: the cluster's request_timeout).
+        """
+        if type(msg) not in wire.REQUESTS:
+            raise TypeError(f"{type(msg).__name__} is not a request")
+        conn = self._conns.get(node_number)
+        if conn is None:
+            raise PeerUnavailable(f"node {node_number} is not connected")
+        return await conn.request(msg, self.config.request_timeout if timeout is None else timeout)
+
+    def connected(self, node_number: int) -> bool:
+        return node_number in self._conns
+
+    def peers(self) -> list[PeerState]:
+        """A snapshot of every other node's state, by number."""
+        return [dataclasses.replace(s) for _, s in sorted(self._states.items())]
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until predicate() holds, re-checking whenever a peer's state changes.
+
+        State changes are connects, disconnects, refusals and measured round trips.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._change.wait(), remaining)
+            except asyncio.TimeoutError:
+                return predicate()
+        return True
+
+
+def _ssl_contexts(cfg: ClusterConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    if not cfg.tls:
+        return None, None
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for ctx in (server, client):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+        ctx.load_verify_locations(cafile=cfg.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    # Nodes are addressed by IP and identified by the CA plus the HMAC handshake, not by DNS names.
+    client.check_hostname = False
+    return server, client
+
+
+# --- a stand-alone peer: a plain page store, for tests and benchmarks ----------------------------
+class MemoryStore:
+    """A request handler that keeps foreign pages in a dict, up to `frames` pages."""
+
+    def __init__(self, frames: int = 1 << 20):
+        self.frames = frames
+        self.pages: dict[tuple, tuple[int, bytes]] = {}
+
+    def free(self) -> int:
+        return max(0, self.frames - len(self.pages))
+
+    async def __call__(self, node: int, m):
+        t = type(m)
+        if t is wire.PutPages:
+            statuses = []
+            for p in m.pages:
+                key = (node, m.pool_id, m.persistent, p.oid, p.index)
+                if key in self.pages or self.free() > 0:
+                    self.pages[key] = (p.checksum, p.data)
+                    statuses.append(0)
+                else:
+                    statuses.append(wire.ENOMEM)
+            return wire.PutReply(statuses, self.free())
+        if t is wire.Get:
+            key = (node, m.pool_id, m.persistent, m.oid, m.index)
+            hit = self.pages.pop(key, None) if m.free else self.pages.get(key)
+            if hit is None:
+                return wire.GetReply(False, 0, b"", self.free())
+            return wire.GetReply(True, hit[0], hit[1], self.free())
+        if t is wire.FlushPage:
+            self.pages.pop((node, m.pool_id, m.persistent, m.oid, m.index), None)
+        elif t is wire.FlushObject:
+            for k in [k for k in self.pages if k[:4] == (node, m.pool_id, m.persistent, m.oid)]:
+                del self.pages[k]
+        elif t is wire.DestroyPool:
+            for k in [k for k in self.pages if k[:3] == (node, m.pool_id, m.persistent)]:
+                del self.pages[k]
+        else:
+            return ErrorReply(wire.ENOPROTOOPT, f"{t.__name__} is not handled here")
+        return wire.Ack(self.free())
+
+
+async def _serve(args) -> None:
+    cfg = load_cluster(args.config, args.name)
+    store = MemoryStore(args.frames)
+    net = PeerNetwork(cfg, store)
+    net.free_frames = store.free
+    await net.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"listening on {cfg.local.address}", flush=True)
+    print(f"boot id {net.boot_id}", flush=True)
+    print("ready", flush=True)
+    await stop.wait()
+    await net.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ramster.remote.peer",
+                                description="Run one RAMster peer that stores foreign pages in memory.")
+    p.add_argument("--config", required=True, help="the cluster's TOML file")
+    p.add_argument("--name", required=True, help="this node's name in the file")
+    p.add_argument("--frames", type=int, default=1 << 20, help="pages it will hold")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    from ..config import ConfigError
+    try:
+        asyncio.run(_serve(args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

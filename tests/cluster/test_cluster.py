@@ -1,0 +1,193 @@
+"""RAMster between real `ramster node` processes on loopback, driven through their NBD exports."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.interop
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO.parent / "shared" / "corpus"
+RAMSTER = [sys.executable, "-m", "ramster.cli"]
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def corpus_image(path: Path, size: int) -> bytes:
+    """Real pages that all compress (a swap export without a disk refuses the others)."""
+    files = sorted(CORPUS.glob("anon-python.pages")) if CORPUS.is_dir() else []
+    if files:
+        data = files[0].read_bytes()
+    else:
+        src = b"".join(p.read_bytes() for p in sorted(REPO.glob("src/**/*.py")))
+        data = src * (size // len(src) + 1)
+    data = data[:size]
+    path.write_bytes(data)
+    return data
+
+
+def write_config(tmp: Path, names: list[str], replicas: int = 1, secret: bytes = b"lab-secret", **extra) -> Path:
+    (tmp / "cluster.key").write_bytes(secret)
+    lines = ['[cluster]', 'name = "lab"', 'secret_file = "cluster.key"', "request_timeout = 2",
+             "keepalive = 0.5", "idle_timeout = 5"]
+    for k, v in extra.items():
+        lines.append(f"{k} = {v}")
+    for i, name in enumerate(names):
+        lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {i}", f'address = "127.0.0.1:{free_port()}"']
+    lines += ["[remotify]", "persistent = true", "ephemeral = true", f"replicas = {replicas}"]
+    path = tmp / f"cluster-{secret.hex()[:6]}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Node:
+    def __init__(self, tmp: Path, config: Path, name: str, memory: str, *exports: str, secret_dir: Path | None = None):
+        self.name = name
+        self.dir = tmp / name
+        self.dir.mkdir(exist_ok=True)
+        self.sock = self.dir / "nbd.sock"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [*RAMSTER, "node", "--config", str(config), "--name", name, "--memory", memory,
+               "--listen", f"unix:{self.sock}", "--metrics", f"127.0.0.1:{self.port}", "--log-level", "debug"]
+        for e in exports:
+            cmd += ["--export", e]
+        self.err = open(self.dir / "node.err", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, cwd=self.dir)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.name} exited: {self.stderr()}")
+            try:
+                self.stats()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"node {self.name} not ready: {self.stderr()}")
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as r:
+            return json.load(r)
+
+    def counters(self) -> dict:
+        return self.stats()["counters"]
+
+    def uri(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.sock}"
+
+    def stderr(self) -> str:
+        return (self.dir / "node.err").read_text(errors="replace")
+
+    def wait_for(self, predicate, what: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.stats()
+            if predicate(s):
+                return s
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.name}: {what} did not happen; stats={json.dumps(s)[:2000]}")
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def nodes():
+    started: list[Node] = []
+    yield started
+    for n in started:
+        n.stop()
+
+
+def connected(peer_name: str):
+    return lambda s: any(p["name"] == peer_name and p["connected"] for p in s["peers"])
+
+
+def run(*cmd, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_three_times_one_nodes_memory_round_trips_through_a_peer(tmp_path, nodes):
+    need("nbdcopy")
+    cfg = write_config(tmp_path, ["a", "b"])
+    a = Node(tmp_path, cfg, "a", "4M", "swap:swap:12M")
+    nodes.append(a)
+    b = Node(tmp_path, cfg, "b", "32M", "swap:swap:4M")
+    nodes.append(b)
+    a.wait_for(connected("b"), "connecting to b")
+    image = tmp_path / "in.img"
+    data = corpus_image(image, 12 * MiB)
+    r = run("nbdcopy", str(image), a.uri("swap"))
+    assert r.returncode == 0, r.stderr + a.stderr()[-3000:]
+    out = tmp_path / "out.img"
+    r = run("nbdcopy", a.uri("swap"), str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    sa, sb = a.counters(), b.counters()
+    assert sa["ramster.pers_pages_remoted"] > 0 and sa["ramster.remote_pers_pages_succ_get"] > 0
+    assert sb["ramster.foreign_pers_pages"] > 0
+    assert a.stats()["exports"]["swap"]["counters"]["errors"] == 0
+    peer = [p for p in a.stats()["peers"] if p["name"] == "b"][0]
+    assert peer["connected"] and peer["pages_held"] > 0
+    # discarding the whole device (swapon --discard) reaches the remote copies
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(a.uri("swap"))
+    h.trim(h.get_size(), 0)
+    h.shutdown()
+    b.wait_for(lambda s: s["counters"]["ramster.foreign_pers_pages"] == 0, "remote flushes")
+    assert a.counters()["ramster.remote_pers_pages"] == 0
+    assert a.counters()["ramster.remote_objects_flushed"] > 0
+
+
+def test_wrong_secret_is_refused(tmp_path, nodes):
+    cfg = write_config(tmp_path, ["a", "b"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    text = cfg.read_text()
+    (bad / "cluster.key").write_bytes(b"not-the-secret")
+    (bad / "cluster.toml").write_text(text)
+    a = Node(tmp_path, cfg, "a", "4M", "swap:swap:4M")
+    nodes.append(a)
+    b = Node(tmp_path, bad / "cluster.toml", "b", "4M", "swap:swap:4M")
+    nodes.append(b)
+    # b (the higher number) dials a; both must refuse and stay apart
+    a.wait_for(lambda s: s["counters"]["ramster.auth_failures"] > 0 or "auth" in a.stderr().lower(),
+               "refusing the peer")
+    assert not any(p["connected"] for p in a.stats()["peers"])
+    assert not any(p["connected"] for p in b.stats()["peers"])

@@ -1,0 +1,534 @@
+"""RAMster peers over real sockets on 127.0.0.1.
+
+In-process PeerNetworks share one event loop; a peer that must be paused or
+killed is a real `python -m ramster.remote.peer` process. Nothing waits by
+sleeping: tests wait on peer-state changes or replies, each with a deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ramster.remote import wire
+from ramster.remote.cluster import load_cluster
+from ramster.remote.peer import MemoryStore, PeerNetwork, PeerTimeout, PeerUnavailable
+from ramster.remote.wire import Get, GetReply, PutPage, PutPages
+
+FAST = {"request_timeout": 0.5, "keepalive": 0.2, "idle_timeout": 1.5,
+        "reconnect_delay": 0.05, "reconnect_max": 0.3}
+SECRET = b"correct horse battery staple, 32"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_doc(tmp_path, names, secret=SECRET, **options) -> dict:
+    key = tmp_path / f"key-{hashlib.sha256(secret).hexdigest()[:8]}"
+    key.write_bytes(secret)
+    return {"cluster": {"name": "lab", "secret_file": str(key), **FAST, **options,
+                        "node": [{"name": n, "number": i, "address": f"127.0.0.1:{free_port()}"}
+                                 for i, n in enumerate(names)]}}
+
+
+def write_toml(path, doc) -> None:
+    c = doc["cluster"]
+    lines = ["[cluster]"]
+    lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"'
+              for k, v in c.items() if k != "node"]
+    for n in c["node"]:
+        lines += ["[[cluster.node]]", f'name = "{n["name"]}"', f'number = {n["number"]}',
+                  f'address = "{n["address"]}"']
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run(coro, timeout: float = 30):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def start_net(doc, name, handler=None, frames=1000) -> PeerNetwork:
+    store = handler or MemoryStore(frames)
+    net = PeerNetwork(load_cluster(doc, name), store)
+    if isinstance(store, MemoryStore):
+        net.free_frames = store.free
+    await net.start()
+    return net
+
+
+async def all_connected(nets, timeout=5.0) -> None:
+    for net in nets:
+        ok = await net.wait_until(lambda: all(p.connected for p in net.peers()), timeout)
+        assert ok, f"{net.local.name}: {net.peers()}"
+
+
+async def stop_all(nets) -> None:
+    for net in nets:
+        await net.stop()
+
+
+def page(i: int) -> bytes:
+    return hashlib.sha256(str(i).encode()).digest() * (1 + i % 20)
+
+
+class PeerProcess:
+    """`python -m ramster.remote.peer` as a child process."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, config_path, name) -> PeerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ramster.remote.peer", "--config", str(config_path), "--name", name,
+            stdout=subprocess.PIPE)
+        self = cls(proc)
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            if not line:
+                raise RuntimeError(f"peer process exited early with {await proc.wait()}")
+            if line.strip() == b"ready":
+                return self
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        await self.proc.wait()
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+        return await asyncio.wait_for(self.proc.wait(), 10)
+
+
+async def retry_until_ok(net, node, msg, timeout=8.0):
+    """Send `msg` until it gets a reply (the peer may still be reconnecting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await net.wait_until(lambda: net.connected(node), max(0.0, deadline - time.monotonic()))
+        try:
+            return await net.request(node, msg)
+        except (PeerUnavailable, PeerTimeout):
+            if time.monotonic() > deadline:
+                raise
+
+
+# --- three in-process nodes -----------------------------------------------------------------
+def test_three_nodes_requests_both_ways(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, "abc")
+        nets = [await start_net(doc, n) for n in "abc"]
+        try:
+            await all_connected(nets)
+            # every ordered pair, so both the dialling and the accepting side send requests
+            pairs = [(s, d) for s in range(3) for d in range(3) if s != d]
+            puts = [nets[s].request(d, PutPages(1, True, [PutPage(s * 100 + i, i, i, page(i))
+                                                          for i in range(8)]))
+                    for s, d in pairs]
+            for r in await asyncio.gather(*puts):
+                assert type(r) is wire.PutReply and r.statuses == [0] * 8
+            gets = [(s, d, i) for s, d in pairs for i in range(8)]
+            replies = await asyncio.gather(*(nets[s].request(d, Get(1, True, s * 100 + i, i, False))
+                                             for s, d, i in gets))
+            for (s, d, i), r in zip(gets, replies):
+                assert r == GetReply(True, i, page(i), r.free_frames, msg_id=r.msg_id)
+            # pages are kept per sending node (foreign pool = sender's client id)
+            r = await nets[0].request(2, Get(1, True, 100, 0, False))
+            assert r.found is False
+            assert all(p.free_frames == 1000 - 16 for p in nets[0].peers())
+        finally:
+            await stop_all(nets)
+
+    run(main())
+
+
+def test_replies_matched_when_out_of_order(tmp_path):
+    release: dict[int, asyncio.Event] = {}
+
+    async def handler(node, msg):
+        # each request waits for its own release, so replies leave in whatever order we choose
+        await release[msg.index].wait()
+        return GetReply(True, msg.index, bytes([msg.index]), 0)
+
+    async def main():
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b", handler)
+        try:
+            await all_connected([a, b])
+            for i in range(40):
+                release[i] = asyncio.Event()
+            tasks = [asyncio.create_task(a.request(1, Get(0, False, 1, i, False), timeout=5)) for i in range(40)]
+            for i in reversed(range(40)):
+                release[i].set()
+            for i, t in enumerate(tasks):
+                r = await t
+                assert (r.checksum, r.data) == (i, bytes([i]))
+        finally:
+            await stop_all([a, b])
+
+    run(main())
+
+
+def test_handler_errors_become_error_replies(tmp_path):
+    async def handler(node, msg):
+        if type(msg) is wire.FlushPage:
+            raise RuntimeError("no such pool")
+        if type(msg) is wire.DestroyPool:
+            return None
+        return wire.Ack(5)
+
+    async def main():
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b", handler)
+        try:
+            await all_connected([a, b])
+            r = await a.request(1, wire.FlushPage(0, True, 1, 2))
+            assert type(r) is wire.ErrorReply and r.status == wire.EIO and "no such pool" in r.message
+            r = await a.request(1, wire.DestroyPool(0, True))
+            assert type(r) is wire.ErrorReply
+            # the connection keeps serving
+            r = await a.request(1, wire.FlushObject(0, True, 1))
+            assert (type(r), r.free_frames, r.status) == (wire.Ack, 5, 0)
+        finally:
+            await stop_all([a, b])
+
+    run(main())
+
+
+def test_not_connected_and_bad_requests(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(PeerUnavailable):
+                await a.request(1, wire.Keepalive())
+            with pytest.raises(PeerUnavailable):
+                await a.request(7, wire.Keepalive())
+            assert time.monotonic() - t0 < 0.1
+            with pytest.raises(TypeError):
+                await a.request(1, wire.Ack(0))
+        finally:
+            await a.stop()
+
+    run(main())
+
+
+def test_keepalive_measures_rtt_and_reports_free_frames(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b")
+        a.free_frames = lambda: 4321
+        try:
+            await all_connected([a, b])
+            ok = await b.wait_until(lambda: b.peers()[0].rtt is not None and b.peers()[0].free_frames == 4321, 5)
+            assert ok, b.peers()
+            st = b.peers()[0]
+            assert 0 < st.rtt < 0.5
+            assert (st.name, st.number, st.connected) == ("a", 0, True)
+            # with no traffic at all, keepalives keep the connection up past the idle timeout
+            seen = st.last_seen
+            ok = await b.wait_until(lambda: b.peers()[0].last_seen > seen + FAST["idle_timeout"], 5)
+            assert ok and b.connected(0) and b.peers()[0].connects == 1
+        finally:
+            await stop_all([a, b])
+
+    run(main())
+
+
+def test_connection_loss_fails_waiting_requests_at_once(tmp_path):
+    async def main():
+        blocked = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def handler(node, msg):
+            entered.set()
+            await blocked.wait()
+            return wire.Ack(0)
+
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b", handler)
+        changes = []
+        b.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        try:
+            await all_connected([a, b])
+            pending = [asyncio.create_task(a.request(1, wire.FlushPage(0, True, 1, i), timeout=10))
+                       for i in range(5)]
+            await asyncio.wait_for(entered.wait(), 5)
+            t0 = time.monotonic()
+            a._conns[1].close("test: cut the wire")
+            for p in pending:
+                with pytest.raises(PeerUnavailable):
+                    await p
+            assert time.monotonic() - t0 < 1
+            assert await b.wait_until(lambda: (0, False, False) in changes, 5)
+            # b dials again; the same boot id means a reconnect, not a restart
+            assert await b.wait_until(lambda: (0, True, False) in changes, 5)
+        finally:
+            blocked.set()
+            await stop_all([a, b])
+
+    run(main())
+
+
+# --- handshake and authentication ----------------------------------------------------------------
+def test_wrong_secret_refused_both_ways(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, "abc")
+        bad = cluster_doc(tmp_path, "abc", secret=b"not the cluster secret")
+        bad["cluster"]["node"] = doc["cluster"]["node"]
+        a = await start_net(doc, "a")
+        b = await start_net(bad, "b")  # dials a, is dialled by c
+        c = await start_net(doc, "c")
+        try:
+            ok = await a.wait_until(lambda: a.auth_failures >= 1 and a.connected(2), 5)
+            assert ok
+            assert await c.wait_until(lambda: c.auth_failures >= 1, 5)
+            assert await b.wait_until(lambda: b.auth_failures >= 2, 5)
+            assert not a.connected(1) and not c.connected(1) and b.peers()[0].connects == 0
+            assert a.peers()[0].refused >= 1 and c.peers()[1].refused >= 1
+            assert not any(p.connected for p in b.peers())
+            with pytest.raises(PeerUnavailable):
+                await a.request(1, wire.Keepalive())
+        finally:
+            await stop_all([a, b, c])
+
+    run(main())
+
+
+class RawPeer:
+    """A hand-written client speaking the wire protocol directly, as an outside check."""
+
+    def __init__(self, reader, writer):
+        self.reader, self.writer, self.decoder, self.queue = reader, writer, wire.Decoder(), []
+
+    @classmethod
+    async def connect(cls, port):
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def send(self, msg):
+        self.writer.write(wire.encode(msg))
+
+    async def recv(self):
+        """The next message that is not a keepalive (those are answered here)."""
+        while True:
+            while not self.queue:
+                data = await asyncio.wait_for(self.reader.read(65536), 5)
+                if not data:
+                    return None
+                self.queue += self.decoder.feed(data)
+            m = self.queue.pop(0)
+            if type(m) is not wire.Keepalive:
+                return m
+            self.send(wire.KeepaliveReply(0, msg_id=m.msg_id))
+
+    async def handshake(self, number, secret=SECRET, cluster="lab", local=0):
+        hello = await self.recv()
+        assert type(hello) is wire.Hello and hello.node_number == local
+        nonce = bytes(range(32))
+        self.send(wire.Hello(wire.VERSION, cluster, number, nonce, 99))
+        mac = hmac.new(secret, b"ramster-auth\0" + hello.nonce + nonce + bytes((number, local)),
+                       hashlib.sha256).digest()
+        self.send(wire.Auth(mac))
+        return await self.recv()
+
+
+def test_raw_client_handshake_and_unknown_type(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        port = a.local.port
+        try:
+            raw = await RawPeer.connect(port)
+            auth = await raw.handshake(1)
+            assert type(auth) is wire.Auth
+            assert await a.wait_until(lambda: a.connected(1), 5)
+            # an unknown type gets an error status, and the connection stays
+            raw.writer.write(struct.pack(">HBBiII", wire.MAGIC, wire.VERSION, 250, 0, 77, 3) + b"abc")
+            raw.send(wire.Keepalive(msg_id=78))
+            err = await raw.recv()
+            assert type(err) is wire.ErrorReply and err.msg_id == 77 and err.status == wire.ENOPROTOOPT
+            ka = await raw.recv()
+            assert type(ka) is wire.KeepaliveReply and ka.msg_id == 78
+            # requests from a reach the raw peer
+            task = asyncio.create_task(a.request(1, Get(1, True, 2, 3, True)))
+            m = await raw.recv()
+            assert m == Get(1, True, 2, 3, True, msg_id=m.msg_id)
+            raw.send(GetReply(True, 9, b"zz", 5, msg_id=m.msg_id))
+            assert (await task).data == b"zz"
+            raw.writer.close()
+        finally:
+            await a.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("case", ["bad mac", "wrong cluster", "lower number dials", "own number",
+                                  "unknown number", "garbage"])
+def test_raw_client_refused(tmp_path, case):
+    async def main():
+        doc = cluster_doc(tmp_path, "abc")
+        b = await start_net(doc, "b")  # node 1: only node 2 may dial it
+        try:
+            raw = await RawPeer.connect(b.local.port)
+            if case == "garbage":
+                raw.writer.write(b"GET / HTTP/1.0\r\n\r\n")
+                await raw.recv()  # its Hello
+                assert await raw.recv() is None
+                return
+            number, kw = {"bad mac": (2, {"secret": b"guess"}), "wrong cluster": (2, {"cluster": "other"}),
+                          "lower number dials": (0, {}), "own number": (1, {}),
+                          "unknown number": (9, {})}[case]
+            reply = await raw.handshake(number, local=1, **kw)
+            if case == "bad mac":
+                assert type(reply) is wire.Auth  # it proves itself, but refuses us
+                assert await raw.recv() is None
+                assert b.auth_failures == 1 and b.peers()[1].refused == 1
+            else:
+                assert reply is None
+                assert b.auth_failures == 0
+            assert not b.connected(2)
+        finally:
+            await b.stop()
+
+    run(main())
+
+
+# --- a real peer process: pause, resume, restart ---------------------------------------------------
+def test_paused_peer_times_out_and_recovers(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, ["m", "a", "b"])
+        write_toml(tmp_path / "cluster.toml", doc)
+        m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b")
+        changes = []
+        a.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        try:
+            await all_connected([a, b])
+            r = await a.request(0, PutPages(3, True, [PutPage(1, 1, 11, b"kept")]))
+            assert r.statuses == [0]
+
+            m.signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            stalled = [asyncio.create_task(a.request(0, Get(3, True, 1, 1, False))) for _ in range(5)]
+            # meanwhile the other peer keeps answering, promptly
+            for i in range(20):
+                r = await a.request(2, PutPages(3, True, [PutPage(i, 0, 0, b"x")]), timeout=0.4)
+                assert r.statuses == [0]
+            for t in stalled:
+                with pytest.raises(PeerTimeout):
+                    await t
+            assert time.monotonic() - t0 < FAST["request_timeout"] + 0.4
+            # silent past the idle timeout: the connection is given up
+            assert await a.wait_until(lambda: (0, False, False) in changes, FAST["idle_timeout"] + 2)
+            with pytest.raises(PeerUnavailable):
+                await a.request(0, wire.Keepalive())
+
+            m.signal(signal.SIGCONT)
+            r = await retry_until_ok(a, 0, Get(3, True, 1, 1, False))
+            assert (r.found, r.checksum, r.data) == (True, 11, b"kept")
+            # same process, same boot id: a reconnect, not a restart
+            assert (0, True, False) in changes and (0, True, True) not in changes
+            await b.wait_until(lambda: b.connected(0), 5)
+            assert (await retry_until_ok(b, 0, wire.Keepalive())).msg_id
+        finally:
+            await stop_all([a, b])
+            assert await m.stop() == 0
+
+    run(main(), timeout=45)
+
+
+def test_restarted_peer_reported_with_new_boot_id(tmp_path):
+    async def main():
+        doc = cluster_doc(tmp_path, ["m", "a"])
+        write_toml(tmp_path / "cluster.toml", doc)
+        m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
+        a = await start_net(doc, "a")
+        changes = []
+        a.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        try:
+            await all_connected([a])
+            boot1 = a.peers()[0].boot_id
+            r = await a.request(0, PutPages(0, True, [PutPage(5, 5, 5, b"gone soon")]))
+            assert r.statuses == [0]
+
+            # a request in flight when the peer dies fails at once, not at its timeout
+            m.signal(signal.SIGSTOP)
+            waiting = asyncio.create_task(a.request(0, Get(0, True, 5, 5, False), timeout=10))
+            await asyncio.sleep(0)  # let it be sent
+            t0 = time.monotonic()
+            await m.kill()
+            with pytest.raises(PeerUnavailable):
+                await waiting
+            assert time.monotonic() - t0 < 2
+            assert await a.wait_until(lambda: (0, False, False) in changes, 5)
+
+            m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
+            assert await a.wait_until(lambda: (0, True, True) in changes, 10), changes
+            st = a.peers()[0]
+            assert st.connected and st.boot_id != boot1 and st.connects == 2
+            r = await a.request(0, Get(0, True, 5, 5, False))
+            assert r.found is False  # its pages went with it
+        finally:
+            await a.stop()
+            assert await m.stop() == 0
+
+    run(main(), timeout=45)
+
+
+# --- TLS -----------------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_round_trip(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(tmp_path / "node.key"), "-out", str(tmp_path / "node.pem"),
+                    "-days", "1", "-subj", "/CN=ramster-test"],
+                   check=True, capture_output=True)
+
+    async def main():
+        doc = cluster_doc(tmp_path, "ab", tls_cert=str(tmp_path / "node.pem"),
+                          tls_key=str(tmp_path / "node.key"), tls_ca=str(tmp_path / "node.pem"))
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b")
+        try:
+            await all_connected([a, b])
+            assert b._conns[0].transport.get_extra_info("ssl_object") is not None
+            r = await b.request(0, PutPages(1, False, [PutPage(1, 2, 3, page(7))]))
+            assert r.statuses == [0]
+            r = await a.request(1, PutPages(1, False, [PutPage(1, 2, 3, page(8))]))
+            assert r.statuses == [0]
+            assert (await b.request(0, Get(1, False, 1, 2, True))).data == page(7)
+            assert (await a.request(1, Get(1, False, 1, 2, True))).data == page(8)
+            # a plain-TCP client gets nowhere near the handshake
+            raw = await RawPeer.connect(a.local.port)
+            raw.writer.write(wire.encode(wire.Keepalive()))
+            try:
+                got = await raw.recv()
+            except ConnectionError:
+                got = None
+            assert got is None
+            raw.writer.close()
+        finally:
+            await stop_all([a, b])
+
+    run(main())
