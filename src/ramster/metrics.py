@@ -25,7 +25,8 @@ REQUEST_TIMEOUT = 10.0
 # Engine values that are levels, not event counts: exposed as gauges.
 _GAUGE = re.compile(
     r"(_max|_count|_pageframes|_zpages|_zbytes|^zcache\.last_.*|^zcache\.outstanding_writeback_pages"
-    r"|^zcache\.zero_filled_pages|^zcache\.same_filled_pages|^zcache\.max_pageframes)$"
+    r"|^zcache\.zero_filled_pages|^zcache\.same_filled_pages|^zcache\.max_pageframes"
+    r"|^ramster\.(remote|foreign)_(eph|pers)_pages)$"
 )
 # ...except these totals, which only grow
 _TOTAL = re.compile(r"(_cumul_\w+|evicted_\w+|_evicted_pageframes)$")
@@ -101,6 +102,21 @@ class NodeCollector:
         yield size
         yield from extra_c.values()
         yield from extra_g.values()
+        peers = s.get("peers", [])
+        if peers:
+            up = GaugeMetricFamily("ramster_peer_connected", "1 while the peer connection is up", labels=("peer",))
+            rtt = GaugeMetricFamily("ramster_peer_rtt_seconds", "Keepalive round trip to the peer", labels=("peer",))
+            held = GaugeMetricFamily("ramster_peer_pages_held", "This node's pages the peer holds", labels=("peer",))
+            free = GaugeMetricFamily("ramster_peer_free_frames", "Free frames the peer last reported",
+                                     labels=("peer",))
+            for p in peers:
+                up.add_metric((p["name"],), 1 if p["connected"] else 0)
+                if p.get("rtt_seconds") is not None:
+                    rtt.add_metric((p["name"],), p["rtt_seconds"])
+                held.add_metric((p["name"],), p.get("pages_held", 0))
+                if p.get("free_frames") is not None:
+                    free.add_metric((p["name"],), p["free_frames"])
+            yield from (up, rtt, held, free)
         node = s.get("node", {})
         if "uptime_seconds" in node:
             yield GaugeMetricFamily("ramster_uptime_seconds", "Seconds since the node started",

@@ -130,7 +130,31 @@ def render(stats: dict):
                    str(k["cache_misses"]) if "cache_misses" in k else "-")
     title = (f"ramster node {node.get('version', '?')}  pid {node.get('pid', '?')}  "
              f"up {_duration(node.get('uptime_seconds', 0))}  listen {' '.join(node.get('listen', []))}")
-    return Group(title, "", Columns([memory, pages, events], padding=(0, 4)), "", ex)
+    parts = [title, "", Columns([memory, pages, events], padding=(0, 4)), "", ex]
+    peers = stats.get("peers") or []
+    if peers:
+        c = stats.get("counters", {})
+        g = lambda k: str(c.get(f"ramster.{k}", 0))  # noqa: E731
+        remote = _kv("RAMster", [
+            ("pages remoted eph/pers", f"{g('eph_pages_remoted')}/{g('pers_pages_remoted')}"),
+            ("remote pages now eph/pers", f"{g('remote_eph_pages')}/{g('remote_pers_pages')}"),
+            ("foreign pages eph/pers", f"{g('foreign_eph_pages')}/{g('foreign_pers_pages')}"),
+            ("remote gets ok/miss", f"{g('remote_pers_pages_succ_get')}/{g('remote_pers_pages_unsucc_get')}"),
+            ("pages lost", g("remote_pers_pages_lost")),
+            ("checksum errors", g("remote_checksum_errors")),
+        ])
+        pt = Table(title="peers", title_justify="left", title_style="bold", box=None, header_style="bold",
+                   pad_edge=False)
+        for col in ("peer", "number", "state", "rtt", "pages held", "free"):
+            pt.add_column(col, justify="left" if col in ("peer", "state") else "right", no_wrap=True)
+        for p in peers:
+            rtt = p.get("rtt_seconds")
+            free = p.get("free_frames")
+            pt.add_row(p["name"], str(p["number"]), "connected" if p["connected"] else "down",
+                       f"{rtt * 1e3:.2f} ms" if rtt is not None else "-", str(p.get("pages_held", 0)),
+                       format_size(free * 4096) if free is not None else "-")
+        parts += ["", Columns([remote, pt], padding=(0, 4))]
+    return Group(*parts)
 
 
 def _duration(seconds: float) -> str:

@@ -191,3 +191,127 @@ def test_wrong_secret_is_refused(tmp_path, nodes):
                "refusing the peer")
     assert not any(p["connected"] for p in a.stats()["peers"])
     assert not any(p["connected"] for p in b.stats()["peers"])
+
+
+def _read_all(uri: str, size: int) -> bytes:
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    try:
+        return b"".join(h.pread(min(1 * MiB, size - off), off) for off in range(0, size, MiB))
+    finally:
+        h.shutdown()
+
+
+def test_metrics_and_stats_show_peers(tmp_path, nodes):
+    cfg = write_config(tmp_path, ["a", "b"])
+    a = Node(tmp_path, cfg, "a", "4M", "swap:swap:8M")
+    nodes.append(a)
+    b = Node(tmp_path, cfg, "b", "16M", "swap:swap:4M")
+    nodes.append(b)
+    a.wait_for(lambda s: connected("b")(s) and s["peers"][0]["rtt_seconds"] is not None, "a measured round trip")
+    with urllib.request.urlopen(a.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'ramster_peer_connected{peer="b"} 1.0' in text
+    assert "ramster_ramster_pers_pages_remoted_total" in text and "ramster_peer_rtt_seconds" in text
+    r = run(*RAMSTER, "stats", "--url", a.url)
+    assert r.returncode == 0 and "peers" in r.stdout and "connected" in r.stdout and "RAMster" in r.stdout
+
+
+def test_kill_one_replica_during_reads_loses_nothing_and_rereplicates(tmp_path, nodes):
+    need("nbdcopy")
+    cfg = write_config(tmp_path, ["a", "b", "c", "d"], replicas=2)
+    a = Node(tmp_path, cfg, "a", "4M", "swap:swap:12M")
+    nodes.append(a)
+    for name in ("b", "c", "d"):
+        nodes.append(Node(tmp_path, cfg, name, "16M", "swap:swap:4M"))
+    for name in ("b", "c", "d"):
+        a.wait_for(connected(name), f"connecting to {name}")
+    image = tmp_path / "in.img"
+    data = corpus_image(image, 12 * MiB)
+    r = run("nbdcopy", str(image), a.uri("swap"))
+    assert r.returncode == 0, r.stderr
+    remote = a.counters()["ramster.remote_pers_pages"]
+    assert remote > 1000
+    held = {p["name"]: p["pages_held"] for p in a.stats()["peers"]}
+    assert sum(held.values()) == 2 * remote  # two copies of every remote page
+    victim = max(held, key=held.get)
+    out = tmp_path / "out.img"
+    reader = subprocess.Popen(["nbdcopy", a.uri("swap"), str(out)], stderr=subprocess.PIPE, text=True)
+    next(n for n in nodes if n.name == victim).proc.kill()  # kill -9 while the reads run
+    _, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    assert out.read_bytes() == data
+    # the pages the victim held get a second copy on the fourth node
+    s = a.wait_for(lambda s: s["counters"]["ramster.pages_rereplicated"] > 0, "re-replication")
+    assert s["counters"]["ramster.remote_pers_pages_lost"] == 0
+    assert _read_all(a.uri("swap"), 12 * MiB) == data
+
+
+def test_paused_peer_times_out_and_recovers(tmp_path, nodes):
+    need("nbdcopy")
+    import nbd
+
+    cfg = write_config(tmp_path, ["a", "b"])
+    a = Node(tmp_path, cfg, "a", "4M", "swap:swap:12M")
+    nodes.append(a)
+    b = Node(tmp_path, cfg, "b", "32M", "swap:swap:4M")
+    nodes.append(b)
+    a.wait_for(connected("b"), "connecting to b")
+    image = tmp_path / "in.img"
+    data = corpus_image(image, 12 * MiB)
+    assert run("nbdcopy", str(image), a.uri("swap")).returncode == 0
+    assert a.counters()["ramster.remote_pers_pages"] > 0
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        h = nbd.NBD()
+        h.connect_uri(a.uri("swap"))
+        t0 = time.monotonic()
+        with pytest.raises(nbd.Error) as info:
+            h.pread(4096, 0)  # among the oldest pages: on b
+        assert info.value.errno == "EIO" and time.monotonic() - t0 < 10  # EIO within the request timeout
+        # the node keeps serving the pages it holds itself
+        assert h.pread(4096, 12 * MiB - 4096) == data[-4096:]
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    a.wait_for(connected("b"), "reconnecting to b")
+    assert h.pread(4096, 0) == data[:4096]
+    h.shutdown()
+    assert _read_all(a.uri("swap"), 12 * MiB) == data
+
+
+def test_restarted_peer_lost_pages_are_eio_or_come_from_the_swap_disk(tmp_path, nodes):
+    need("nbdcopy")
+    import nbd
+
+    cfg = write_config(tmp_path, ["a", "b"])
+    disk = tmp_path / "a-swap.img"
+    a = Node(tmp_path, cfg, "a", "4M", "nb:swap:8M", f"wb:swap:8M:{disk}")
+    nodes.append(a)
+    b = Node(tmp_path, cfg, "b", "32M", "swap:swap:4M")
+    nodes.append(b)
+    a.wait_for(connected("b"), "connecting to b")
+    image = tmp_path / "in.img"
+    data = corpus_image(image, 8 * MiB)
+    for export in ("nb", "wb"):
+        assert run("nbdcopy", str(image), a.uri(export)).returncode == 0
+    assert a.counters()["ramster.remote_pers_pages"] > 500
+    b.proc.kill()
+    b.proc.wait()
+    nodes.append(Node(tmp_path, cfg, "b", "32M", "swap:swap:4M"))  # back, empty, with a new boot id
+    a.wait_for(lambda s: connected("b")(s) and s["peers"][0]["pages_held"] == 0, "learning b lost its pages")
+    # the export with a swap disk lost nothing (remotify wrote it through)
+    assert _read_all(a.uri("wb"), 8 * MiB) == data
+    # the one without: every page reads back right or fails with EIO, never wrong or zeros
+    h = nbd.NBD()
+    h.connect_uri(a.uri("nb"))
+    eio = 0
+    for off in range(0, 8 * MiB, 4096):
+        try:
+            assert h.pread(4096, off) == data[off:off + 4096]
+        except nbd.Error as e:
+            assert e.errno == "EIO"
+            eio += 1
+    h.shutdown()
+    assert eio > 0 and a.counters()["ramster.remote_pers_pages_lost"] >= eio
