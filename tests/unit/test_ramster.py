@@ -399,3 +399,26 @@ def test_selfshrink_brings_pages_home_when_idle():
             assert 0 < a.zc.tmem.lookup(pool, i & 255, i >> 8)
 
     run(go())
+
+
+def test_cleancache_remote_page_is_a_miss_and_its_copy_goes():
+    async def go():
+        from ramster import Cleancache
+
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        cc = Cleancache(a.zc)
+        fsid = cc.init_fs()
+        for i in range(20):
+            cc.put_page(fsid, 7, i, page(i))
+        await a.remotify_batch(frames=5)
+        held = b.zc.foreign_pages[0]
+        assert held
+        pool = a.zc.pool(fsid)
+        remote = [i for i in range(20) if a.zc.tmem.lookup(pool, 7, i) <= REMOTE_BASE]
+        assert cc.get_page(fsid, 7, remote[0]) is None
+        assert cc.get_page(fsid, 7, remote[0]) is None  # and stays a miss
+        await asyncio.sleep(0.01)
+        assert b.zc.foreign_pages[0] == held - 1
+
+    run(go())

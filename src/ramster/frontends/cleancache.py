@@ -6,7 +6,7 @@ pools are ephemeral.
 """
 from __future__ import annotations
 
-from ..tmem import INDEX_LIMIT, TmemError
+from ..tmem import INDEX_LIMIT, RemotePage, TmemError
 from ..zcache import PAGE_SIZE, Zcache, check_page, normalize_oid
 
 
@@ -67,7 +67,14 @@ class Cleancache:
         pool = self._pool(fsid)
         oid = normalize_oid(inode)
         index = self._index(index)
-        page = self.zc.tmem.get(pool, oid, index, True) if index < INDEX_LIMIT else None
+        try:
+            page = self.zc.tmem.get(pool, oid, index, True) if index < INDEX_LIMIT else None
+        except RemotePage:
+            # A peer holds it (RAMster) and this call cannot wait for the network.
+            # An ephemeral page may vanish at any time, so this is a miss; the
+            # flush drops the remote copy too.
+            self.zc.tmem.flush_page(pool, oid, index)
+            page = None
         if page is None:
             self.failed_gets += 1
         else:
