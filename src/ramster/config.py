@@ -52,6 +52,21 @@ class ConfigError(ValueError):
     """A configuration mistake; the message is one line meant for the user."""
 
 
+def read_toml(path) -> dict:
+    """A TOML file as a dict; ConfigError (one line) when it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+
+
 def parse_size(value, what: str = "size") -> int:
     """Bytes from an int or a string such as "4096", "64K", "1M", "2GiB" (binary units)."""
     if isinstance(value, bool):
@@ -167,17 +182,7 @@ def parse_export_spec(spec: str) -> ExportConfig:
 def load_file(path: str | os.PathLike) -> dict:
     """The [node] table of a TOML file ({} if it has none); other tables are ignored."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} is not readable") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
+    doc = read_toml(path)
     node = doc.get("node", {})
     if not isinstance(node, dict):
         raise ConfigError(f"config file {path}: 'node' must be a table ([node])")

@@ -159,7 +159,8 @@ class Node:
 
         cl = self.cluster
         policy = RemotifyPolicy(persistent=cl.persistent, ephemeral=cl.ephemeral,
-                                targets=tuple(t.number for t in cl.targets), replicas=cl.replicas,
+                                targets=tuple(t.number for t in cl.targets),
+                                replicas=min(cl.replicas, len(cl.targets)),
                                 selfshrink=cl.selfshrink)
         self.net = PeerNetwork(cl, handler=None)
         self.ramster = Ramster(self.zc, self.net, policy)

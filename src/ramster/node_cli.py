@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import compress
 from .cli import UserError
@@ -94,15 +93,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _cluster(config: str | None, name: str | None):
     """The cluster this node belongs to, or None for a single node."""
-    import tomllib
+    from .config import read_toml
 
-    has_cluster = False
-    if config is not None:
-        try:
-            with open(config, "rb") as f:
-                has_cluster = "cluster" in tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError):
-            has_cluster = False  # build() has reported what is wrong with the file already
+    has_cluster = config is not None and "cluster" in read_toml(config)
     if name is None:
         if has_cluster:
             raise ConfigError(f"{config} describes a cluster: say which node this is with --name")

@@ -105,7 +105,6 @@ class Zbud:
         extra = nodes - self.nodes
         if extra <= 0:
             return
-        start = self.nodes
         self.sizes.frombytes(bytes(4 * extra))
         self.state.extend(bytes(extra))
         self.unevictable.extend(bytes(extra))

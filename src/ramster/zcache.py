@@ -21,7 +21,6 @@ from .tmem import (
     MAX_POOLS_PER_CLIENT,
     OID_LIMIT,
     Pool,
-    RemotePage,
     Tmem,
     TmemError,
 )

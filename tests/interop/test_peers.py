@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import shutil
 import signal
 import socket
@@ -103,6 +104,13 @@ class PeerProcess:
 
     def signal(self, sig) -> None:
         self.proc.send_signal(sig)
+
+    async def pause(self) -> None:
+        """SIGSTOP, returning once the kernel reports the process stopped."""
+        self.proc.send_signal(signal.SIGSTOP)
+        # WNOWAIT leaves the state for the event loop's child watcher, which only reaps exits
+        await asyncio.wait_for(asyncio.to_thread(os.waitid, os.P_PID, self.proc.pid,
+                                                 os.WSTOPPED | os.WNOWAIT), 10)
 
     async def kill(self) -> None:
         if self.proc.returncode is None:
@@ -208,6 +216,47 @@ def test_handler_errors_become_error_replies(tmp_path):
             r = await a.request(1, wire.FlushObject(0, True, 1))
             assert (type(r), r.free_frames, r.status) == (wire.Ack, 5, 0)
         finally:
+            await stop_all([a, b])
+
+    run(main())
+
+
+def test_incoming_requests_are_bounded(tmp_path, monkeypatch):
+    from ramster.remote import peer
+    monkeypatch.setattr(peer, "MAX_HANDLERS", 4)
+    running = []
+
+    async def main():
+        go = asyncio.Event()
+        changed = asyncio.Event()
+
+        async def handler(node, msg):
+            running.append(msg.index)
+            changed.set()
+            await go.wait()
+            return wire.Ack(msg.index)
+
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b", handler)
+        try:
+            await all_connected([a, b])
+            tasks = [asyncio.create_task(a.request(1, wire.FlushPage(0, True, 0, i), timeout=5)) for i in range(20)]
+            while len(running) < 4:
+                changed.clear()
+                await asyncio.wait_for(changed.wait(), 5)
+            conn = b._conns[0]
+            # reading stops at the bound, so no more handlers start while these block
+            assert conn.reading_paused and conn.handlers == 4
+            # not synchronisation: a window in which excess requests could wrongly start
+            await asyncio.sleep(0.05)
+            assert len(running) == 4
+            go.set()
+            replies = await asyncio.gather(*tasks)
+            assert [r.free_frames for r in replies] == list(range(20))
+            assert sorted(running) == list(range(20)) and not conn.reading_paused
+        finally:
+            go.set()
             await stop_all([a, b])
 
     run(main())
@@ -326,6 +375,9 @@ class RawPeer:
     async def connect(cls, port):
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
+    def close(self):
+        self.writer.close()
+
     def send(self, msg):
         self.writer.write(wire.encode(msg))
 
@@ -333,7 +385,10 @@ class RawPeer:
         """The next message that is not a keepalive (those are answered here)."""
         while True:
             while not self.queue:
-                data = await asyncio.wait_for(self.reader.read(65536), 5)
+                try:
+                    data = await asyncio.wait_for(self.reader.read(65536), 5)
+                except ConnectionResetError:
+                    data = b""
                 if not data:
                     return None
                 self.queue += self.decoder.feed(data)
@@ -357,9 +412,8 @@ def test_raw_client_handshake_and_unknown_type(tmp_path):
     async def main():
         doc = cluster_doc(tmp_path, "ab")
         a = await start_net(doc, "a")
-        port = a.local.port
+        raw = await RawPeer.connect(a.local.port)
         try:
-            raw = await RawPeer.connect(port)
             auth = await raw.handshake(1)
             assert type(auth) is wire.Auth
             assert await a.wait_until(lambda: a.connected(1), 5)
@@ -376,8 +430,8 @@ def test_raw_client_handshake_and_unknown_type(tmp_path):
             assert m == Get(1, True, 2, 3, True, msg_id=m.msg_id)
             raw.send(GetReply(True, 9, b"zz", 5, msg_id=m.msg_id))
             assert (await task).data == b"zz"
-            raw.writer.close()
         finally:
+            raw.close()
             await a.stop()
 
     run(main())
@@ -389,8 +443,8 @@ def test_raw_client_refused(tmp_path, case):
     async def main():
         doc = cluster_doc(tmp_path, "abc")
         b = await start_net(doc, "b")  # node 1: only node 2 may dial it
+        raw = await RawPeer.connect(b.local.port)
         try:
-            raw = await RawPeer.connect(b.local.port)
             if case == "garbage":
                 raw.writer.write(b"GET / HTTP/1.0\r\n\r\n")
                 await raw.recv()  # its Hello
@@ -409,6 +463,7 @@ def test_raw_client_refused(tmp_path, case):
                 assert b.auth_failures == 0
             assert not b.connected(2)
         finally:
+            raw.close()
             await b.stop()
 
     run(main())
@@ -429,7 +484,7 @@ def test_paused_peer_times_out_and_recovers(tmp_path):
             r = await a.request(0, PutPages(3, True, [PutPage(1, 1, 11, b"kept")]))
             assert r.statuses == [0]
 
-            m.signal(signal.SIGSTOP)
+            await m.pause()
             t0 = time.monotonic()
             stalled = [asyncio.create_task(a.request(0, Get(3, True, 1, 1, False))) for _ in range(5)]
             # meanwhile the other peer keeps answering, promptly
@@ -474,7 +529,7 @@ def test_restarted_peer_reported_with_new_boot_id(tmp_path):
             assert r.statuses == [0]
 
             # a request in flight when the peer dies fails at once, not at its timeout
-            m.signal(signal.SIGSTOP)
+            await m.pause()
             waiting = asyncio.create_task(a.request(0, Get(0, True, 5, 5, False), timeout=10))
             await asyncio.sleep(0)  # let it be sent
             t0 = time.monotonic()
@@ -527,7 +582,7 @@ def test_tls_round_trip(tmp_path):
             except ConnectionError:
                 got = None
             assert got is None
-            raw.writer.close()
+            raw.close()
         finally:
             await stop_all([a, b])
 

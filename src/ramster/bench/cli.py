@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
     e.add_argument("--markdown", action="store_true", help="print Markdown tables (for BENCHMARKS.md)")
     e.set_defaults(func=_engine)
     try:
+        from . import cluster as cluster_bench  # (built by the RAMster issue)
+    except ImportError:
+        pass
+    else:
+        cluster_bench.add_parser(bsub)
+    try:
         from . import nbd  # noqa: F401  (built by the node issue)
     except ImportError:
         return

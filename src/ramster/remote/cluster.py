@@ -29,11 +29,10 @@ accepted by all of them. The only per-node fact is which node is local.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, split_address
+from ..config import ConfigError, read_toml, split_address
 from .wire import MAX_CLUSTER_NAME, MAX_NODE_NUMBER
 
 MAX_NODE_NAME = 64  # R2NM_MAX_NAME_LEN
@@ -93,19 +92,6 @@ class ClusterConfig:
                 return n
         return None
 
-
-def _read_toml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} is not readable") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def _table(doc: dict, key: str, where: str, required: bool) -> dict:
@@ -221,7 +207,7 @@ def load_cluster(source: str | os.PathLike | dict, local_name: str, *,
         base = Path(base_dir) if base_dir is not None else Path.cwd()
     else:
         path = Path(source)
-        doc = _read_toml(path)
+        doc = read_toml(path)
         where = f"config file {path}"
         base = Path(base_dir) if base_dir is not None else path.resolve().parent
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -32,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..config import ConfigError
 from . import wire
 from .cluster import ClusterConfig, NodeSpec, load_cluster
 from .wire import Auth, ErrorReply, Hello, Keepalive, KeepaliveReply, Unknown
@@ -101,6 +103,7 @@ class _Connection(asyncio.Protocol):
         self.reason = ""
         self.handlers = 0
         self.reading_paused = False
+        self.backlog: collections.deque = collections.deque()
         self.tasks: set[asyncio.Task] = set()
         self.keepalive_running = False
         self.timer: asyncio.Task | None = None
@@ -109,6 +112,8 @@ class _Connection(asyncio.Protocol):
     # --- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        # a batch of full PutPages is ~256 KiB; senders only wait when several are stuck
+        transport.set_write_buffer_limits(high=MAX_WRITE_BUFFER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -150,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self.state = _CLOSED
         self.ready.set()  # wake the handshake wait so it sees _CLOSED
         self.writable.set()
+        self.backlog.clear()  # nobody is left to answer
         err = PeerUnavailable(f"{self.name}: {self.reason or 'connection closed'}")
         pending, self.pending = self.pending, {}
         for fut in pending.values():
@@ -191,7 +197,7 @@ class _Connection(asyncio.Protocol):
                 return self._next_id
 
     async def request(self, msg, timeout: float):
-        if self.state != _READY:
+        if self.state != _READY or self.transport.is_closing():
             raise PeerUnavailable(f"{self.name} is not connected")
         deadline = self.loop.time() + timeout
         if not self.writable.is_set():
@@ -199,7 +205,7 @@ class _Connection(asyncio.Protocol):
                 await asyncio.wait_for(self.writable.wait(), timeout)
             except asyncio.TimeoutError:
                 raise PeerTimeout(f"{self.name} has not taken queued data for {timeout:g} s") from None
-            if self.state != _READY:
+            if self.state != _READY or self.transport.is_closing():
                 raise PeerUnavailable(f"{self.name}: {self.reason or 'connection closed'}")
         mid = self._alloc_id()
         data = wire.encode(msg, mid)
@@ -236,11 +242,15 @@ class _Connection(asyncio.Protocol):
         elif t is Keepalive:
             self._send(KeepaliveReply(self.net._free_frames()), m.msg_id)
         elif t in wire.REQUESTS:
-            self.handlers += 1
-            if self.handlers >= MAX_HANDLERS and not self.reading_paused:
-                self.reading_paused = True
-                self.transport.pause_reading()
-            self._spawn(self._serve(m))
+            if self.handlers >= MAX_HANDLERS:
+                # the rest of this read waits here; later reads wait in the socket
+                self.backlog.append(m)
+                if not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pause_reading()
+            else:
+                self.handlers += 1
+                self._spawn(self._serve(m))
         elif t is Unknown:
             self._send(ErrorReply(wire.ENOPROTOOPT, f"unknown message type {m.type}"), m.msg_id)
         else:
@@ -264,9 +274,13 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(data)
         finally:
             self.handlers -= 1
-            if self.reading_paused and self.handlers <= MAX_HANDLERS // 2 and self.state != _CLOSED:
-                self.reading_paused = False
-                self.transport.resume_reading()
+            if self.state != _CLOSED:
+                while self.backlog and self.handlers < MAX_HANDLERS:
+                    self.handlers += 1
+                    self._spawn(self._serve(self.backlog.popleft()))
+                if self.reading_paused and not self.backlog and self.handlers <= MAX_HANDLERS // 2:
+                    self.reading_paused = False
+                    self.transport.resume_reading()
 
     def _handshake(self, m) -> None:
         cfg = self.net.config
@@ -626,7 +640,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    from ..config import ConfigError
     try:
         asyncio.run(_serve(args))
     except ConfigError as e:

@@ -624,10 +624,10 @@ class Ramster:
         zc = self.zc
         if isinstance(msg, wire.PutPages):
             pool = zc.foreign_pool(from_node, msg.pool_id, msg.persistent)
-            if pool is None:
-                statuses = [errno.EINVAL] * len(msg.pages)
+            if pool is None:  # the pool exists here with the other persistence
+                statuses = [wire.EINVAL] * len(msg.pages)
             else:
-                statuses = [0 if zc.put_raw(pool, pg.oid, pg.index, pg.data) else errno.ENOMEM for pg in msg.pages]
+                statuses = [0 if zc.put_raw(pool, pg.oid, pg.index, pg.data) else wire.ENOMEM for pg in msg.pages]
             return wire.PutReply(statuses, self.free_frames())
         if isinstance(msg, wire.Get):
             pool = zc.tmem.get_pool(from_node, msg.pool_id)
@@ -646,7 +646,7 @@ class Ramster:
             if pool is not None:
                 zc.tmem.destroy_pool(pool)
         else:
-            return wire.ErrorReply(errno.EOPNOTSUPP, f"unexpected {type(msg).__name__}")
+            return wire.ErrorReply(wire.ENOPROTOOPT, f"unexpected {type(msg).__name__}")
         return wire.Ack(self.free_frames())
 
     # ---- statistics ---------------------------------------------------------------------------
