@@ -176,22 +176,25 @@ class Zcache:
         # common path pays nothing for the check (zswap tests before compressing).
         if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
             return self._put_same_filled(pool, oid, index, page)
-        return self._store(pool, oid, index, cdata, clen, c)
+        if self._store(pool, oid, index, cdata, clen, c):
+            return True
+        return self._put_failed(pool, oid, index, c)
 
     def _store(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int) -> bool:
         """Policy, then zbud placement (partial frame first, then a new frame,
-        then ouroboros), then the tmem link, for a compressed payload."""
+        then ouroboros), then the tmem link, for a compressed payload. A refusal
+        leaves the handle as it was: the callers decide what happens to an older copy."""
         if c:
             if clen > PERS_MAX_ZSIZE:
                 self.compress_poor += 1
-                return self._put_failed(pool, oid, index, c)
+                return False
             # poorly compressing pages are taken only while the running mean stays low
             if clen > PERS_MAX_MEAN_ZSIZE and self.zpages[PERS] and self.zbytes[PERS] > PERS_MAX_MEAN_ZSIZE * self.zpages[PERS]:
                 self.mean_compress_poor += 1
-                return self._put_failed(pool, oid, index, c)
+                return False
         elif clen > MAX_BUDDY_SIZE:
             self.compress_poor += 1
-            return self._put_failed(pool, oid, index, c)
+            return False
         zbud = self.zbud
         oidb = oid.to_bytes(24, "little")
         tag = index | pool.handle_tag
@@ -201,7 +204,7 @@ class Zcache:
             if f < 0:
                 f = self._ouroboros(c)
                 if f < 0:
-                    return self._put_failed(pool, oid, index, c)
+                    return False
             p = zbud.create_prep(c, f, clen + HANDLE_SIZE, cdata, oidb, tag)
             if zbud.pageframes[c] > self.pageframes_max[c]:
                 self.pageframes_max[c] = zbud.pageframes[c]
@@ -226,15 +229,22 @@ class Zcache:
             pool = self.tmem.new_pool(client_id, persistent, pool_id=pool_id)
         return pool if pool.persistent == persistent else None
 
-    def put_raw(self, pool: Pool, oid: int, index: int, cdata) -> bool:
+    def put_raw(self, pool: Pool, oid: int, index: int, cdata, keep_old: bool = False) -> bool:
         """Store an already compressed payload (a foreign page, a repatriated one)
-        under the normal policies, without compressing it again."""
+        under the normal policies, without compressing it again. With keep_old,
+        a refusal leaves an older copy in place (repatriation: the older copy is
+        the remote one, and it must not go before the page is home)."""
         clen = len(cdata)
         if not 0 < clen <= MAX_BUDDY_SIZE:
             self.compress_poor += 1
+            stored = False
+        else:
+            stored = self._store(pool, oid, index, cdata, clen, pool.cls)
+        if not stored:
+            if keep_old:
+                self.failed_puts[pool.cls] += 1
+                return False
             return self._put_failed(pool, oid, index, pool.cls)
-        if not self._store(pool, oid, index, cdata, clen, pool.cls):
-            return False
         if pool.client_id != LOCAL_CLIENT:
             c = pool.cls
             self.foreign_pages[c] += 1

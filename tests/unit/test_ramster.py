@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass
 
 import pytest
-from pages import page
+from pages import page, sized_page
 
 from ramster import Frontswap, Zcache
 from ramster.remote import wire
@@ -420,5 +420,28 @@ def test_cleancache_remote_page_is_a_miss_and_its_copy_goes():
         assert cc.get_page(fsid, 7, remote[0]) is None  # and stays a miss
         await asyncio.sleep(0.01)
         assert b.zc.foreign_pages[0] == held - 1
+
+    run(go())
+
+
+def test_refused_repatriation_keeps_the_remote_copy():
+    async def go():
+        ln = cluster(2, frames=64)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        big = sized_page(1, 3000)  # compresses to more than 2560 bytes
+        assert a.zc.put_page(pid, 1, 0, big)
+        await a.remotify_batch(frames=1)
+        pool = a.zc.pool(pid)
+        assert a.zc.tmem.lookup(pool, 1, 0) <= REMOTE_BASE
+        # room in the budget, but the persistent policy refuses the page (mean size rule)
+        fill(a.zc, pid, 4, oid_of=lambda i: 2, index_of=lambda i: i)
+        a.zc.zbytes[1] = 10**9
+        assert await a.get(pool, 1, 0) == big
+        assert a.zc.tmem.lookup(pool, 1, 0) <= REMOTE_BASE  # still remote, not lost
+        assert a.stats()["ramster.pers_pages_remote_nomem"] == 1
+        a.zc.zbytes[1] = 0
+        assert await a.get(pool, 1, 0) == big
+        assert 0 < a.zc.tmem.lookup(pool, 1, 0)  # now it came home
 
     run(go())

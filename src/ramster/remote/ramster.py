@@ -526,7 +526,7 @@ class Ramster:
             elif self._has_room():
                 # repatriate: the page comes home; the dup put frees the remote pampd,
                 # which flushes the remote copies in order with later puts
-                if not zc.put_raw(pool, oid, index, data):
+                if not zc.put_raw(pool, oid, index, data, keep_old=True):
                     self.pers_pages_remote_nomem += 1
             else:
                 self.pers_pages_remote_nomem += 1
