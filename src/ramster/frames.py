@@ -14,6 +14,7 @@ from array import array
 
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
+_MAP_NORESERVE = 0x4000  # Linux; Python's mmap module names it only from 3.13
 # zbud's refs (frame << 1 | bud) live in 32-bit tmem slots
 MAX_FRAMES = (1 << 30) - 1024
 
@@ -32,7 +33,10 @@ class FrameArena:
         if not 0 <= budget <= MAX_FRAMES:
             raise ValueError(f"max_pageframes must be in [0, {MAX_FRAMES}], got {budget}")
         self.reserve = min(max(budget, reserve if reserve is not None else _physical_pages(), 1), MAX_FRAMES)
-        self._map = mmap.mmap(-1, self.reserve * PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # MAP_NORESERVE: the reservation is address space only, so it is not charged
+        # against overcommit (without it a fork() of a node could fail with ENOMEM)
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", _MAP_NORESERVE)
+        self._map = mmap.mmap(-1, self.reserve * PAGE_SIZE, flags=flags)
         self.buf = memoryview(self._map)
         self.budget = budget
         self.high_water = 0  # frames below this have been handed out at least once
