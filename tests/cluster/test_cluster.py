@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pages import image
 
 pytestmark = pytest.mark.interop
 
@@ -35,13 +36,7 @@ def free_port() -> int:
 
 def corpus_image(path: Path, size: int) -> bytes:
     """Real pages that all compress (a swap export without a disk refuses the others)."""
-    files = sorted(CORPUS.glob("anon-python.pages")) if CORPUS.is_dir() else []
-    if files:
-        data = files[0].read_bytes()
-    else:
-        src = b"".join(p.read_bytes() for p in sorted(REPO.glob("src/**/*.py")))
-        data = src * (size // len(src) + 1)
-    data = data[:size]
+    data = image(size, "anon-python.pages")
     path.write_bytes(data)
     return data
 

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pages import image
 
 pytestmark = pytest.mark.interop
 
@@ -31,13 +32,7 @@ def need(*tools: str) -> None:
 
 def corpus_image(path: Path, size: int, which: int = 0) -> bytes:
     """`size` bytes of real pages (shared corpus, else this repository's sources) written to `path`."""
-    files = sorted(CORPUS.glob("*.pages")) if CORPUS.is_dir() else []
-    if files:
-        data = files[which % len(files)].read_bytes()[:size]
-    else:
-        src = b"".join(p.read_bytes() for p in sorted(REPO.glob("src/**/*.py")))
-        data = (src[which * 1000:] + src) * (size // len(src) + 1)
-    data = data[:size].ljust(size, b"\0")
+    data = image(size, which=which)
     path.write_bytes(data)
     return data
 

@@ -113,8 +113,9 @@ class PeerProcess:
                                                  os.WSTOPPED | os.WNOWAIT), 10)
 
     async def kill(self) -> None:
+        # no SIGCONT first: SIGKILL ends a stopped process too, and a continued one
+        # could still answer what was sent to it while it was stopped
         if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
         await self.proc.wait()
 

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from pages import corpus_files, synthetic_pages
 
 from ramster import Cleancache, Frontswap, Zcache
 from ramster.nbd.export import STATE_HOLE, STATE_ZERO, ExportError
@@ -20,13 +21,12 @@ CORPUS = REPO.parent / "shared" / "corpus"
 
 def corpus(npages: int) -> bytes:
     """`npages` real pages: the shared corpus, else the repository's own source files."""
-    files = sorted(CORPUS.glob("*.pages")) if CORPUS.is_dir() else []
+    files = corpus_files()
     if files:
         per = -(-npages // len(files))
         data = b"".join(f.read_bytes()[: per * PAGE] for f in files)
     else:
-        src = b"".join(p.read_bytes() for p in sorted(REPO.glob("src/**/*.py")) + sorted(REPO.glob("tests/**/*.py")))
-        data = src * (npages * PAGE // len(src) + 1)
+        data = b"".join(synthetic_pages(npages))
     data = data[: npages * PAGE]
     assert len(data) == npages * PAGE
     return data

@@ -64,6 +64,7 @@ class RemoteTable:
         self.cls = bytearray()
         self._free = array("i")
         self.live = 0
+        self.held = [0] * 16  # pages each node number holds, kept as entries change
 
     def alloc(self, nodes: list[int], size: int, cksum: int, c: int) -> int:
         if self._free:
@@ -75,8 +76,7 @@ class RemoteTable:
             self.size.append(0)
             self.cksum.append(0)
             self.cls.append(0)
-        self.node_a[r] = nodes[0]
-        self.node_b[r] = nodes[1] if len(nodes) > 1 else NO_NODE
+        self.set_nodes(r, nodes)
         self.size[r] = size
         self.cksum[r] = cksum
         self.cls[r] = c
@@ -87,12 +87,15 @@ class RemoteTable:
         return [n for n in (self.node_a[r], self.node_b[r]) if n != NO_NODE]
 
     def set_nodes(self, r: int, nodes: list[int]) -> None:
+        for n in self.nodes(r):
+            self.held[n] -= 1
+        for n in nodes:
+            self.held[n] += 1
         self.node_a[r] = nodes[0] if nodes else NO_NODE
         self.node_b[r] = nodes[1] if len(nodes) > 1 else NO_NODE
 
     def release(self, r: int) -> None:
-        self.node_a[r] = NO_NODE
-        self.node_b[r] = NO_NODE
+        self.set_nodes(r, [])
         self.size[r] = 0
         self._free.append(r)
         self.live -= 1
@@ -298,7 +301,9 @@ class Ramster:
         the exposure to a peer's crash shrinks while the node is idle. Only into
         frames that are free: it never makes room by evicting."""
         cur = self.zc.zpages[PERS] + self.remote_pages[PERS]
-        if cur == 0 or cur > self._ss_last:
+        if not self.remote_pages[PERS]:
+            return 0
+        if cur > self._ss_last:
             self._ss_last, self._ss_inertia = cur, 3
             return 0
         self._ss_last = cur
@@ -327,6 +332,8 @@ class Ramster:
                 continue
             for oid, obj in list(pool.objs.items()):
                 for key, leaf in list(obj.items()):
+                    if min(leaf) > REMOTE_BASE:  # C-speed skip of leaves with no remote page
+                        continue
                     for slot in range(64):
                         p = leaf[slot]
                         if p <= REMOTE_BASE:
@@ -563,9 +570,8 @@ class Ramster:
         return orphaned
 
     def pages_on(self, node: int) -> int:
-        """Remote pages of this node that `node` holds (a walk of the remote table)."""
-        t = self.table
-        return sum(1 for r in range(len(t.size)) if t.size[r] and node in (t.node_a[r], t.node_b[r]))
+        """Remote pages of this node that `node` holds."""
+        return self.table.held[node]
 
     async def rereplicate(self, gone: int) -> int:
         """Give every page that had a copy on `gone` a new copy on another target
