@@ -43,7 +43,7 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "$want" > .venv/.interpreter
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,bench]"
 
 # python3-libnbd is Debian-only: expose just its two files to the venv.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -197,6 +197,33 @@ class SwapExport(Export):
 
     # ---- requests ---------------------------------------------------------------------
 
+    def read_now(self, offset: int, length: int):
+        if length != PAGE_SIZE or offset & PAGE_MASK:
+            return None
+        try:
+            return self._read_page(offset >> PAGE_SHIFT)
+        except RemotePage:
+            return None
+
+    def write_now(self, offset: int, data) -> bool:
+        # whole pages only; partial ones may need a remote page first
+        if len(data) != PAGE_SIZE or offset & PAGE_MASK:
+            return False
+        p = offset >> PAGE_SHIFT
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self.frontswap.store(self.swap_type, p, data):
+            if self.lost:
+                self.lost.discard(p)
+            return True
+        if self.remote is not None:
+            return False  # the asynchronous write waits for RAMster to make room
+        # the refused store dropped the old copy: the page's new home is decided
+        # now, before any other request can look at it
+        if not self._fall_back(p, data):
+            raise _err(self.counters, errno.ENOSPC, "no memory left for the page and no backing file")
+        return True
+
     async def read(self, offset: int, length: int):
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
