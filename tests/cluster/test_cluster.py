@@ -213,8 +213,12 @@ def test_metrics_and_stats_show_peers(tmp_path, nodes):
     assert r.returncode == 0 and "peers" in r.stdout and "connected" in r.stdout and "RAMster" in r.stdout
 
 
-def test_kill_one_replica_during_reads_loses_nothing_and_rereplicates(tmp_path, nodes):
+def test_kill_one_replica_during_load_loses_nothing_and_rereplicates(tmp_path, nodes):
     need("nbdcopy")
+    import threading
+
+    import nbd
+
     cfg = write_config(tmp_path, ["a", "b", "c", "d"], replicas=2)
     a = Node(tmp_path, cfg, "a", "4M", "swap:swap:12M")
     nodes.append(a)
@@ -231,16 +235,35 @@ def test_kill_one_replica_during_reads_loses_nothing_and_rereplicates(tmp_path, 
     held = {p["name"]: p["pages_held"] for p in a.stats()["peers"]}
     assert sum(held.values()) == 2 * remote  # two copies of every remote page
     victim = max(held, key=held.get)
+    # the load: one client reads the first half, another rewrites the second half
+    half = 6 * MiB
+    new_half = data[:half][::-1]
     out = tmp_path / "out.img"
     reader = subprocess.Popen(["nbdcopy", a.uri("swap"), str(out)], stderr=subprocess.PIPE, text=True)
-    next(n for n in nodes if n.name == victim).proc.kill()  # kill -9 while the reads run
+    errors: list[BaseException] = []
+
+    def write_second_half() -> None:
+        try:
+            h = nbd.NBD()
+            h.connect_uri(a.uri("swap"))
+            for off in range(0, half, 256 * 1024):
+                h.pwrite(new_half[off:off + 256 * 1024], half + off)
+            h.shutdown()
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    writer = threading.Thread(target=write_second_half)
+    writer.start()
+    next(n for n in nodes if n.name == victim).proc.kill()  # kill -9 under the load
     _, err = reader.communicate(timeout=120)
+    writer.join(timeout=120)
     assert reader.returncode == 0, err
-    assert out.read_bytes() == data
+    assert not errors, errors
+    assert out.read_bytes()[:half] == data[:half]
     # the pages the victim held get a second copy on the fourth node
     s = a.wait_for(lambda s: s["counters"]["ramster.pages_rereplicated"] > 0, "re-replication")
     assert s["counters"]["ramster.remote_pers_pages_lost"] == 0
-    assert _read_all(a.uri("swap"), 12 * MiB) == data
+    assert _read_all(a.uri("swap"), 12 * MiB) == data[:half] + new_half
 
 
 def test_paused_peer_times_out_and_recovers(tmp_path, nodes):

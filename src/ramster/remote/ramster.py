@@ -416,8 +416,7 @@ class Ramster:
                     calls.append((node, chunk, self._call(node, msg)))
         for node, chunk, fut in calls:
             reply = await fut
-            if isinstance(reply, wire.PutReply):
-                self._note_free(node, reply.free_frames)
+            if isinstance(reply, wire.PutReply):  # (the network notes its free_frames)
                 for pg, st in zip(chunk, reply.statuses):
                     if st == 0:
                         acks[id(pg)].add(node)
@@ -457,11 +456,6 @@ class Ramster:
         """A frame still zombie after its batch keeps its pages locally."""
         if self.zc.zbud.state[n] & ZOMBIE:
             self.zc.zbud.revive_zombie(n)
-
-    def _note_free(self, node: int, free_frames: int) -> None:
-        note = getattr(self.net, "note_free_frames", None)
-        if note is not None:
-            note(node, free_frames)
 
     # ---- remote get (SPEC §5.5) ------------------------------------------------------------------
 
@@ -504,7 +498,6 @@ class Ramster:
                 continue
             if not isinstance(reply, wire.GetReply) or not reply.found:
                 continue
-            self._note_free(node, reply.free_frames)
             if checksum(reply.data) != want:
                 self.remote_checksum_errors += 1
                 log.error("page %s/%d from node %d failed its checksum", oid, index, node)
