@@ -40,6 +40,9 @@ log = logging.getLogger("ramster.remote")
 PAGES_PER_MESSAGE = 64
 FRAMES_PER_BATCH = 32
 NO_NODE = -1
+# the seed's frontswap_inertia and frontswap_hysteresis (SPEC §5.7)
+SELFSHRINK_INERTIA = 3
+SELFSHRINK_HYSTERESIS = 20
 
 checksum = xxhash.xxh3_64_intdigest
 
@@ -145,6 +148,9 @@ class Ramster:
         self._room = asyncio.Event()  # set at the end of each remotify pass
         self._room_made = False
         self._closing = False
+        # selfshrink's memory between passes: the last page count and the countdown
+        self._ss_last = 0
+        self._ss_inertia = SELFSHRINK_INERTIA
         zc.remote = self
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -292,9 +298,6 @@ class Ramster:
 
     # ---- frontswap selfshrinking (SPEC §5.7) ------------------------------------------------
 
-    _ss_last = 0
-    _ss_inertia = 3
-
     async def selfshrink_pass(self) -> int:
         """When the persistent pages stopped growing for `inertia` passes, bring
         remote ones home (all of them up to the hysteresis of 20, else 5 %), so
@@ -304,15 +307,15 @@ class Ramster:
         if not self.remote_pages[PERS]:
             return 0
         if cur > self._ss_last:
-            self._ss_last, self._ss_inertia = cur, 3
+            self._ss_last, self._ss_inertia = cur, SELFSHRINK_INERTIA
             return 0
         self._ss_last = cur
         self._ss_inertia -= 1
         if self._ss_inertia > 0:
             return 0
-        self._ss_inertia = 3
+        self._ss_inertia = SELFSHRINK_INERTIA
         remote = self.remote_pages[PERS]
-        want = remote if remote <= 20 else remote // 20
+        want = remote if remote <= SELFSHRINK_HYSTERESIS else remote // 20
         done = 0
         for pool, oid, index, _ in self._remote_slots(persistent=True):
             if done >= want or not self._has_room() or self._wants_room():
