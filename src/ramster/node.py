@@ -90,7 +90,6 @@ class Node:
         counters.update(self.cleancache.stats())
         peers = []
         if self.ramster is not None:
-            counters.update(self.ramster.stats())
             counters["ramster.auth_failures"] = self.net.auth_failures
             for p in self.net.peers():
                 peers.append({"name": p.name, "number": p.number, "connected": p.connected,

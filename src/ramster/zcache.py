@@ -363,6 +363,8 @@ class Zcache:
         s["zcache.pageframes_freed"] = self.arena.pageframes_freed
         s["zcache.max_pageframes"] = self.arena.budget
         s.update((f"zbud.{k}", v) for k, v in self.zbud.stats().items())
+        if self.remote is not None:
+            s.update(self.remote.stats())  # the "ramster." counters (SPEC §5.11)
         return s
 
     # ---- the put path (§4.3–4.5) -------------------------------------------------------

@@ -445,3 +445,15 @@ def test_refused_repatriation_keeps_the_remote_copy():
         assert 0 < a.zc.tmem.lookup(pool, 1, 0)  # now it came home
 
     run(go())
+
+
+def test_zcache_stats_carry_the_ramster_counters():
+    ln = cluster(2)
+    s = ln.nodes[0].zc.stats()
+    for name in ("eph_pages_remoted", "pers_pages_remoted", "eph_pages_remote_failed", "pers_pages_remote_failed",
+                 "remote_eph_pages_succ_get", "remote_pers_pages_succ_get", "remote_eph_pages_unsucc_get",
+                 "remote_pers_pages_unsucc_get", "pers_pages_remote_nomem", "remote_objects_flushed",
+                 "remote_pages_flushed", "remote_object_flushes_failed", "remote_page_flushes_failed",
+                 "foreign_eph_pages", "foreign_eph_pages_max", "foreign_pers_pages", "foreign_pers_pages_max",
+                 "remote_pers_pages", "remote_pers_pages_lost"):
+        assert f"ramster.{name}" in s, name
