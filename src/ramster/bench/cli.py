@@ -11,7 +11,7 @@ from ..cli import UserError
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="run a benchmark (engine, nbd)",
+        help="run a benchmark (engine, nbd, cluster)",
         description="Benchmarks measure their baseline in the same run and report the ratio to it.",
     )
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
