@@ -158,6 +158,7 @@ class Tmem:
         return leaf[index & OBJNODE_MASK]
 
     def get(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
+        # lookup() and delete() inlined: a get is one walk down the index, not two
         obj = pool.objs.get(oid)
         if obj is None:
             return None

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import free_port, need
 from pages import image
 
 pytestmark = pytest.mark.interop
@@ -20,18 +19,6 @@ MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
 RAMSTER = [sys.executable, "-m", "ramster.cli"]
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def corpus_image(path: Path, size: int) -> bytes:

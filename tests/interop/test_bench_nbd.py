@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pages import synthetic_pages
 
 from ramster.bench.nbd import TARGETS, WORKLOADS
 from ramster.bench.runners import fio_json
@@ -22,9 +23,8 @@ CORPUS = REPO.parent / "shared" / "corpus"
 def corpus(tmp: Path) -> Path:
     if CORPUS.is_dir() and any(CORPUS.glob("*.pages")):
         return CORPUS
-    src = b"".join(p.read_bytes() for p in sorted(REPO.glob("src/**/*.py")))
-    path = tmp / "src.pages"
-    path.write_bytes(src[: len(src) // 4096 * 4096])
+    path = tmp / "synthetic.pages"
+    path.write_bytes(b"".join(synthetic_pages(1024)))
     return path
 
 

@@ -6,12 +6,12 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import socket
 import struct
 import subprocess
 
 import pytest
+from support import need
 
 from ramster.nbd import protocol as P
 from ramster.nbd.memory import MemoryExport
@@ -20,12 +20,6 @@ from ramster.nbd.server import MAX_INFLIGHT, NbdServer, parse_tcp_address
 pytestmark = pytest.mark.interop
 
 MiB = 1 << 20
-
-
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)} (run scripts/bootstrap.sh)")
 
 
 def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

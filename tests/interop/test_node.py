@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from support import free_port, need
 from pages import image
 
 pytestmark = pytest.mark.interop
@@ -24,23 +25,11 @@ CORPUS = REPO.parent / "shared" / "corpus"
 RAMSTER = [sys.executable, "-m", "ramster.cli"]
 
 
-def need(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
-
-
 def corpus_image(path: Path, size: int, which: int = 0) -> bytes:
     """`size` bytes of real pages (shared corpus, else this repository's sources) written to `path`."""
     data = image(size, which=which)
     path.write_bytes(data)
     return data
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NodeProcess:

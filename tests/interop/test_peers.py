@@ -12,13 +12,13 @@ import hmac
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
 import time
 
 import pytest
+from support import free_port
 
 from ramster.remote import wire
 from ramster.remote.cluster import load_cluster
@@ -28,12 +28,6 @@ from ramster.remote.wire import Get, GetReply, PutPage, PutPages
 FAST = {"request_timeout": 0.5, "keepalive": 0.2, "idle_timeout": 1.5,
         "reconnect_delay": 0.05, "reconnect_max": 0.3}
 SECRET = b"correct horse battery staple, 32"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cluster_doc(tmp_path, names, secret=SECRET, **options) -> dict:
