@@ -73,6 +73,7 @@ class _NbdProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._send_scheduled = False
+        self._feeding = False  # inside data_received: replies wait for its one write
         self._closing = False
         self._lost = False
         self._reason = ""
@@ -98,14 +99,20 @@ class _NbdProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.core.feed(data)
-            for ev in events:
-                if type(ev) is Request:
-                    self._submit(ev)
-                elif type(ev) is Negotiated:
-                    self.export = ev.export
-                    log.debug("%s: using export %r", self.peer, ev.export.name)
-                else:
-                    self._begin_close(ev)
+            # Requests served at once (_run_now) reply into the core's buffer; one
+            # write after the whole batch sends them all, not one syscall each.
+            self._feeding = True
+            try:
+                for ev in events:
+                    if type(ev) is Request:
+                        self._submit(ev)
+                    elif type(ev) is Negotiated:
+                        self.export = ev.export
+                        log.debug("%s: using export %r", self.peer, ev.export.name)
+                    else:
+                        self._begin_close(ev)
+            finally:
+                self._feeding = False
             self._send()
             self._update_reading()
         except Exception as exc:  # a bug must cost one connection, not the server
@@ -170,7 +177,9 @@ class _NbdProtocol(asyncio.Protocol):
         if req.data is not None:
             self._inflight_bytes -= req.length
             req.data = None
-        if self._inflight == 0:
+        if self._feeding:
+            pass  # data_received sends once its batch is done
+        elif self._inflight == 0:
             self._send()
         elif not self._send_scheduled:
             # Other requests are running: batch their replies into one write
