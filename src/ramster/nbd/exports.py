@@ -207,21 +207,33 @@ class SwapExport(Export):
 
     def write_now(self, offset: int, data) -> bool:
         # whole pages only; partial ones may need a remote page first
-        if len(data) != PAGE_SIZE or offset & PAGE_MASK:
+        length = len(data)
+        if length & PAGE_MASK or offset & PAGE_MASK or not length:
             return False
+        store = self.frontswap.store
+        swap_type = self.swap_type
         p = offset >> PAGE_SHIFT
-        if type(data) is not bytes:
-            data = bytes(data)
-        if self.frontswap.store(self.swap_type, p, data):
-            if self.lost:
-                self.lost.discard(p)
-            return True
-        if self.remote is not None:
-            return False  # the asynchronous write waits for RAMster to make room
-        # the refused store dropped the old copy: the page's new home is decided
-        # now, before any other request can look at it
-        if not self._fall_back(p, data):
-            raise _err(self.counters, errno.ENOSPC, "no memory left for the page and no backing file")
+        if length == PAGE_SIZE:
+            pages = (data if type(data) is bytes else bytes(data),)
+        else:
+            mv = memoryview(data)
+            pages = [mv[i:i + PAGE_SIZE] for i in range(0, length, PAGE_SIZE)]
+        failed = False
+        for page in pages:
+            if store(swap_type, p, page):
+                if self.lost:
+                    self.lost.discard(p)
+            elif self.remote is not None:
+                # the asynchronous write waits for RAMster to make room; it rewrites
+                # every page of the request, the ones stored here included
+                return False
+            # the refused store dropped the old copy: the page's new home is
+            # decided now, before any other request can look at it
+            elif not self._fall_back(p, page if type(page) is bytes else bytes(page)):
+                failed = True
+            p += 1
+        if failed:
+            raise _err(self.counters, errno.ENOSPC, "no memory left for the data and no backing file")
         return True
 
     async def read(self, offset: int, length: int):
