@@ -152,7 +152,9 @@ class Zcache:
         return pool.pool_id
 
     def destroy_pool(self, pool_id: int) -> bool:
-        pool = self._pools.pop(pool_id, None) if type(pool_id) is int else self._pool(pool_id)
+        if type(pool_id) is not int:
+            pool_id = self._pool(pool_id).pool_id  # an int-like id; TypeError for anything else
+        pool = self._pools.pop(pool_id, None)
         if pool is None:
             return False
         return self.tmem.destroy_pool(pool)
