@@ -230,6 +230,25 @@ def test_swap_without_backing_reports_enospc(node, tmp_path):
     assert small["counters"]["errors"] > 0  # the server counts every error reply
 
 
+def test_every_error_reply_is_counted_once(node):
+    import nbd
+
+    def errors() -> int:
+        return node.stats()["exports"]["small"]["counters"]["errors"]
+
+    h = nbd.NBD()
+    h.set_strict_mode(0)  # let the bad request reach the server
+    h.connect_uri(node.uri("small"))
+    before = errors()
+    with pytest.raises(nbd.Error):
+        h.pread(4096, MiB)  # past the end: the protocol core refuses it
+    assert errors() == before + 1
+    with pytest.raises(nbd.Error):
+        h.pwrite(os.urandom(4096), 0)  # refused by zcache, no backing file: the export fails it
+    assert errors() == before + 2
+    h.shutdown()
+
+
 def test_ramster_stats(node):
     r = run(*RAMSTER, "stats", "--json", "--url", node.url)
     assert r.returncode == 0, r.stderr

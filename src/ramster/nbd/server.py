@@ -232,10 +232,8 @@ class _NbdProtocol(asyncio.Protocol):
                 counters.bytes_written += req.length
                 self.core.reply_ok(req)
         except ExportError as exc:
-            counters.errors += 1
             self.core.reply_error(req, exc.errno, str(exc))
         except Exception as exc:
-            counters.errors += 1
             log.warning("%s: export %r failed on %r: %r", self.peer, export.name, req, exc)
             self.core.reply_error(req, errno.EIO, "internal server error")
         self._request_done(req)
@@ -274,10 +272,8 @@ class _NbdProtocol(asyncio.Protocol):
                 return
             core.reply_ok(req)
         except ExportError as exc:
-            counters.errors += 1
             core.reply_error(req, exc.errno, str(exc))
         except Exception as exc:
-            counters.errors += 1
             log.warning("%s: export %r failed on %r: %r", self.peer, export.name, req, exc)
             core.reply_error(req, errno.EIO, "internal server error")
         finally:
@@ -305,10 +301,8 @@ class _NbdProtocol(asyncio.Protocol):
             self.export.counters.flushes += 1
             self.core.reply_ok(req)
         except ExportError as exc:
-            self.export.counters.errors += 1
             self.core.reply_error(req, exc.errno, str(exc))
         except Exception as exc:
-            self.export.counters.errors += 1
             log.warning("%s: flush of %r failed: %r", self.peer, self.export.name, exc)
             self.core.reply_error(req, errno.EIO, "internal server error")
         finally:
