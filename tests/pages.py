@@ -22,6 +22,15 @@ def _source_text() -> bytes:
     return b"".join(p.read_bytes() for d in ("src", "tests") for p in sorted((REPO / d).rglob("*.py")))
 
 
+def corpus_path(tmp: Path) -> Path:
+    """A --corpus argument for the benchmarks: shared/corpus, else a file of synthetic pages in tmp."""
+    if corpus_files():
+        return CORPUS
+    path = tmp / "synthetic.pages"
+    path.write_bytes(b"".join(synthetic_pages(1024)))
+    return path
+
+
 def synthetic_pages(count: int, seed: int = 7) -> list[bytes]:
     text = _source_text()
     rnd = random.Random(seed)

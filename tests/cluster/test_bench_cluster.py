@@ -9,21 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pages import synthetic_pages
+from pages import corpus_path
 
 pytestmark = pytest.mark.interop
-
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus"
-
-
-def corpus(tmp: Path) -> Path:
-    if CORPUS.is_dir() and any(CORPUS.glob("*.pages")):
-        return CORPUS
-    path = tmp / "synthetic.pages"
-    path.write_bytes(b"".join(synthetic_pages(1024)))
-    return path
-
 
 def test_bench_cluster_json(tmp_path):
     if shutil.which("redis-server") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
@@ -32,7 +20,7 @@ def test_bench_cluster_json(tmp_path):
     work.mkdir()
     env = dict(os.environ, TMPDIR=str(work))
     cmd = [sys.executable, "-m", "ramster.cli", "bench", "cluster", "--pages", "300", "--gets", "40",
-           "--repeat", "2", "--json", "--corpus", str(corpus(tmp_path))]
+           "--repeat", "2", "--json", "--corpus", str(corpus_path(tmp_path))]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

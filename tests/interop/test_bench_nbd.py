@@ -9,24 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from pages import synthetic_pages
+from pages import corpus_path
 
 from ramster.bench.nbd import TARGETS, WORKLOADS
 from ramster.bench.runners import fio_json
 
 pytestmark = pytest.mark.interop
-
-REPO = Path(__file__).resolve().parents[2]
-CORPUS = REPO.parent / "shared" / "corpus"
-
-
-def corpus(tmp: Path) -> Path:
-    if CORPUS.is_dir() and any(CORPUS.glob("*.pages")):
-        return CORPUS
-    path = tmp / "synthetic.pages"
-    path.write_bytes(b"".join(synthetic_pages(1024)))
-    return path
-
 
 def bench(*args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, TMPDIR=str(tmp))
@@ -40,7 +28,7 @@ def test_bench_nbd_json(tmp_path):
             pytest.skip(f"{tool} is not installed")
     work = tmp_path / "tmp"
     work.mkdir()
-    r = bench("--image-size", "4M", "--runtime", "1", "--json", "--no-chart", "--corpus", str(corpus(tmp_path)),
+    r = bench("--image-size", "4M", "--runtime", "1", "--json", "--no-chart", "--corpus", str(corpus_path(tmp_path)),
               tmp=work)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

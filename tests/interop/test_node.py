@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, need
+from support import free_port, need, stop_process
 from pages import image
 
 pytestmark = pytest.mark.interop
@@ -72,14 +72,7 @@ class NodeProcess:
         return self.stderr_path.read_text()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout=30)
 
 
 @pytest.fixture(scope="module")
