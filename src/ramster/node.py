@@ -23,7 +23,8 @@ from .config import DEFAULT_METRICS, PAGE_SIZE, ConfigError, NodeConfig, format_
 from .frontends import Cleancache, Frontswap
 from .nbd.export import Export
 from .nbd.exports import CacheExport, SwapExport
-from .writeback import BackingFile, SwapWriteback
+from .storage import BackingFile, PageMapError
+from .writeback import SwapWriteback
 from .zcache import Zcache
 
 log = logging.getLogger("ramster.node")
@@ -55,7 +56,11 @@ class Node:
                 backing = self._open_backing(e) if e.backing is not None else None
                 if e.kind == "swap":
                     # the swap type is the export's number, as a kernel numbers its swap devices
-                    exp = SwapExport(e.name, e.size, self.frontswap, number, backing)
+                    try:
+                        exp = SwapExport(e.name, e.size, self.frontswap, number, backing)
+                    except (PageMapError, OSError) as err:
+                        raise ConfigError(f"export {e.name!r}: cannot use backing file {e.backing}: "
+                                          f"{getattr(err, 'strerror', None) or err}") from None
                     self.writeback.register(number, exp)
                 else:
                     exp = CacheExport(e.name, e.size, self.cleancache, backing)

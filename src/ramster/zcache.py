@@ -5,8 +5,13 @@ what is stored: partial frame first, then a new frame, then "ouroboros" (eat
 the LRU ephemeral frame). Persistent puts may eat ephemeral frames, never
 persistent ones, so anonymous pages win over clean page-cache pages.
 
-A zbudref pampd is positive. Pages that need no frame are negative pampds:
-ZERO_FILLED, or SAME_FILLED_BASE - k for the k-th distinct fill pattern.
+A zbudref pampd is positive. The rest are negative:
+- ZERO_FILLED, or SAME_FILLED_BASE - k for the k-th distinct fill pattern
+  (no frame at all);
+- HUGE_BASE - f: a page kept as it is in arena frame f, for a caller with no
+  lower tier (zram's "huge" pages): a page that zbud would refuse is not
+  refused for its content when nothing else could take it;
+- REMOTE_BASE - r: a page RAMster moved to peers (remote/ramster.py).
 
 Zcache is single-threaded by design (one asyncio loop per node); guard it
 with a lock if several threads share one.
@@ -24,14 +29,18 @@ from .tmem import (
     Tmem,
     TmemError,
 )
-from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
+from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, ZOMBIE, Zbud
 
 PAGE_SIZE = 4096
+PAGE_SHIFT = 12
 ZERO_PAGE = bytes(PAGE_SIZE)
 ZERO_FILLED = -1
 SAME_FILLED_BASE = -2
+# huge pages: HUGE_BASE - frame; fill patterns stay above it
+HUGE_BASE = -(1 << 24)
+MAX_FILLS = (1 << 24) - 2
 # RAMster's remote pages: REMOTE_BASE - r, r indexing the cluster's remote table
-REMOTE_BASE = -(1 << 24)
+REMOTE_BASE = HUGE_BASE - (1 << 30)
 # lz4, lzo, zstd and zlib all shrink a same-filled page below this
 SAME_FILLED_MAX_CLEN = 64
 # persistent policy (SPEC §4.5)
@@ -121,6 +130,13 @@ class Zcache:
         self.zbytes_max = [0, 0]
         self.zero_filled_pages = 0
         self.same_filled_pages = 0
+        # huge pages: frame -> (pool, oid, index), least recently stored first;
+        # frames that writeback or remotify took off that LRU wait in huge_taken
+        # (their data stays valid and readable until the page is freed)
+        self.huge_lru: dict[int, tuple[Pool, int, int]] = {}
+        self.huge_taken: dict[int, tuple[Pool, int, int]] = {}
+        self.huge_pages = 0
+        self.huge_pages_max = 0
         self._fill_ids: dict[bytes, int] = {}
         self._fills: list[bytes | None] = []
         self._fill_refs: list[int] = []
@@ -159,8 +175,14 @@ class Zcache:
             return False
         return self.tmem.destroy_pool(pool)
 
-    def put_page(self, pool_id: int, oid, index: int, page) -> bool:
-        """Store a page. False: rejected, nothing stored, any older copy flushed."""
+    def put_page(self, pool_id: int, oid, index: int, page, huge: bool = False) -> bool:
+        """Store a page. False: rejected, nothing stored, any older copy flushed.
+
+        huge=True is for a caller with no lower tier to send a refused page to
+        (a swap device without a swap disk): a persistent page that compresses
+        too poorly for zbud is then kept as it is in a frame of its own instead
+        of being refused, so only a full budget refuses it.
+        """
         pool = self._pools.get(pool_id)
         if pool is None:
             pool = self._pool(pool_id)
@@ -178,20 +200,26 @@ class Zcache:
         # common path pays nothing for the check (zswap tests before compressing).
         if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
             return self._put_same_filled(pool, oid, index, page)
-        if self._store(pool, oid, index, cdata, clen, c):
+        if self._store(pool, oid, index, cdata, clen, c, page if huge else None):
             return True
         return self._put_failed(pool, oid, index, c)
 
-    def _store(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int) -> bool:
+    def _store(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int, huge_page=None) -> bool:
         """Policy, then zbud placement (partial frame first, then a new frame,
         then ouroboros), then the tmem link, for a compressed payload. A refusal
-        leaves the handle as it was: the callers decide what happens to an older copy."""
+        leaves the handle as it was: the callers decide what happens to an older copy.
+        With `huge_page` (the uncompressed page) a persistent page the policy
+        would refuse is stored anyway: raw when zbud cannot hold it, else in zbud
+        (the mean-size rule only exists to send poor pages to a swap disk)."""
         if c:
             if clen > PERS_MAX_ZSIZE:
+                if huge_page is not None:
+                    return self._store_huge(pool, oid, index, huge_page)
                 self.compress_poor += 1
                 return False
             # poorly compressing pages are taken only while the running mean stays low
-            if clen > PERS_MAX_MEAN_ZSIZE and self.zpages[PERS] and self.zbytes[PERS] > PERS_MAX_MEAN_ZSIZE * self.zpages[PERS]:
+            if (clen > PERS_MAX_MEAN_ZSIZE and huge_page is None and self.zpages[PERS]
+                    and self.zbytes[PERS] > PERS_MAX_MEAN_ZSIZE * self.zpages[PERS]):
                 self.mean_compress_poor += 1
                 return False
         elif clen > MAX_BUDDY_SIZE:
@@ -233,11 +261,15 @@ class Zcache:
 
     def put_raw(self, pool: Pool, oid: int, index: int, cdata, keep_old: bool = False) -> bool:
         """Store an already compressed payload (a foreign page, a repatriated one)
-        under the normal policies, without compressing it again. With keep_old,
-        a refusal leaves an older copy in place (repatriation: the older copy is
-        the remote one, and it must not go before the page is home)."""
+        under the normal policies, without compressing it again. A payload of
+        exactly PAGE_SIZE bytes is a huge page (see payload()): no compressed
+        page is that long. With keep_old, a refusal leaves an older copy in
+        place (repatriation: the older copy is the remote one, and it must not
+        go before the page is home)."""
         clen = len(cdata)
-        if not 0 < clen <= MAX_BUDDY_SIZE:
+        if clen == PAGE_SIZE and pool.persistent:
+            stored = self._store_huge(pool, oid, index, cdata)
+        elif not 0 < clen <= MAX_BUDDY_SIZE:
             self.compress_poor += 1
             stored = False
         else:
@@ -255,11 +287,14 @@ class Zcache:
         return True
 
     def get_raw(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
-        """The compressed payload under the handle, or None (zbud pages only)."""
+        """The stored payload under the handle (see payload()), or None (zbud and huge pages only)."""
         p = self.tmem.lookup(pool, oid, index)
-        if p <= 0:
+        if p > 0:
+            data = bytes(self.zbud.payload(p))
+        elif REMOTE_BASE < p <= HUGE_BASE:
+            data = self._huge_page(p)
+        else:
             return None
-        data = bytes(self.zbud.payload(p))
         if free:
             self.tmem.delete(pool, oid, index)
             self.free(p, pool, oid, index)
@@ -340,7 +375,7 @@ class Zcache:
             if f < 0:
                 break
             self.arena.free(f)
-        nr_writeback = max(0, self.zbud.pageframes[PERS] - (active_anon + inactive_anon))
+        nr_writeback = max(0, self.zbud.pageframes[PERS] + self.huge_pages - (active_anon + inactive_anon))
         if nr_writeback and self.writeback_sink is not None:
             self.writeback_lru(nr_writeback, self.writeback_sink)
         return max(0, self.zbud.pageframes[EPH] - (active_file + inactive_file))
@@ -361,6 +396,8 @@ class Zcache:
             s[f"zcache.{name}_zbytes_max"] = self.zbytes_max[c]
         s["zcache.zero_filled_pages"] = self.zero_filled_pages
         s["zcache.same_filled_pages"] = self.same_filled_pages
+        s["zcache.huge_pages"] = self.huge_pages
+        s["zcache.huge_pages_max"] = self.huge_pages_max
         s["zcache.pageframes_alloced"] = self.arena.pageframes_alloced
         s["zcache.pageframes_freed"] = self.arena.pageframes_freed
         s["zcache.max_pageframes"] = self.arena.budget
@@ -407,6 +444,10 @@ class Zcache:
         else:
             k = self._fill_ids.get(word)
             if k is None:
+                if len(self._fill_ids) >= MAX_FILLS:  # the pampd range is full: a zbud it is
+                    cdata = self._compress(page)
+                    return (self._store(pool, oid, index, cdata, len(cdata), c)
+                            or self._put_failed(pool, oid, index, c))
                 k = self._fill_slot(word)
             self._fill_refs[k] += 1
             p = SAME_FILLED_BASE - k
@@ -428,6 +469,74 @@ class Zcache:
             self._fill_refs.append(0)
         self._fill_ids[word] = k
         return k
+
+    # ---- huge pages ---------------------------------------------------------------------
+
+    def _store_huge(self, pool: Pool, oid: int, index: int, page) -> bool:
+        """Keep a persistent page as it is, in a frame of its own."""
+        f = self.arena.alloc()
+        if f < 0:
+            f = self._ouroboros(PERS)
+            if f < 0:
+                return False
+        off = f << PAGE_SHIFT
+        self.arena.buf[off:off + PAGE_SIZE] = page
+        self.huge_lru[f] = (pool, oid, index)
+        n = self.huge_pages + 1
+        self.huge_pages = n
+        if n > self.huge_pages_max:
+            self.huge_pages_max = n
+        self.tmem.put(pool, oid, index, HUGE_BASE - f)
+        return True
+
+    def _huge_page(self, p: int) -> bytes:
+        off = (HUGE_BASE - p) << PAGE_SHIFT
+        return bytes(self.arena.buf[off:off + PAGE_SIZE])
+
+    def _free_huge(self, p: int, pool: Pool) -> None:
+        f = HUGE_BASE - p
+        if self.huge_lru.pop(f, None) is None:
+            del self.huge_taken[f]
+        self.arena.free(f)
+        self.huge_pages -= 1
+        if pool.client_id != LOCAL_CLIENT:
+            self.foreign_pages[pool.cls] -= 1
+
+    def take_huge_lru(self, n: int) -> list[tuple[int, Pool, int, int, bytes]]:
+        """Take up to `n` of the least recently stored local huge pages off their
+        LRU for remotify: (pampd, pool, oid, index, page). They stay readable;
+        the frame is freed when the page's pampd is replaced or freed, and
+        `revive_huge` puts one that could not leave back at the LRU tail."""
+        out = []
+        for f, h in list(self.huge_lru.items()):
+            if len(out) >= n:
+                break
+            if h[0].client_id != LOCAL_CLIENT:
+                continue  # foreign pages never travel on
+            del self.huge_lru[f]
+            self.huge_taken[f] = h
+            out.append((HUGE_BASE - f, h[0], h[1], h[2], self._huge_page(HUGE_BASE - f)))
+        return out
+
+    def revive_huge(self, p: int) -> None:
+        h = self.huge_taken.pop(HUGE_BASE - p, None)
+        if h is not None:
+            self.huge_lru[HUGE_BASE - p] = h
+
+    def is_taken(self, p: int) -> bool:
+        """True while the page of pampd p is off its LRU for remotify or writeback."""
+        if p > 0:
+            return bool(self.zbud.state[p >> 1] & ZOMBIE)
+        return (HUGE_BASE - p) in self.huge_taken
+
+    def decode(self, payload) -> bytes:
+        """The page a stored payload stands for: a huge page's payload is the page itself."""
+        if len(payload) == PAGE_SIZE:
+            return bytes(payload)
+        data = self._decompress(payload)
+        if len(data) != PAGE_SIZE:
+            raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
+        return data
 
     # ---- eviction ---------------------------------------------------------------------
 
@@ -458,6 +567,21 @@ class Zcache:
         tmem copy dropped. A frame whose pages the sink refuses goes back to the
         LRU tail instead of leaking as a zombie. Returns frames freed."""
         freed = 0
+        # Huge frames first: each frees a frame per page written and costs no
+        # decompression (zram too writes back huge pages first).
+        tries = len(self.huge_lru)
+        while freed < nframes and tries > 0 and self.huge_lru:
+            tries -= 1
+            f, (pool, oid, index) = next(iter(self.huge_lru.items()))
+            if pool.client_id != LOCAL_CLIENT:
+                self.huge_lru[f] = self.huge_lru.pop(f)  # to the tail: not ours to move
+                continue
+            p = HUGE_BASE - f
+            self.huge_taken[f] = self.huge_lru.pop(f)
+            if self._write_back_page(sink, p, pool, oid, index):
+                freed += 1
+            else:
+                self.revive_huge(p)
         tries = self.zbud.pageframes[PERS]
         while freed < nframes and tries > 0:
             tries -= 1
@@ -470,22 +594,25 @@ class Zcache:
                 if pool is None or self.tmem.lookup(pool, oid, index) != p:
                     kept = True  # not ours to move; leave the frame in memory
                     continue
-                page = self.get_data(p, pool)
-                self.outstanding_writeback_pages += 1
-                try:
-                    ok = sink(pool, oid, index, page)
-                finally:
-                    self.outstanding_writeback_pages -= 1
-                if ok:
-                    self.writtenback_pages += 1
-                    self.tmem.flush_page(pool, oid, index)  # the last flush frees the zombie frame
-                else:
+                if not self._write_back_page(sink, p, pool, oid, index):
                     kept = True
             if kept:
                 self.zbud.revive_zombie(buds[0][0] >> 1)
             else:
                 freed += 1
         return freed
+
+    def _write_back_page(self, sink, p: int, pool: Pool, oid: int, index: int) -> bool:
+        page = self.get_data(p, pool)
+        self.outstanding_writeback_pages += 1
+        try:
+            ok = sink(pool, oid, index, page)
+        finally:
+            self.outstanding_writeback_pages -= 1
+        if ok:
+            self.writtenback_pages += 1
+            self.tmem.flush_page(pool, oid, index)  # frees the page (and a zombie frame with its last page)
+        return ok
 
     def _reclaim(self, frames: int) -> int:
         """Free up to `frames` frames by evicting ephemeral ones; returns how many."""
@@ -508,7 +635,9 @@ class Zcache:
             return data
         if p == ZERO_FILLED:
             return ZERO_PAGE
-        return self._fills[SAME_FILLED_BASE - p] * 512
+        if p > HUGE_BASE:
+            return self._fills[SAME_FILLED_BASE - p] * 512
+        return self._huge_page(p)
 
     def get_data_and_free(self, p: int, pool: Pool) -> bytes:
         data = self.get_data(p, pool)
@@ -529,8 +658,11 @@ class Zcache:
             if pool.client_id != LOCAL_CLIENT:
                 self.foreign_pages[c] -= 1
             return
-        if p <= REMOTE_BASE:
-            self.remote.free_remote(p, pool, oid, index)
+        if p <= HUGE_BASE:
+            if p <= REMOTE_BASE:
+                self.remote.free_remote(p, pool, oid, index)
+            else:
+                self._free_huge(p, pool)
             return
         self.zpages[c] -= 1
         if p == ZERO_FILLED:
@@ -569,11 +701,14 @@ class Zcache:
         self.zbud.check()
         a = self.arena
         pf = self.zbud.pageframes
-        assert a.pageframes_alloced - a.pageframes_freed == pf[EPH] + pf[PERS] == a.in_use
+        assert a.pageframes_alloced - a.pageframes_freed == pf[EPH] + pf[PERS] + self.huge_pages == a.in_use
+        assert self.huge_pages == len(self.huge_lru) + len(self.huge_taken)
+        assert not set(self.huge_lru) & set(self.huge_taken)
         for c in (EPH, PERS):
             assert self.zbytes[c] == self.zbud.zbytes(c) - HANDLE_SIZE * self.zbud.zpages(c)
             assert self.pageframes_max[c] >= pf[c]
         specials = [0, 0]
+        huge = 0
         for pool in self.tmem.pools():
             c = pool.cls
             for obj in pool.objs.values():
@@ -581,7 +716,9 @@ class Zcache:
                 for leaf in obj.values():
                     used = [x for x in leaf if x]
                     assert used and len(leaf) == 64, "empty leaf kept"
-                    specials[c] += sum(1 for x in used if REMOTE_BASE < x < 0)
+                    specials[c] += sum(1 for x in used if HUGE_BASE < x < 0)
+                    huge += sum(1 for x in used if REMOTE_BASE < x <= HUGE_BASE)
         for c in (EPH, PERS):
             assert self.zpages[c] == self.zbud.zpages(c) + specials[c]
         assert self.zero_filled_pages + self.same_filled_pages == specials[EPH] + specials[PERS]
+        assert huge == self.huge_pages

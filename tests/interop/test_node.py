@@ -211,35 +211,86 @@ def test_fio_verify_through_writeback(node):
     assert after["counters"]["zcache.writtenback_pages"] > before
 
 
-def test_swap_without_backing_reports_enospc(node, tmp_path):
+@pytest.fixture
+def tiny(tmp_path):
+    """A node whose 256 KiB of memory (64 frames) is all a 1 MiB swap export without backing file has."""
+    n = NodeProcess(tmp_path, "--memory", "256K", "--export", "small:swap:1M")
+    yield n
+    assert n.stop() == 0
+    assert "Traceback" not in n.stderr()
+
+
+def test_swap_without_backing_takes_any_page_and_reports_enospc_when_full(tiny, tmp_path):
     need("nbdcopy")
-    # 1 MiB of incompressible pages: zcache refuses them and there is no swap disk
-    (tmp_path / "rand.img").write_bytes(os.urandom(MiB))
-    r = run("nbdcopy", str(tmp_path / "rand.img"), node.uri("small"))
-    assert r.returncode != 0
-    assert "No space left on device" in r.stderr or "ENOSPC" in r.stderr
-    small = node.stats()["exports"]["small"]
-    assert small["gauges"]["lost_pages"] > 0
-    assert small["counters"]["errors"] > 0  # the server counts every error reply
+    # incompressible pages are kept as they are: 64 of them fit the 64 frames
+    data = os.urandom(64 * PAGE)
+    (tmp_path / "rand.img").write_bytes(data)
+    r = run("nbdcopy", str(tmp_path / "rand.img"), tiny.uri("small"))
+    assert r.returncode == 0, r.stderr
+    assert tiny.stats()["counters"]["zcache.huge_pages"] == 64
+    r = run("nbdcopy", tiny.uri("small"), str(tmp_path / "back.img"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "back.img").read_bytes()[:len(data)] == data
+    # memory is full now: one page more is refused, and the message says what is full
+    import nbd
+
+    h = nbd.NBD()
+    h.connect_uri(tiny.uri("small"))
+    with pytest.raises(nbd.Error) as e:
+        h.pwrite(os.urandom(PAGE), 64 * PAGE)
+    assert e.value.errno == "ENOSPC"
+    for _ in range(3):  # a client retrying the same page
+        with pytest.raises(nbd.Error):
+            h.pwrite(os.urandom(PAGE), 64 * PAGE)
+    with pytest.raises(nbd.Error) as e:
+        h.pread(PAGE, 64 * PAGE)  # never zeros for a page whose write failed
+    assert e.value.errno == "EIO"
+    assert h.pread(PAGE, 0) == data[:PAGE]
+    h.shutdown()
+    small = tiny.stats()["exports"]["small"]
+    assert small["gauges"]["lost_pages"] == 1
+    assert small["counters"]["failed_writes"] == 1  # retries of one page count once
+    assert small["counters"]["errors"] == 5  # but every error reply is counted
 
 
-def test_every_error_reply_is_counted_once(node):
+def test_every_error_reply_is_counted_once(tiny):
     import nbd
 
     def errors() -> int:
-        return node.stats()["exports"]["small"]["counters"]["errors"]
+        return tiny.stats()["exports"]["small"]["counters"]["errors"]
 
     h = nbd.NBD()
     h.set_strict_mode(0)  # let the bad request reach the server
-    h.connect_uri(node.uri("small"))
+    h.connect_uri(tiny.uri("small"))
     before = errors()
     with pytest.raises(nbd.Error):
         h.pread(4096, MiB)  # past the end: the protocol core refuses it
     assert errors() == before + 1
+    for i in range(64):
+        h.pwrite(os.urandom(4096), i * PAGE)
     with pytest.raises(nbd.Error):
-        h.pwrite(os.urandom(4096), 0)  # refused by zcache, no backing file: the export fails it
+        h.pwrite(os.urandom(4096), 64 * PAGE)  # memory full, no backing file: the export fails it
     assert errors() == before + 2
     h.shutdown()
+
+
+def test_random_bytes_round_trip_without_backing_file(tmp_path):
+    """64 MiB of random bytes into a swap export without a backing file (256 MiB of memory) and back."""
+    need("nbdcopy")
+    n = NodeProcess(tmp_path, "--memory", "256M", "--export", "swap:swap:128M")
+    try:
+        data = os.urandom(64 * MiB)
+        (tmp_path / "rand.img").write_bytes(data)
+        r = run("nbdcopy", str(tmp_path / "rand.img"), n.uri("swap"), timeout=300)
+        assert r.returncode == 0, r.stderr
+        r = run("nbdcopy", n.uri("swap"), str(tmp_path / "back.img"), timeout=300)
+        assert r.returncode == 0, r.stderr
+        with open(tmp_path / "back.img", "rb") as f:
+            assert f.read(len(data)) == data
+        assert n.stats()["exports"]["swap"]["counters"]["errors"] == 0
+    finally:
+        assert n.stop() == 0
+    assert "Traceback" not in n.stderr()
 
 
 def test_ramster_stats(node):

@@ -43,15 +43,19 @@ class ZcacheMachine(RuleBasedStateMachine):
     def _pool(self, persistent):
         return self.pers if persistent else self.eph
 
-    @rule(persistent=st.booleans(), oid=oid_st, index=index_st, data=page_st)
-    def put(self, persistent, oid, index, data):
+    @rule(persistent=st.booleans(), oid=oid_st, index=index_st, data=page_st, huge=st.booleans())
+    def put(self, persistent, oid, index, data, huge):
         h = (self._pool(persistent), oid, index)
         self.disk.pop(h, None)
-        if self.zc.put_page(*h, data):
+        full = self.zc.arena.in_use >= self.zc.max_pageframes
+        if self.zc.put_page(*h, data, huge):
             self.model[h] = data
         else:
             self.model.pop(h, None)
             assert self.zc.get_page(*h) is None, "a failed put left an older copy"
+            if huge and persistent:
+                # without a lower tier only a full budget refuses a page, whatever its content
+                assert full
 
     @rule(persistent=st.booleans(), oid=oid_st, index=index_st, free=st.booleans())
     def get(self, persistent, oid, index, free):
@@ -126,7 +130,7 @@ class FrontswapMachine(RuleBasedStateMachine):
     @initialize(frames=st.integers(1, 6), exclusive=st.booleans())
     def setup(self, frames, exclusive):
         self.fs = Frontswap(Zcache(frames, reserve_pageframes=8), exclusive_gets=exclusive)
-        self.fs.init(0)
+        self.fs.init(0, no_swap_disk=True)  # incompressible pages kept as huge pages
         self.fs.init(1)
         self.model = {}
 
@@ -152,18 +156,17 @@ class FrontswapMachine(RuleBasedStateMachine):
     @rule(t=st.sampled_from([0, 1]))
     def invalidate_area(self, t):
         self.fs.invalidate_area(t)
-        self.fs.init(t)  # swapon again
+        self.fs.init(t, no_swap_disk=t == 0)  # swapon again
         for k in [k for k in self.model if k[0] == t]:
             del self.model[k]
 
     @invariant()
     def intact(self):
         self.fs.zc.check()
-        pool = self.fs._pool
         for (t, off), want in self.model.items():
             from ramster.frontends.frontswap import swiz
 
-            assert self.fs.zc.tmem.get(pool, *swiz(t, off), False) == want
+            assert self.fs.zc.get_page(self.fs.pool_id, *swiz(t, off)) == want
 
 
 class CleancacheMachine(RuleBasedStateMachine):

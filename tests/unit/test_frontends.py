@@ -76,8 +76,60 @@ def test_invalidate_page_and_area():
     fs.invalidate_area(0)
     assert fs.zc.stats()["zcache.obj_count"] == 1  # only type 1's object is left
     assert fs.load(1, 1) == page(1)
-    with pytest.raises(ValueError, match="not initialised"):
-        fs.load(0, 6)
+    # as in the seed: a type that is not initialised misses and refuses stores until init() again
+    assert fs.load(0, 6) is None
+    assert fs.store(0, 6, page(6)) is False
+    assert fs.invalidate_page(0, 6) is False
+    fs.invalidate_area(0)  # twice is harmless
+    fs.init(0)
+    assert fs.load(0, 6) is None
+    assert fs.store(0, 6, page(6)) is True and fs.load(0, 6) == page(6)
+
+
+def test_never_initialised_type_misses():
+    fs = Frontswap(Zcache(16))
+    assert fs.load(3, 0) is None
+    assert fs.store(3, 0, page(0)) is False
+    assert fs.stats()["frontswap.failed_stores"] == 1
+    assert fs.invalidate_page(3, 0) is False
+
+
+def test_front_end_flushes_count_in_zcache():
+    zc = Zcache(64)
+    fs = Frontswap(zc)
+    fs.init(0)
+    fs.store(0, 1, page(1))
+    fs.invalidate_page(0, 1)
+    fs.invalidate_page(0, 2)
+    s = zc.stats()
+    assert (s["zcache.flush_total"], s["zcache.flush_found"]) == (2, 1)
+    fs.invalidate_area(0)
+    assert zc.stats()["zcache.flobj_total"] == 256
+    cc = Cleancache(zc)
+    fsid = cc.init_fs()
+    cc.put_page(fsid, 7, 0, page(7))
+    cc.invalidate_page(fsid, 7, 0)
+    cc.invalidate_inode(fsid, 8)
+    s = zc.stats()
+    assert (s["zcache.flush_total"], s["zcache.flush_found"]) == (3, 2)
+    assert s["zcache.flobj_total"] == 257
+
+
+def test_incompressible_pages_without_a_swap_disk_are_kept_huge():
+    import os
+
+    zc = Zcache(8)
+    fs = Frontswap(zc)
+    fs.init(0, no_swap_disk=True)
+    fs.init(1)
+    rnd = [os.urandom(4096) for _ in range(9)]
+    assert fs.store(1, 0, rnd[0]) is False  # with a swap disk the seed's policy stands
+    for i in range(8):
+        assert fs.store(0, i, rnd[i]) is True
+    assert zc.stats()["zcache.huge_pages"] == 8
+    assert fs.store(0, 8, rnd[8]) is False  # memory is full: now it is refused
+    assert [fs.load(0, i) for i in range(8)] == rnd[:8]
+    zc.check()
 
 
 def test_offsets_beyond_32bit_index_are_ignored():
@@ -90,13 +142,13 @@ def test_offsets_beyond_32bit_index_are_ignored():
 @pytest.mark.parametrize("call, exc", [
     (lambda fs: fs.init(-1), ValueError),
     (lambda fs: fs.init("0"), TypeError),
-    (lambda fs: fs.store(5, 0, page(0)), ValueError),
     (lambda fs: fs.store(0, -1, page(0)), ValueError),
     (lambda fs: fs.store(0, 1.0, page(0)), TypeError),
     (lambda fs: fs.store(0, 0, b"short"), ValueError),
     (lambda fs: fs.load(0, "1"), TypeError),
-    (lambda fs: fs.invalidate_page(2, 0), ValueError),
-    (lambda fs: fs.invalidate_area(2), ValueError),
+    (lambda fs: fs.store(-5, 0, page(0)), ValueError),
+    (lambda fs: fs.invalidate_page(2, -1), ValueError),
+    (lambda fs: fs.invalidate_area("2"), TypeError),
 ])  # fmt: skip
 def test_frontswap_bad_input(call, exc):
     fs = Frontswap(Zcache(16))

@@ -123,14 +123,14 @@ def test_sink_moves_lru_pages_to_their_offsets(tmp_path):
         assert in_mem or on_disk, off
     assert zc.outstanding_writeback_pages == 0
 
-    # pages of a type without backing stay in memory: the sink says no
+    # pages of a type without backing stay in memory: the sink has no file for them (None)
     pool = zc.pool(fs.pool_id)
     oid, index = swiz(4, 7)
-    assert sink(pool, oid, index, page_of(7)) is False
+    assert sink(pool, oid, index, page_of(7)) is None
     oid, index = swiz(9, 7)  # a type nobody registered
-    assert sink(pool, oid, index, page_of(7)) is False
+    assert sink(pool, oid, index, page_of(7)) is None
     other = zc.pool(zc.new_pool(persistent=True))  # not frontswap's pool
     oid, index = swiz(3, 7)
-    assert sink(other, oid, index, page_of(7)) is False
+    assert sink(other, oid, index, page_of(7)) is None
     zc.check()
     backing.close()

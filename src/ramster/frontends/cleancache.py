@@ -59,7 +59,7 @@ class Cleancache:
         self.puts += 1
         if not was_active and self.ignore_nonactive:
             self.zc.eph_nonactive_puts_ignored += 1
-            self.zc.tmem.flush_page(pool, oid, index)  # the caller's page is newer than ours
+            self.zc.flush_page(fsid, oid, index)  # the caller's page is newer than ours
             return
         self.zc.put_page(fsid, oid, index, page)
 
@@ -68,12 +68,12 @@ class Cleancache:
         oid = normalize_oid(inode)
         index = self._index(index)
         try:
-            page = self.zc.tmem.get(pool, oid, index, True) if index < INDEX_LIMIT else None
+            page = self.zc.get_page(fsid, oid, index) if index < INDEX_LIMIT else None
         except RemotePage:
             # A peer holds it (RAMster) and this call cannot wait for the network.
             # An ephemeral page may vanish at any time, so this is a miss; the
             # flush drops the remote copy too.
-            self.zc.tmem.flush_page(pool, oid, index)
+            self.zc.flush_page(fsid, oid, index)
             page = None
         if page is None:
             self.failed_gets += 1
@@ -87,12 +87,12 @@ class Cleancache:
         index = self._index(index)
         self.invalidates += 1
         if index < INDEX_LIMIT:
-            self.zc.tmem.flush_page(pool, oid, index)
+            self.zc.flush_page(fsid, oid, index)
 
     def invalidate_inode(self, fsid: int, inode) -> None:
-        pool = self._pool(fsid)
+        self._pool(fsid)
         self.invalidates += 1
-        self.zc.tmem.flush_object(pool, normalize_oid(inode))
+        self.zc.flush_object(fsid, normalize_oid(inode))
 
     def invalidate_fs(self, fsid: int) -> None:
         """Unmount: destroy the filesystem's pool."""

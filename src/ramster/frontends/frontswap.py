@@ -7,7 +7,7 @@ oid = type << 8 | (offset & 0xFF), index = offset >> 8.
 from __future__ import annotations
 
 from ..tmem import INDEX_LIMIT
-from ..zcache import Zcache, check_page
+from ..zcache import PAGE_SIZE, Zcache, check_page
 
 SWIZ_BITS = 8
 SWIZ_MASK = (1 << SWIZ_BITS) - 1
@@ -41,34 +41,49 @@ class Frontswap:
         # WasActive filter (§6.1): stores of never-active pages fail with the seed's -ERANGE
         self.ignore_nonactive = bool(ignore_nonactive)
         self.pool_id: int | None = None
-        self._pool = None
-        self._types: set[int] = set()
+        # initialised swap types -> whether refused pages have no swap disk to
+        # go to (then incompressible pages are kept as huge pages)
+        self._types: dict[int, bool] = {}
         self.loads = 0
         self.succ_stores = 0
         self.failed_stores = 0
         self.invalidates = 0
 
-    def init(self, type_: int) -> None:
-        """swapon: the first call creates the shared persistent pool."""
-        type_ = _check_int("type", type_, MAX_TYPE)
-        if self._pool is None:
-            self.pool_id = self.zc.new_pool(persistent=True)
-            self._pool = self.zc.pool(self.pool_id)
-        self._types.add(type_)
+    def init(self, type_: int, no_swap_disk: bool = False) -> None:
+        """swapon: the first call creates the shared persistent pool.
 
-    def _check(self, type_, offset) -> None:
-        if type_ not in self._types:
-            _check_int("type", type_, MAX_TYPE)
-            raise ValueError(f"swap type {type_} was not initialised (call init({type_}) first)")
+        no_swap_disk: the caller has nowhere to put a page this store refuses
+        (the kernel always has its swap disk; an NBD swap export may not), so
+        a page is refused only when memory is full, never for its content.
+        """
+        type_ = _check_int("type", type_, MAX_TYPE)
+        if self.pool_id is None:
+            self.pool_id = self.zc.new_pool(persistent=True)
+        self._types[type_] = bool(no_swap_disk)
+
+    def _known(self, type_, offset) -> bool:
+        """Whether `type_` is initialised; TypeError/ValueError for arguments that are not a swap slot."""
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
+        if type_ in self._types:
+            return True
+        _check_int("type", type_, MAX_TYPE)
+        return False
 
     def store(self, type_: int, offset: int, page, was_active: bool = True) -> bool:
-        """True if the page is now in tmem. False: write it to the swap disk (no older copy remains)."""
-        self._check(type_, offset)
-        page = check_page(page)
+        """True if the page is now in tmem. False: write it to the swap disk (no older copy remains).
+        A type that is not initialised (never, or not since invalidate_area) refuses every store."""
+        huge = self._types.get(type_)
+        if huge is None or type(offset) is not int or offset < 0:
+            if not self._known(type_, offset):
+                check_page(page)
+                self.failed_stores += 1
+                return False
+            huge = self._types[type_]
+        if type(page) is not bytes or len(page) != PAGE_SIZE:
+            page = check_page(page)
         oid, index = swiz(type_, offset)
         if index >= INDEX_LIMIT:  # the seed ignores offsets that do not fit in 32 bits
             self.failed_stores += 1
@@ -77,39 +92,44 @@ class Frontswap:
             self.zc.pers_nonactive_puts_ignored += 1
             self.failed_stores += 1
             # the page goes to disk, so an older copy here would be stale
-            self.zc.tmem.flush_page(self._pool, oid, index)
+            self.zc.flush_page(self.pool_id, oid, index)
             return False
-        if self.zc.put_page(self.pool_id, oid, index, page):
+        if self.zc.put_page(self.pool_id, oid, index, page, huge):
             self.succ_stores += 1
             return True
         self.failed_stores += 1
         return False
 
     def load(self, type_: int, offset: int) -> bytes | None:
-        """The page, or None. With exclusive gets the copy leaves tmem (§6.2)."""
-        self._check(type_, offset)
+        """The page, or None: a miss, also for a type that is not initialised (as in the seed).
+        With exclusive gets the copy leaves tmem (§6.2)."""
+        if (type_ not in self._types or type(offset) is not int or offset < 0) and not self._known(type_, offset):
+            return None
         oid, index = swiz(type_, offset)
         if index >= INDEX_LIMIT:
             return None
-        page = self.zc.tmem.get(self._pool, oid, index, self.exclusive_gets)
+        page = self.zc.get_page(self.pool_id, oid, index, self.exclusive_gets)
         if page is not None:
             self.loads += 1
         return page
 
     def invalidate_page(self, type_: int, offset: int) -> bool:
-        self._check(type_, offset)
+        if not self._known(type_, offset):
+            return False
         oid, index = swiz(type_, offset)
-        if index < INDEX_LIMIT and self.zc.tmem.flush_page(self._pool, oid, index):
+        if index < INDEX_LIMIT and self.zc.flush_page(self.pool_id, oid, index):
             self.invalidates += 1
             return True
         return False
 
     def invalidate_area(self, type_: int) -> None:
-        """swapoff: drop every page of the type (its 256 swizzled objects)."""
-        self._check(type_, 0)
+        """swapoff: drop every page of the type (its 256 swizzled objects).
+        Until init(type_) again, loads of it miss and stores are refused."""
+        if not self._known(type_, 0):
+            return
         for low in range(SWIZ_MASK + 1):
-            self.zc.tmem.flush_object(self._pool, (type_ << SWIZ_BITS) | low)
-        self._types.discard(type_)
+            self.zc.flush_object(self.pool_id, (type_ << SWIZ_BITS) | low)
+        del self._types[type_]
 
     def stats(self) -> dict[str, int]:
         return {

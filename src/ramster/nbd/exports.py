@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 from ..frontends.cleancache import Cleancache
 from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap, swiz
+from ..lograte import Throttled
+from ..storage.backing import BackingFile
+from ..storage.pagemap import FILE, LOST, MEMORY, PageStateMap
 from ..tmem import RemotePage
-from ..writeback import BackingFile
 from ..zcache import ZERO_FILLED
 from .export import STATE_HOLE, STATE_ZERO, Export, ExportCounters, ExportError
 
@@ -41,7 +43,10 @@ log = logging.getLogger("ramster.exports")
 class SwapCounters(ExportCounters):
     backing_writes: int = 0  # pages that went to the backing file because tmem refused them
     backing_reads: int = 0  # pages read from the backing file
-    failed_writes: int = 0  # pages neither tmem nor a backing file took (now "lost")
+    written_back: int = 0  # pages moved from memory to the backing file (writeback, stop)
+    # pages neither tmem nor a backing file took (now "lost"); a page is counted
+    # once however often the client retries it, the requests in `errors`
+    failed_writes: int = 0
 
 
 @dataclass
@@ -50,9 +55,13 @@ class CacheCounters(ExportCounters):
     cache_misses: int = 0  # pages read from the backing file (and then cached)
 
 
-async def _fsync(backing: BackingFile) -> None:
+async def _fsync(backing: BackingFile, states: PageStateMap | None = None) -> None:
+    # the file first, then the map: the map must never claim FILE for bytes not yet on disk
+    loop = asyncio.get_running_loop()
     if backing.dirty:
-        await asyncio.get_running_loop().run_in_executor(None, backing.fsync)
+        await loop.run_in_executor(None, backing.fsync)
+    if states is not None:
+        await loop.run_in_executor(None, states.sync)
 
 
 def _err(counters: ExportCounters, err: int, message: str) -> ExportError:
@@ -73,11 +82,22 @@ class SwapExport(Export):
     dead: the kernel discards freed swap slots (`swapon --discard=pages`)
     and the discard arrives here as TRIM.
 
-    Without a backing file, a page whose store failed is recorded as lost:
-    reads of it fail with EIO until it is written or trimmed again, so stale
-    or zero data is never passed off as current. With one, failed stores and
-    the ouroboros writeback put the page in the file at its offset; the file
-    is then the copy of record whenever tmem has none.
+    Without a backing file, every page is accepted (incompressible ones are
+    kept as they are, zram's "huge" pages) and only a full budget refuses a
+    write, with ENOSPC; such a page is recorded as lost: reads of it fail
+    with EIO until it is written or trimmed again, so stale or zero data is
+    never passed off as current. Nothing survives a restart: the export
+    starts empty. With a backing file, refused stores and the ouroboros
+    writeback put the page in the file at its offset, and a page-state map
+    in the file (storage/pagemap.py) says which pages' current version the
+    file holds:
+
+    - a FLUSH (or FUA) makes the file and the map durable;
+    - after kill -9 or a crash, a page reads its last acknowledged version
+      from the file, or EIO if that version lived only in memory (or on
+      peers), never an older version;
+    - SIGTERM (a clean stop) first writes every page from memory to the
+      file, so after it nothing is lost.
     """
 
     can_fast_zero = True
@@ -93,12 +113,19 @@ class SwapExport(Export):
         self.frontswap = frontswap
         self.swap_type = swap_type
         self.backing = backing
-        self.lost: set[int] = set()
-        frontswap.init(swap_type)
+        # page -> where its current version is; None without a backing file
+        self.pagemap = PageStateMap(backing, size) if backing is not None else None
+        self._states = self.pagemap.states if self.pagemap is not None else None
+        # pages without a current version: reads fail with EIO
+        self.lost: set[int] = set(self.pagemap.not_current()) if self.pagemap is not None else set()
+        if self.lost:
+            log.warning("%s: %d page(s) had their last version in memory when the node stopped; "
+                        "they read as EIO until written again", name, len(self.lost))
+        frontswap.init(swap_type, no_swap_disk=backing is None)
         self._zc = frontswap.zc
         self._pool = frontswap.zc.pool(frontswap.pool_id)
         self._type_bits = swap_type << SWIZ_BITS
-        self._write_back_errors = 0
+        self._file_errors = Throttled(log)
         # RAMster (remote/ramster.py) when the node runs in a cluster: remote pages
         # are fetched through it, and a store that finds memory full waits for it
         # to move frames to peers before giving up.
@@ -132,7 +159,7 @@ class SwapExport(Export):
         try:
             return await self.remote.get(self._pool, *swiz(self.swap_type, p))
         except RemoteError as e:
-            if e.lost and self.backing is not None:
+            if self._states is not None and self._states[p] == FILE:
                 # remotify wrote the page through to the swap disk as well
                 self.counters.backing_reads += 1
                 return self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE)
@@ -151,8 +178,7 @@ class SwapExport(Export):
         zc = self._zc
         short = zc.pers_ate_eph_failed
         if self.frontswap.store(self.swap_type, p, page):
-            if self.lost:
-                self.lost.discard(p)
+            self._stored(p)
             return True
         # wait only when memory ran out: a page that compresses poorly stays refused
         if self.remote is not None and zc.pers_ate_eph_failed != short:
@@ -163,10 +189,17 @@ class SwapExport(Export):
                 if left <= 0 or not await self.remote.make_room(left):
                     break
                 if self.frontswap.store(self.swap_type, p, page):
-                    if self.lost:
-                        self.lost.discard(p)
+                    self._stored(p)
                     return True
         return self._fall_back(p, page)
+
+    def _stored(self, p: int) -> None:
+        """Page p's current version is now in memory: before the write is acknowledged,
+        the map says the file's copy is stale."""
+        if self.lost:
+            self.lost.discard(p)
+        if self._states is not None:
+            self._states[p] = MEMORY
 
     def _fall_back(self, p: int, page) -> bool:
         # The failed store flushed any older tmem copy, so the file (or "lost") is now the truth.
@@ -174,25 +207,41 @@ class SwapExport(Export):
             try:
                 self.backing.pwrite(p << PAGE_SHIFT, page)
             except OSError as e:
-                log.error("%s: writing page %d to %s failed: %s", self.name, p, self.backing.path, e)
+                self._file_errors("%s: writing page %d to %s failed: %s", self.name, p, self.backing.path,
+                                  e.strerror or e)
             else:
+                self._states[p] = FILE
                 self.counters.backing_writes += 1
                 if self.lost:
                     self.lost.discard(p)
                 return True
-        self.lost.add(p)
-        self.counters.failed_writes += 1
+            self._states[p] = LOST
+        if p not in self.lost:
+            self.lost.add(p)
+            self.counters.failed_writes += 1
         return False
 
+    def _no_room(self) -> str:
+        """Why a write found no home: what was full, in the words the client's user needs."""
+        budget = self._zc.max_pageframes * PAGE_SIZE >> 20
+        where = f"the node's {budget} MiB of memory is full of swap pages"
+        if self.remote is not None:
+            where += f" and no peer took pages within {self.room_timeout:g} s"
+        if self.backing is not None:
+            return f"{where} and the backing file {self.backing.path} is full or failing"
+        return f"{where} and this export has no backing file"
+
     def write_back(self, p: int, page) -> bool:
-        """The writeback sink's hook: put an evicted page into the file at its offset."""
+        """The writeback sink's hook: put an evicted page into the file at its offset.
+        False (the page stays in memory) when the file refuses it."""
         try:
             self.backing.pwrite(p << PAGE_SHIFT, page)
         except OSError as e:
-            self._write_back_errors += 1
-            if self._write_back_errors == 1:
-                log.error("%s: writeback to %s failed, keeping pages in memory: %s", self.name, self.backing.path, e)
+            self._file_errors("%s: writeback to %s failed, keeping pages in memory: %s", self.name,
+                              self.backing.path, e.strerror or e)
             return False
+        self._states[p] = FILE
+        self.counters.written_back += 1
         return True
 
     # ---- requests ---------------------------------------------------------------------
@@ -219,10 +268,13 @@ class SwapExport(Export):
             mv = memoryview(data)
             pages = [mv[i:i + PAGE_SIZE] for i in range(0, length, PAGE_SIZE)]
         failed = False
+        states = self._states
         for page in pages:
             if store(swap_type, p, page):
                 if self.lost:
                     self.lost.discard(p)
+                if states is not None:
+                    states[p] = MEMORY
             elif self.remote is not None:
                 # the asynchronous write waits for RAMster to make room; it rewrites
                 # every page of the request, the ones stored here included
@@ -233,7 +285,7 @@ class SwapExport(Export):
                 failed = True
             p += 1
         if failed:
-            raise _err(self.counters, errno.ENOSPC, "no memory left for the data and no backing file")
+            raise _err(self.counters, errno.ENOSPC, self._no_room())
         return True
 
     async def read(self, offset: int, length: int):
@@ -288,11 +340,11 @@ class SwapExport(Export):
             if type(data) is not bytes:
                 data = bytes(data)
             if not await self._store_async(offset >> PAGE_SHIFT, data):
-                raise _err(self.counters, errno.ENOSPC, "no memory left for the page and no backing file")
+                raise _err(self.counters, errno.ENOSPC, self._no_room())
         else:
             await self._write_span(offset, data)
         if fua and self.backing is not None:
-            await _fsync(self.backing)
+            await _fsync(self.backing, self.pagemap)
 
     async def _write_span(self, offset: int, data) -> None:
         # zcache takes pages as bytes: slicing bytes copies once, a view is copied explicitly
@@ -323,8 +375,7 @@ class SwapExport(Export):
             p += 1
         if failed:
             raise _err(self.counters, failed,
-                       "no memory left for the data and no backing file" if failed == errno.ENOSPC
-                       else "a partial write hit a page that was lost")
+                       self._no_room() if failed == errno.ENOSPC else "a partial write hit a page that was lost")
 
     async def trim(self, offset: int, length: int, fua: bool = False) -> None:
         # Only whole pages can be dropped; the contents of the rest are the client's to forget.
@@ -335,7 +386,7 @@ class SwapExport(Export):
         if first < stop:
             await self._drop(first, stop)
         if fua and self.backing is not None:
-            await _fsync(self.backing)
+            await _fsync(self.backing, self.pagemap)
 
     async def zero(self, offset: int, length: int, fua: bool = False, fast: bool = False) -> None:
         end = offset + length
@@ -351,7 +402,7 @@ class SwapExport(Export):
             # a dropped page reads as zeros: from the file's new hole, or from nothing
             await self._drop(first, stop)
         if fua and self.backing is not None:
-            await _fsync(self.backing)
+            await _fsync(self.backing, self.pagemap)
 
     async def _drop(self, first: int, stop: int) -> None:
         fs = self.frontswap
@@ -359,7 +410,7 @@ class SwapExport(Export):
         if first == 0 and stop >= npages:
             # the whole device (swapon --discard, blkdiscard): drop the type's 256 objects at once
             fs.invalidate_area(self.swap_type)
-            fs.init(self.swap_type)
+            fs.init(self.swap_type, no_swap_disk=self.backing is None)
             self.lost.clear()
         else:
             invalidate = fs.invalidate_page
@@ -377,18 +428,48 @@ class SwapExport(Export):
                     for p in range(first, stop):
                         lost.discard(p)
         if self.backing is not None:
-            self.backing.punch_hole(first << PAGE_SHIFT, min(stop << PAGE_SHIFT, self.size) - (first << PAGE_SHIFT))
+            try:
+                self.backing.punch_hole(first << PAGE_SHIFT,
+                                        min(stop << PAGE_SHIFT, self.size) - (first << PAGE_SHIFT))
+            except OSError as e:
+                # the file may still hold the old bytes: they must not be read as current
+                self.pagemap.set_range(first, stop, LOST)
+                self.lost.update(range(first, stop))
+                raise _err(self.counters, errno.EIO, f"punching a hole in {self.backing.path}: {e.strerror}") from None
+            self.pagemap.set_range(first, stop, FILE)  # the hole is the current version
 
     async def cache(self, offset: int, length: int) -> None:
         return None  # every page already is in memory or in the file
 
     async def flush(self) -> None:
         if self.backing is not None:
-            await _fsync(self.backing)
+            await _fsync(self.backing, self.pagemap)
 
     async def close(self) -> None:
-        if self.backing is not None and self.backing.dirty:
+        """A clean stop: every page whose current version is in memory goes to the
+        file, so a restart on the same file loses nothing; then file and map are synced."""
+        if self.pagemap is None:
+            return
+        states = self._states
+        kept = 0
+        for p in self.pagemap.not_current():
+            if states[p] != MEMORY:
+                continue
+            try:
+                page = self.frontswap.load(self.swap_type, p)
+            except RemotePage:
+                try:
+                    page = await self._remote_page(p)
+                except ExportError:
+                    page = None
+            if page is None or not self.write_back(p, page):
+                kept += 1
+        if kept:
+            log.error("%s: %d page(s) could not be written to %s at stop; they will read as EIO",
+                      self.name, kept, self.backing.path)
+        if self.backing.dirty:
             self.backing.fsync()
+        self.pagemap.close()
 
     def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
         end = min(offset + length, self.size)

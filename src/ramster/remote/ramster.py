@@ -386,8 +386,10 @@ class Ramster:
         if not targets:
             return 0
         nodes: list[int] = []
-        pages: list[tuple] = []  # (p, pool, oid, index, data)
-        for _ in range(min(frames, zbud.pageframes[c])):
+        # (p, pool, oid, index, data); huge pages first: a frame each, sent raw
+        pages: list[tuple] = zc.take_huge_lru(frames) if c else []
+        huge = [pg[0] for pg in pages]
+        for _ in range(min(frames - len(huge), zbud.pageframes[c])):
             buds = zbud.make_zombie_lru(c, with_data=True)
             if not buds:
                 break
@@ -403,6 +405,8 @@ class Ramster:
         if not pages:
             for n in nodes:
                 self._revive(c, n)
+            for p in huge:
+                zc.revive_huge(p)
             return 0
         by_pool: dict[Pool, list[tuple]] = {}
         for page in pages:
@@ -426,13 +430,15 @@ class Ramster:
         for pg in pages:
             p, pool, oid, index, data = pg
             got = acks[id(pg)]
-            n = p >> 1
-            # the handle must still hold this very zbud of a frame we zombified
-            current = zc.tmem.lookup(pool, oid, index) == p and zbud.state[n] & ZOMBIE
-            if len(got) == len(targets) and current:
-                if c and zc.writeback_sink is not None:
-                    # write-through: with a swap disk the page survives its peers too
-                    zc.writeback_sink(pool, oid, index, zc.codec.decompress(data))
+            # the handle must still hold this very page, taken off its LRU by us
+            current = zc.tmem.lookup(pool, oid, index) == p and zc.is_taken(p)
+            complete = len(got) == len(targets)
+            if (complete and current and c and zc.writeback_sink is not None
+                    and zc.writeback_sink(pool, oid, index, zc.decode(data)) is False):
+                # write-through: with a swap disk the page survives its peers too; a
+                # disk that refused it would leave the peers' copy alone, so it stays here
+                complete = False
+            if complete and current:
                 r = self.table.alloc(sorted(got), len(data), sums[id(pg)], c)
                 self._pool_nodes.setdefault(self._pool_key(pool), set()).update(got)
                 zc.tmem.replace(pool, oid, index, REMOTE_BASE - r)
@@ -442,7 +448,7 @@ class Ramster:
                 else:
                     self.eph_pages_remoted += 1
                 continue
-            if not current or len(got) < len(targets):
+            if not current or not complete:
                 for node in got:  # copies nobody will ask for
                     self._send(node, wire.FlushPage(pool.pool_id, pool.persistent, oid, index), "page")
             if current:
@@ -451,8 +457,11 @@ class Ramster:
                 else:
                     self.eph_pages_remote_failed += 1
         moved = sum(1 for n in nodes if not zbud.state[n] & ZOMBIE)
+        moved += sum(1 for p in huge if not zc.is_taken(p))
         for n in nodes:
             self._revive(c, n)
+        for p in huge:
+            zc.revive_huge(p)
         return moved
 
     def _revive(self, c: int, n: int) -> None:
@@ -537,10 +546,10 @@ class Ramster:
             self.remote_pers_pages_succ_get += 1
         else:
             self.remote_eph_pages_succ_get += 1
-        page = zc.codec.decompress(data)
-        if len(page) != PAGE_SIZE:
-            raise RemoteError(f"page {oid}/{index} decompressed to {len(page)} bytes", lost=False)
-        return page
+        try:
+            return zc.decode(data)
+        except Exception as e:  # a codec error: the bytes passed their checksum, so the codec differs
+            raise RemoteError(f"page {oid}/{index} could not be decoded: {e}", lost=False) from None
 
     def _has_room(self) -> bool:
         a = self.zc.arena

@@ -23,14 +23,15 @@ import struct
 from dataclasses import dataclass, field
 from typing import Union
 
-from ..zbud import MAX_BUDDY_SIZE
+from ..zbud import PAGE_SIZE
 
 MAGIC = 0x7A52  # "zR"
 VERSION = 1
 HEADER = struct.Struct(">HBBiII")
 HEADER_SIZE = HEADER.size  # 16
 
-MAX_PAGE_DATA = MAX_BUDDY_SIZE  # 4000: the largest zbud payload
+# a zbud payload (at most 4000 bytes) or a huge page (exactly PAGE_SIZE, sent as it is)
+MAX_PAGE_DATA = PAGE_SIZE
 MAX_PAGES = 64  # pages in one PutPages (and statuses in one PutReply)
 MAX_PAYLOAD = 512 * 1024  # no message body may be longer, whatever its type
 MAX_CLUSTER_NAME = 64  # bytes of UTF-8, as R2NM_MAX_NAME_LEN
