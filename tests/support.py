@@ -1,12 +1,19 @@
 """Helpers shared by the tests that start real processes."""
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
+
+RAMSTER = [sys.executable, "-m", "ramster.cli"]
 
 
 def need(*tools: str) -> None:
@@ -32,3 +39,46 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+class NodeProcess:
+    def __init__(self, tmp: Path, *args: str):
+        self.sock = tmp / "nbd.sock"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout_path, self.stderr_path = tmp / "node.out", tmp / "node.err"
+        cmd = [*RAMSTER, "node", "--listen", f"unix:{self.sock}", "--metrics", f"127.0.0.1:{self.port}", *args]
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=tmp)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        # poll the NBD socket and the metrics endpoint until both answer
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.stderr()}")
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(self.sock))
+                    s.settimeout(5)
+                    assert s.recv(8) == b"NBDMAGIC"
+                with urllib.request.urlopen(self.url + "/stats", timeout=5) as r:
+                    json.load(r)
+                return
+            except (OSError, AssertionError):
+                time.sleep(0.05)
+        raise RuntimeError(f"node not ready after {timeout}s: {self.stderr()}")
+
+    def uri(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.sock}"
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as r:
+            return json.load(r)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def stop(self) -> int:
+        return stop_process(self.proc, timeout=30)

@@ -39,6 +39,9 @@ DEFAULT_METRICS = "127.0.0.1:9105"
 DEFAULT_MEMORY_CAP = 1 << 30
 # Frontswap takes one pool for every swap export; each cache export takes one of its own.
 MAX_CACHE_EXPORTS = 15
+# Frontswap addresses 2**40 pages of a swap type (a 32-bit tmem index after 8 bits of
+# swizzling); NBD and QEMU would take up to 2**63 - 1 bytes. Cache exports share the limit.
+MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 # The longest export name NBD clients must accept (proto.md: SHOULD <= 256 bytes).
 MAX_NAME_BYTES = 256
 
@@ -323,6 +326,9 @@ def validate_export(e: ExportConfig) -> None:
         raise ConfigError(f"export {e.name!r}: unknown kind {e.kind!r}; choose swap or cache")
     if e.size <= 0 or e.size % PAGE_SIZE:
         raise ConfigError(f"export {e.name!r}: size {e.size} is not a positive multiple of {PAGE_SIZE}")
+    if e.size > MAX_EXPORT_SIZE:
+        raise ConfigError(f"export {e.name!r}: size {format_size(e.size)} is more than an export can address "
+                          f"(at most {format_size(MAX_EXPORT_SIZE)})")
     if e.kind == "cache" and e.backing is None:
         raise ConfigError(f"export {e.name!r}: a cache export needs a backing file (NAME:cache:SIZE:PATH)")
     if e.backing is not None:

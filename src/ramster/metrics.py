@@ -25,7 +25,7 @@ REQUEST_TIMEOUT = 10.0
 # Engine values that are levels, not event counts: exposed as gauges.
 _GAUGE = re.compile(
     r"(_max|_count|_pageframes|_zpages|_zbytes|^zcache\.last_.*|^zcache\.outstanding_writeback_pages"
-    r"|^zcache\.zero_filled_pages|^zcache\.same_filled_pages|^zcache\.max_pageframes"
+    r"|^zcache\.zero_filled_pages|^zcache\.same_filled_pages|^zcache\.huge_pages|^zcache\.max_pageframes"
     r"|^ramster\.(remote|foreign)_(eph|pers)_pages)$"
 )
 # ...except these totals, which only grow

@@ -53,7 +53,8 @@ class Node:
         self.addresses: list[str] = []
         try:
             for number, e in enumerate(config.exports):
-                backing = self._open_backing(e) if e.backing is not None else None
+                # a swap export's page map lays out its file itself (it must look before anything grows it)
+                backing = self._open_backing(e, grow=e.kind != "swap") if e.backing is not None else None
                 if e.kind == "swap":
                     # the swap type is the export's number, as a kernel numbers its swap devices
                     try:
@@ -70,9 +71,9 @@ class Node:
             raise
         self.zc.writeback_sink = self.writeback
 
-    def _open_backing(self, e) -> BackingFile:
+    def _open_backing(self, e, grow: bool) -> BackingFile:
         try:
-            f = BackingFile(e.backing, e.size)
+            f = BackingFile(e.backing, e.size, grow)
         except OSError as err:
             raise ConfigError(f"export {e.name!r}: cannot use backing file {e.backing}: "
                               f"{err.strerror or err}") from None

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from .config import DEFAULT_METRICS, format_size
@@ -19,13 +20,31 @@ class NodeUnreachable(Exception):
     pass
 
 
-def fetch(url: str) -> dict:
-    """The node's /stats document; NodeUnreachable (one line) if there is no node there."""
-    base = url.rstrip("/")
+def node_base_url(url: str) -> str:
+    """http://HOST:PORT of a node from what the user typed (HOST:PORT, a URL, its /stats or /metrics)."""
+    bad = NodeUnreachable(f"invalid --url {url!r}: expected http://HOST:PORT (e.g. {DEFAULT_URL})")
+    base = url.strip().rstrip("/")
     if base.endswith("/stats") or base.endswith("/metrics"):
         base = base.rsplit("/", 1)[0]
     if "://" not in base:
+        if "://" in url:  # "http://" alone
+            raise bad
         base = "http://" + base
+    if any(ch.isspace() or ord(ch) < 32 for ch in base):
+        raise bad
+    try:
+        parts = urllib.parse.urlsplit(base)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise bad
+    return base
+
+
+def fetch(url: str) -> dict:
+    """The node's /stats document; NodeUnreachable (one line) if there is no node there."""
+    base = node_base_url(url)
     target = base + "/stats"
     try:
         with urllib.request.urlopen(target, timeout=TIMEOUT) as r:
@@ -46,9 +65,10 @@ def summary(stats: dict) -> dict:
     g = c.get
     eph_pages, pers_pages = g("zcache.eph_zpages", 0), g("zcache.pers_zpages", 0)
     eph_frames, pers_frames = g("zcache.eph_pageframes", 0), g("zcache.pers_pageframes", 0)
-    original = (eph_pages + pers_pages) * PAGE_SIZE
-    compressed = g("zcache.eph_zbytes", 0) + g("zcache.pers_zbytes", 0)
-    used = (eph_frames + pers_frames) * PAGE_SIZE
+    huge = g("zcache.huge_pages", 0)  # kept as they are, a frame each
+    original = (eph_pages + pers_pages + huge) * PAGE_SIZE
+    compressed = g("zcache.eph_zbytes", 0) + g("zcache.pers_zbytes", 0) + huge * PAGE_SIZE
+    used = (eph_frames + pers_frames + huge) * PAGE_SIZE
     return {
         "original": original,
         "compressed": compressed,
@@ -62,6 +82,7 @@ def summary(stats: dict) -> dict:
         "pers_zpages": pers_pages,
         "zero_filled_pages": g("zcache.zero_filled_pages", 0),
         "same_filled_pages": g("zcache.same_filled_pages", 0),
+        "huge_pages": huge,
         "evicted_eph_pageframes": g("zcache.evicted_eph_pageframes", 0),
         "evicted_eph_zpages": g("zcache.evicted_eph_zpages", 0),
         "writtenback_pages": g("zcache.writtenback_pages", 0),
@@ -108,6 +129,7 @@ def render(stats: dict):
         ("pers pages", str(s["pers_zpages"])),
         ("zero-filled", str(s["zero_filled_pages"])),
         ("same-filled", str(s["same_filled_pages"])),
+        ("huge (incompressible)", str(s["huge_pages"])),
     ])
     events = _kv("events", [
         ("evicted eph frames", str(s["evicted_eph_pageframes"])),
@@ -119,13 +141,16 @@ def render(stats: dict):
     ])
     ex = Table(title="exports", title_justify="left", title_style="bold", box=None, header_style="bold",
                pad_edge=False)
-    for col in ("export", "kind", "size", "reads", "writes", "read", "written", "errors", "hits", "miss"):
+    for col in ("export", "kind", "size", "reads", "writes", "read", "written", "errors", "failed", "lost",
+                "hits", "miss"):
         ex.add_column(col, justify="left" if col in ("export", "kind") else "right", no_wrap=True)
     for name, e in stats.get("exports", {}).items():
         k = e.get("counters", {})
         ex.add_row(name, e.get("kind", ""), format_size(e.get("size", 0)), str(k.get("reads", 0)),
                    str(k.get("writes", 0)), format_size(k.get("bytes_read", 0)),
                    format_size(k.get("bytes_written", 0)), str(k.get("errors", 0)),
+                   str(k["failed_writes"]) if "failed_writes" in k else "-",
+                   str(e.get("gauges", {})["lost_pages"]) if "lost_pages" in e.get("gauges", {}) else "-",
                    str(k["cache_hits"]) if "cache_hits" in k else "-",
                    str(k["cache_misses"]) if "cache_misses" in k else "-")
     title = (f"ramster node {node.get('version', '?')}  pid {node.get('pid', '?')}  "

@@ -171,3 +171,32 @@ def test_format_size():
     assert config.format_size(512) == "512 B"
     assert config.format_size(1536) == "1.5 KiB"
     assert config.format_size(3 << 30) == "3.0 GiB"
+
+
+@pytest.mark.parametrize("size", ["99999999T", "8192T", str((4096 << 40) + 4096)])
+def test_export_sizes_beyond_what_can_be_addressed_are_refused(size):
+    with pytest.raises(ConfigError, match="more than an export can address"):
+        build(exports=[f"swap:swap:{size}"], memory="1M")
+
+
+def test_largest_export_is_accepted():
+    cfg = build(exports=["swap:swap:4096T"], memory="1M")
+    assert cfg.exports[0].size == 4096 << 40
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://x", "http://127.0.0.1:99999", "::::", "http://",
+                                 "http://a b", "http://127.0.0.1:9105/other"])
+def test_stats_url_mistakes_are_one_line_errors(url):
+    from ramster.stats_cli import NodeUnreachable, node_base_url
+
+    with pytest.raises(NodeUnreachable, match="invalid --url"):
+        node_base_url(url)
+
+
+@pytest.mark.parametrize("url,want", [("127.0.0.1:9105", "http://127.0.0.1:9105"),
+                                      ("http://[::1]:9105/stats", "http://[::1]:9105"),
+                                      ("https://node:1/metrics/", "https://node:1")])
+def test_stats_url_forms(url, want):
+    from ramster.stats_cli import node_base_url
+
+    assert node_base_url(url) == want

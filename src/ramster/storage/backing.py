@@ -47,7 +47,9 @@ _fallocate = _load_fallocate()
 class BackingFile:
     """A file of at least `size` bytes, read and written by page offsets."""
 
-    def __init__(self, path: str | os.PathLike, size: int):
+    def __init__(self, path: str | os.PathLike, size: int, grow: bool = True):
+        """grow=False leaves a short regular file as it is (a swap export's page map
+        decides the file's layout and grows it itself, see pagemap.py)."""
         self.path = os.fspath(path)
         self.size = size
         self.dirty = False  # written since the last fsync
@@ -61,7 +63,7 @@ class BackingFile:
                                                    "(or another export of this one)") from None
             st = os.fstat(self.fd)
             if stat.S_ISREG(st.st_mode):
-                if st.st_size < size:
+                if st.st_size < size and grow:
                     # sparse: no block is allocated until something is written there
                     os.ftruncate(self.fd, size)
                     if os.fstat(self.fd).st_size < size:  # e.g. a /proc or /sys file

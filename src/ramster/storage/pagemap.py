@@ -88,7 +88,9 @@ class PageStateMap:
                                        f"needs {size + maplen + PAGE_SIZE} (its data, then its page map)")
             else:
                 map_off = max(_round_up(end), _round_up(size))
-                os.ftruncate(fd, map_off + maplen + PAGE_SIZE)
+                os.ftruncate(fd, map_off + maplen + PAGE_SIZE)  # sparse: nothing is allocated yet
+                if os.fstat(fd).st_size != map_off + maplen + PAGE_SIZE:  # e.g. a /proc or /sys file
+                    raise PageMapError(f"{backing.path} cannot be resized")
             self.created = True
         self.map_off = map_off
         self.states = mmap.mmap(fd, maplen, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=map_off)
