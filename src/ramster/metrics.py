@@ -26,7 +26,7 @@ REQUEST_TIMEOUT = 10.0
 _GAUGE = re.compile(
     r"(_max|_count|_pageframes|_zpages|_zbytes|^zcache\.last_.*|^zcache\.outstanding_writeback_pages"
     r"|^zcache\.zero_filled_pages|^zcache\.same_filled_pages|^zcache\.huge_pages|^zcache\.max_pageframes"
-    r"|^ramster\.(remote|foreign)_(eph|pers)_pages)$"
+    r"|^ramster\.(remote|foreign)_(eph|pers)_pages|^ramster\.remote_pages_short)$"
 )
 # ...except these totals, which only grow
 _TOTAL = re.compile(r"(_cumul_\w+|evicted_\w+|_evicted_pageframes)$")
@@ -107,6 +107,8 @@ class NodeCollector:
             up = GaugeMetricFamily("ramster_peer_connected", "1 while the peer connection is up", labels=("peer",))
             rtt = GaugeMetricFamily("ramster_peer_rtt_seconds", "Keepalive round trip to the peer", labels=("peer",))
             held = GaugeMetricFamily("ramster_peer_pages_held", "This node's pages the peer holds", labels=("peer",))
+            alone = GaugeMetricFamily("ramster_peer_pages_only_copy",
+                                      "This node's pages whose only copy the peer holds", labels=("peer",))
             free = GaugeMetricFamily("ramster_peer_free_frames", "Free frames the peer last reported",
                                      labels=("peer",))
             for p in peers:
@@ -114,9 +116,10 @@ class NodeCollector:
                 if p.get("rtt_seconds") is not None:
                     rtt.add_metric((p["name"],), p["rtt_seconds"])
                 held.add_metric((p["name"],), p.get("pages_held", 0))
+                alone.add_metric((p["name"],), p.get("pages_only_copy", 0))
                 if p.get("free_frames") is not None:
                     free.add_metric((p["name"],), p["free_frames"])
-            yield from (up, rtt, held, free)
+            yield from (up, rtt, held, alone, free)
         node = s.get("node", {})
         if "uptime_seconds" in node:
             yield GaugeMetricFamily("ramster_uptime_seconds", "Seconds since the node started",

@@ -100,7 +100,8 @@ class Node:
             for p in self.net.peers():
                 peers.append({"name": p.name, "number": p.number, "connected": p.connected,
                               "rtt_seconds": p.rtt, "free_frames": p.free_frames,
-                              "pages_held": self.ramster.pages_on(p.number)})
+                              "pages_held": self.ramster.pages_on(p.number),
+                              "pages_only_copy": self.ramster.pages_only_on(p.number)})
         exports = {}
         for name, e in self.exports.items():
             c = e.counters

@@ -166,17 +166,19 @@ def render(stats: dict):
             ("foreign pages eph/pers", f"{g('foreign_eph_pages')}/{g('foreign_pers_pages')}"),
             ("remote gets ok/miss", f"{g('remote_pers_pages_succ_get')}/{g('remote_pers_pages_unsucc_get')}"),
             ("pages lost", g("remote_pers_pages_lost")),
+            ("pages short of copies", g("remote_pages_short")),
             ("checksum errors", g("remote_checksum_errors")),
         ])
         pt = Table(title="peers", title_justify="left", title_style="bold", box=None, header_style="bold",
                    pad_edge=False)
-        for col in ("peer", "number", "state", "rtt", "pages held", "free"):
+        for col in ("peer", "number", "state", "rtt", "pages held", "only copy", "free"):
             pt.add_column(col, justify="left" if col in ("peer", "state") else "right", no_wrap=True)
         for p in peers:
             rtt = p.get("rtt_seconds")
             free = p.get("free_frames")
             pt.add_row(p["name"], str(p["number"]), "connected" if p["connected"] else "down",
                        f"{rtt * 1e3:.2f} ms" if rtt is not None else "-", str(p.get("pages_held", 0)),
+                       str(p.get("pages_only_copy", 0)),
                        format_size(free * 4096) if free is not None else "-")
         parts += ["", Columns([remote, pt], padding=(0, 4))]
     return Group(*parts)

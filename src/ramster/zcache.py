@@ -591,8 +591,10 @@ class Zcache:
             kept = False
             for p, client_id, pool_id, oid, index, _ in buds:
                 pool = self.tmem.get_pool(client_id, pool_id)
-                if pool is None or self.tmem.lookup(pool, oid, index) != p:
-                    kept = True  # not ours to move; leave the frame in memory
+                if pool is None or client_id != LOCAL_CLIENT or self.tmem.lookup(pool, oid, index) != p:
+                    # not ours to move (a foreign page is compressed with its owner's codec,
+                    # and no sink of ours could take it): leave the frame in memory
+                    kept = True
                     continue
                 if not self._write_back_page(sink, p, pool, oid, index):
                     kept = True

@@ -48,6 +48,9 @@ class NodeNet:
         return [PeerState(n, n not in self.ln.down, self.ln.nodes[n].free_frames())
                 for n in self.ln.nodes if n != self.me]
 
+    def connected(self, node: int) -> bool:
+        return node not in self.ln.down
+
     async def request(self, node: int, msg):
         if node in self.ln.down:
             raise Unavailable(f"node {node} is down")
@@ -352,14 +355,69 @@ def test_dead_replica_is_rereplicated_to_a_third_node():
         held = {n: ln.nodes[n].zc.foreign_pages[1] for n in (1, 2, 3)}
         dead = max(held, key=held.get)
         ln.down.add(dead)
-        copied = await a.rereplicate(dead)
+        copied = await a.repair()
         assert copied == held[dead] and a.stats()["ramster.pages_rereplicated"] == copied
+        assert a.stats()["ramster.remote_pages_short"] == 0 and a.pages_on(dead) == 0
         alive = [n for n in (1, 2, 3) if n != dead]
         assert sum(ln.nodes[n].zc.foreign_pages[1] for n in alive) == 2 * len(remote)
         # with the dead node gone for good, losing one more replica still loses nothing
         ln.down.add(alive[0])
         for i in remote:
             assert await a.get(pool, i & 255, i >> 8) == page(i)
+
+    run(go())
+
+
+def test_a_paused_replica_keeps_its_copies_until_a_replacement_is_acknowledged():
+    """replicas = 2 on two peers: b goes away (no spare to copy to), comes back with the
+    same boot, then c goes away: every page is still read, from b."""
+    async def go():
+        ln = cluster(3, replicas=2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 40)
+        await a.remotify_batch(frames=20)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        assert remote and a.pages_on(1) == a.pages_on(2) == len(remote)
+        ln.down.add(1)
+        a.peer_changed(1, connected=False, restarted=False)
+        assert await a.repair() == 0  # nowhere to copy to: the copies on node 1 stay listed
+        assert a.pages_on(1) == len(remote)
+        ln.down.discard(1)
+        a.peer_changed(1, connected=True, restarted=False)
+        ln.down.add(2)
+        for i in remote:
+            assert await a.get(pool, i & 255, i >> 8) == page(i)
+        assert a.stats()["ramster.remote_pers_pages_lost"] == 0
+
+    run(go())
+
+
+def test_lost_pages_are_counted_once_and_only_without_any_copy():
+    async def go():
+        ln = cluster(2)
+        a = ln.nodes[0]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 40)
+        await a.remotify_batch(frames=20)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        ln.down.add(1)
+        for i in remote[:3]:  # unreachable is not lost
+            with pytest.raises(RemoteError) as e:
+                await a.get(pool, i & 255, i >> 8)
+            assert not e.value.lost
+        assert a.stats()["ramster.remote_pers_pages_lost"] == 0
+        ln.down.discard(1)
+        a.peer_changed(1, connected=True, restarted=True)  # it came back empty
+        assert a.stats()["ramster.remote_pers_pages_lost"] == len(remote)
+        for _ in range(2):
+            for i in remote:
+                with pytest.raises(RemoteError) as e:
+                    await a.get(pool, i & 255, i >> 8)
+                assert e.value.lost
+        assert a.stats()["ramster.remote_pers_pages_lost"] == len(remote)
 
     run(go())
 

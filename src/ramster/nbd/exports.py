@@ -126,6 +126,7 @@ class SwapExport(Export):
         self._pool = frontswap.zc.pool(frontswap.pool_id)
         self._type_bits = swap_type << SWIZ_BITS
         self._file_errors = Throttled(log)
+        self._busy: dict[int, asyncio.Future] = {}  # pages a write holds across an await
         # RAMster (remote/ramster.py) when the node runs in a cluster: remote pages
         # are fetched through it, and a store that finds memory full waits for it
         # to move frames to peers before giving up.
@@ -166,10 +167,29 @@ class SwapExport(Export):
             raise _err(self.counters, errno.EIO, f"page {p}: {e}") from None
 
     async def _page_async(self, p: int):
-        try:
-            return self._page(p)
-        except RemotePage:
-            return await self._remote_page(p)
+        while True:
+            try:
+                return self._page(p)
+            except RemotePage:
+                page = await self._remote_page(p)
+                if page is not None:
+                    return page
+                # the slot changed while the fetch was on the wire: look again
+
+    async def _lock_page(self, p: int) -> None:
+        """Hold page p against other writes while this one waits on the network.
+
+        A partial write is a read-modify-write; if another write of the same page
+        (its other half, say) ran between the read and the store, the store would
+        put back the old bytes of that half and an acknowledged write would be lost.
+        """
+        busy = self._busy
+        while (fut := busy.get(p)) is not None:
+            await fut
+        busy[p] = asyncio.get_running_loop().create_future()
+
+    def _unlock_page(self, p: int) -> None:
+        self._busy.pop(p).set_result(None)
 
     async def _store_async(self, p: int, page) -> bool:
         """Store one whole page; False if nothing took it (the page is then lost).
@@ -259,6 +279,10 @@ class SwapExport(Export):
         length = len(data)
         if length & PAGE_MASK or offset & PAGE_MASK or not length:
             return False
+        if self._busy:  # a page of this request is held by a write waiting on the network
+            first = offset >> PAGE_SHIFT
+            if any(q in self._busy for q in range(first, first + (length >> PAGE_SHIFT))):
+                return False
         store = self.frontswap.store
         swap_type = self.swap_type
         p = offset >> PAGE_SHIFT
@@ -293,7 +317,10 @@ class SwapExport(Export):
             if length == PAGE_SIZE and not offset & PAGE_MASK:
                 return self._read_page(offset >> PAGE_SHIFT)
         except RemotePage:
-            return await self._remote_page(offset >> PAGE_SHIFT)
+            page = await self._page_async(offset >> PAGE_SHIFT)
+            if page is None:
+                raise _err(self.counters, errno.EIO, f"page {offset >> PAGE_SHIFT} was lost: its last write failed")
+            return page
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
         start = offset & PAGE_MASK
@@ -312,7 +339,9 @@ class SwapExport(Export):
             try:
                 page = load(swap_type, p)
             except RemotePage:
-                page = await self._remote_page(p)
+                page = await self._page_async(p)
+                if page is None:
+                    raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed") from None
             if page is not None:
                 if run >= 0:
                     self._read_run(buf, first, run, p)
@@ -339,7 +368,13 @@ class SwapExport(Export):
         if length == PAGE_SIZE and not offset & PAGE_MASK:
             if type(data) is not bytes:
                 data = bytes(data)
-            if not await self._store_async(offset >> PAGE_SHIFT, data):
+            p = offset >> PAGE_SHIFT
+            await self._lock_page(p)
+            try:
+                ok = await self._store_async(p, data)
+            finally:
+                self._unlock_page(p)
+            if not ok:
                 raise _err(self.counters, errno.ENOSPC, self._no_room())
         else:
             await self._write_span(offset, data)
@@ -356,18 +391,22 @@ class SwapExport(Export):
         while offset < end:
             s = offset & PAGE_MASK
             n = min(PAGE_SIZE - s, end - offset)
-            if n == PAGE_SIZE:
-                ok = await self._store_async(p, bytes(mv[pos:pos + PAGE_SIZE]))
-            else:
-                old = await self._page_async(p)
-                if old is None:
-                    # the rest of a lost page is unknown, so the page cannot be completed
-                    failed = failed or errno.EIO
-                    ok = True
+            await self._lock_page(p)
+            try:
+                if n == PAGE_SIZE:
+                    ok = await self._store_async(p, bytes(mv[pos:pos + PAGE_SIZE]))
                 else:
-                    page = bytearray(old)
-                    page[s:s + n] = mv[pos:pos + n]
-                    ok = await self._store_async(p, bytes(page))
+                    old = await self._page_async(p)
+                    if old is None:
+                        # the rest of a lost page is unknown, so the page cannot be completed
+                        failed = failed or errno.EIO
+                        ok = True
+                    else:
+                        page = bytearray(old)
+                        page[s:s + n] = mv[pos:pos + n]
+                        ok = await self._store_async(p, bytes(page))
+            finally:
+                self._unlock_page(p)
             if not ok:
                 failed = errno.ENOSPC
             offset += n

@@ -38,6 +38,7 @@ from . import wire
 log = logging.getLogger("ramster.remote")
 
 PAGES_PER_MESSAGE = 64
+MAX_COPIES = 2  # copies of one remote page the table tracks (replicas = 1 or 2)
 FRAMES_PER_BATCH = 32
 NO_NODE = -1
 # the seed's frontswap_inertia and frontswap_hysteresis (SPEC §5.7)
@@ -57,19 +58,26 @@ class RemoteError(Exception):
 
 
 class RemoteTable:
-    """Where each remote page lives: up to two nodes, its compressed size and checksum."""
+    """Where each remote page lives: the nodes holding a copy (at most MAX_COPIES), its
+    compressed size and checksum, and whether the swap disk holds it too."""
 
-    def __init__(self) -> None:
+    def __init__(self, replicas: int = 1) -> None:
+        self.replicas = replicas
         self.node_a = array("b")
         self.node_b = array("b")
         self.size = array("H")
         self.cksum = array("Q")
         self.cls = bytearray()
+        self.on_disk = bytearray()  # 1: written through to the swap disk as well
         self._free = array("i")
         self.live = 0
-        self.held = [0] * 16  # pages each node number holds, kept as entries change
+        # kept as entries change, for stats and repairs: pages each node holds, pages
+        # whose only copy a node holds, pages with a copy but fewer than `replicas`
+        self.held = [0] * 16
+        self.alone = [0] * 16
+        self.short = 0
 
-    def alloc(self, nodes: list[int], size: int, cksum: int, c: int) -> int:
+    def alloc(self, nodes: list[int], size: int, cksum: int, c: int, on_disk: bool = False) -> int:
         if self._free:
             r = self._free.pop()
         else:
@@ -79,10 +87,12 @@ class RemoteTable:
             self.size.append(0)
             self.cksum.append(0)
             self.cls.append(0)
+            self.on_disk.append(0)
         self.set_nodes(r, nodes)
         self.size[r] = size
         self.cksum[r] = cksum
         self.cls[r] = c
+        self.on_disk[r] = on_disk
         self.live += 1
         return r
 
@@ -90,12 +100,20 @@ class RemoteTable:
         return [n for n in (self.node_a[r], self.node_b[r]) if n != NO_NODE]
 
     def set_nodes(self, r: int, nodes: list[int]) -> None:
-        for n in self.nodes(r):
-            self.held[n] -= 1
-        for n in nodes:
-            self.held[n] += 1
+        if len(nodes) > MAX_COPIES:
+            raise ValueError(f"at most {MAX_COPIES} copies of a page are tracked")
+        self._count(self.nodes(r), -1)
+        self._count(nodes, 1)
         self.node_a[r] = nodes[0] if nodes else NO_NODE
         self.node_b[r] = nodes[1] if len(nodes) > 1 else NO_NODE
+
+    def _count(self, nodes: list[int], d: int) -> None:
+        for n in nodes:
+            self.held[n] += d
+        if len(nodes) == 1:
+            self.alone[nodes[0]] += d
+        if 0 < len(nodes) < self.replicas:
+            self.short += d
 
     def release(self, r: int) -> None:
         self.set_nodes(r, [])
@@ -134,7 +152,7 @@ class Ramster:
         self.zc = zc
         self.net = net
         self.policy = policy
-        self.table = RemoteTable()
+        self.table = RemoteTable(policy.replicas)
         for name in _COUNTERS:
             setattr(self, name, 0)
         self.remote_pages = [0, 0]  # remote_eph_pages, remote_pers_pages (the seed's sysfs value)
@@ -151,6 +169,7 @@ class Ramster:
         # selfshrink's memory between passes: the last page count and the countdown
         self._ss_last = 0
         self._ss_inertia = SELFSHRINK_INERTIA
+        self._repairing = False
         zc.remote = self
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -254,15 +273,17 @@ class Ramster:
         return [p for p in self.net.peers() if p.number in wanted and p.connected]
 
     def choose_targets(self) -> list[int]:
-        """`replicas` distinct connected targets; each pick is the emptier of two
+        """Up to `replicas` distinct connected targets; each pick is the emptier of two
         random candidates (the power of two choices), so load spreads without
-        everyone piling onto the one emptiest node."""
+        everyone piling onto the one emptiest node. With fewer targets up than
+        replicas, a page gets the copies it can (memory must not fill up because a
+        peer is down); it is counted short and repaired when a target comes back."""
         cands = self._candidates()
         chosen: list[int] = []
         while len(chosen) < self.policy.replicas:
             left = [p for p in cands if p.number not in chosen]
             if not left:
-                return []
+                break
             two = random.sample(left, min(2, len(left)))
             best = max(two, key=lambda p: p.free_frames or 0)
             chosen.append(best.number)
@@ -433,13 +454,14 @@ class Ramster:
             # the handle must still hold this very page, taken off its LRU by us
             current = zc.tmem.lookup(pool, oid, index) == p and zc.is_taken(p)
             complete = len(got) == len(targets)
-            if (complete and current and c and zc.writeback_sink is not None
-                    and zc.writeback_sink(pool, oid, index, zc.decode(data)) is False):
+            on_disk = False
+            if complete and current and c and zc.writeback_sink is not None:
                 # write-through: with a swap disk the page survives its peers too; a
                 # disk that refused it would leave the peers' copy alone, so it stays here
-                complete = False
+                on_disk = zc.writeback_sink(pool, oid, index, zc.decode(data))
+                complete = on_disk is not False
             if complete and current:
-                r = self.table.alloc(sorted(got), len(data), sums[id(pg)], c)
+                r = self.table.alloc(sorted(got), len(data), sums[id(pg)], c, bool(on_disk))
                 self._pool_nodes.setdefault(self._pool_key(pool), set()).update(got)
                 zc.tmem.replace(pool, oid, index, REMOTE_BASE - r)
                 self.remote_pages[c] += 1
@@ -501,7 +523,8 @@ class Ramster:
         data = None
         source = NO_NODE
         unreachable = 0
-        for node in nodes:
+        # connected holders first: a paused one costs a whole request timeout
+        for node in sorted(nodes, key=lambda n: not self.net.connected(n)):
             try:
                 reply = await self.net.request(node, wire.Get(pool.pool_id, pool.persistent, oid, index, free))
             except Exception as e:
@@ -528,7 +551,11 @@ class Ramster:
                 return None
             if unreachable:
                 raise RemoteError(f"no node holding page {oid}/{index} answered", lost=False)
-            self.remote_pers_pages_lost += 1
+            if still and nodes:
+                # every holder answered that it has no copy: forget them, count the loss once
+                table.set_nodes(r, [])
+                if not table.on_disk[r]:
+                    self.remote_pers_pages_lost += 1
             raise RemoteError(f"page {oid}/{index} is lost: no node holds it any more", lost=True)
         if still:
             if free:
@@ -558,9 +585,10 @@ class Ramster:
     # ---- failures ------------------------------------------------------------------------------
 
     def node_lost_pages(self, node: int) -> int:
-        """`node` restarted (its pages are gone): forget its copies. Returns pages left with no copy."""
+        """`node` restarted (its pages are gone): forget its copies. Returns pages left
+        with no copy on any peer; those not on the swap disk either are counted lost."""
         table = self.table
-        orphaned = 0
+        orphaned = lost = 0
         for r in range(len(table.size)):
             if not table.size[r]:
                 continue
@@ -570,51 +598,78 @@ class Ramster:
                 table.set_nodes(r, left)
                 if not left:
                     orphaned += 1
+                    if table.cls[r] and not table.on_disk[r]:
+                        lost += 1
+        self.remote_pers_pages_lost += lost
         if orphaned:
-            log.warning("node %d restarted: %d remote page(s) had no other copy", node, orphaned)
+            log.warning("node %d restarted: %d remote page(s) had no other copy (%d not on the swap disk either)",
+                        node, orphaned, lost)
         return orphaned
 
     def pages_on(self, node: int) -> int:
         """Remote pages of this node that `node` holds."""
         return self.table.held[node]
 
-    async def rereplicate(self, gone: int) -> int:
-        """Give every page that had a copy on `gone` a new copy on another target
-        (replicas >= 2). Returns the pages copied."""
-        if self.policy.replicas < 2:
+    def pages_only_on(self, node: int) -> int:
+        """Remote pages whose only copy `node` holds."""
+        return self.table.alone[node]
+
+    async def repair(self) -> int:
+        """Give every remote page fewer than `replicas` copies on connected nodes a new
+        copy, read from a connected holder. The new copy is added to the page's
+        holders once acknowledged; only then may a holder that is not connected be
+        dropped from the list (its copy is flushed when it can be). Returns pages copied."""
+        if self.policy.replicas < 2 or self._repairing:
             return 0
-        zc, table = self.zc, self.table
-        todo = [(pool, oid, index, r) for pool, oid, index, r in self._remote_slots(node=gone)]
+        self._repairing = True
+        try:
+            return await self._repair()
+        finally:
+            self._repairing = False
+
+    async def _repair(self) -> int:
+        zc, table, net = self.zc, self.table, self.net
+        want = self.policy.replicas
+        todo = []
+        for pool, oid, index, r in self._remote_slots():
+            nodes = table.nodes(r)
+            live = [n for n in nodes if net.connected(n)]
+            if live and len(live) < want:
+                todo.append((pool, oid, index, r))
         done = 0
         for pool, oid, index, r in todo:
             p = REMOTE_BASE - r
             if zc.tmem.lookup(pool, oid, index) != p:
                 continue  # flushed or rewritten meanwhile
-            keep = [n for n in table.nodes(r) if n != gone]
-            table.set_nodes(r, keep)
-            if not keep:
-                continue
-            spare = [t for t in self.choose_targets_excluding(set(keep) | {gone})]
-            if not spare:
+            nodes = table.nodes(r)
+            live = [n for n in nodes if net.connected(n)]
+            spare = self.choose_targets_excluding(set(nodes))
+            if not live or not spare:
                 continue
             try:
-                reply = await self.net.request(keep[0], wire.Get(pool.pool_id, pool.persistent, oid, index, False))
+                reply = await net.request(live[0], wire.Get(pool.pool_id, pool.persistent, oid, index, False))
             except Exception:
                 continue
             if not isinstance(reply, wire.GetReply) or not reply.found or checksum(reply.data) != table.cksum[r]:
                 continue
             put = wire.PutPages(pool.pool_id, pool.persistent, [wire.PutPage(oid, index, table.cksum[r], reply.data)])
             ack = await self._call(spare[0], put)
-            if isinstance(ack, wire.PutReply) and ack.statuses == [0]:
-                if zc.tmem.lookup(pool, oid, index) == p:
-                    table.set_nodes(r, keep + [spare[0]])
-                    self._pool_nodes.setdefault(self._pool_key(pool), set()).add(spare[0])
-                    self.pages_rereplicated += 1
-                    done += 1
-                else:
-                    self._send(spare[0], wire.FlushPage(pool.pool_id, pool.persistent, oid, index), "page")
+            if not (isinstance(ack, wire.PutReply) and ack.statuses == [0]):
+                continue
+            if zc.tmem.lookup(pool, oid, index) != p:
+                self._send(spare[0], wire.FlushPage(pool.pool_id, pool.persistent, oid, index), "page")
+                continue
+            nodes = table.nodes(r) + [spare[0]]
+            while len(nodes) > MAX_COPIES:  # the replacement is in: a holder that is down may go
+                gone = next(n for n in nodes if not net.connected(n))
+                nodes.remove(gone)
+                self._send(gone, wire.FlushPage(pool.pool_id, pool.persistent, oid, index), "page")
+            table.set_nodes(r, nodes)
+            self._pool_nodes.setdefault(self._pool_key(pool), set()).add(spare[0])
+            self.pages_rereplicated += 1
+            done += 1
         if done:
-            log.info("node %d gone: %d page(s) copied to other nodes", gone, done)
+            log.info("%d remote page(s) copied to other nodes", done)
         return done
 
     def choose_targets_excluding(self, exclude: set[int]) -> list[int]:
@@ -623,11 +678,13 @@ class Ramster:
         return [p.number for p in cands]
 
     def peer_changed(self, node: int, connected: bool, restarted: bool) -> None:
-        """The network's on_peer_change: a restarted peer lost every page it held."""
+        """The network's on_peer_change. A restarted peer lost every page it held; a
+        peer that reconnects with the same boot still holds its copies. Whenever a
+        peer goes or comes, pages short of copies are repaired where possible."""
         if restarted:
             self.node_lost_pages(node)
-        if (restarted or not connected) and self.policy.replicas >= 2:
-            asyncio.get_running_loop().create_task(self.rereplicate(node))
+        if self.policy.replicas >= 2:
+            asyncio.get_running_loop().create_task(self.repair())
 
     # ---- server side (SPEC §5.4) -----------------------------------------------------------------
 
@@ -664,6 +721,7 @@ class Ramster:
 
     def stats(self) -> dict:
         s = {f"ramster.{k}": getattr(self, k) for k in _COUNTERS}
+        s["ramster.remote_pages_short"] = self.table.short  # the re-replication backlog
         s["ramster.remote_eph_pages"] = self.remote_pages[EPH]
         s["ramster.remote_pers_pages"] = self.remote_pages[PERS]
         s["ramster.foreign_eph_pages"] = self.zc.foreign_pages[EPH]
