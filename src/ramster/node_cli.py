@@ -18,10 +18,13 @@ quarter of the RAM, whichever is smaller. It prints how to connect, and runs
 until SIGINT or SIGTERM (in-flight requests finish, backing files are synced).
 
 Export kinds:
-  swap   frontswap over the shared budget. Pages that do not fit go to the
+  swap   frontswap over the shared budget; every page is accepted (those that
+         do not compress are kept as they are). Pages zcache refuses go to the
          optional BACKING file (the "swap disk"), as do the coldest pages when
-         memory runs short. Without one, a write that does not fit fails with
-         ENOSPC and that page reads as EIO until written again or trimmed.
+         memory runs short. Without one, a write fails with ENOSPC only when
+         memory is full, and that page reads as EIO until written again or
+         trimmed. With one, SIGTERM writes memory to the file, and after a
+         crash a page reads its last version from the file or EIO.
   cache  a disk image (BACKING, required) with a cleancache of its pages in
          memory: reads are cached, writes go through to the file.
 A BACKING file is created (sparse) if missing and grown to SIZE if shorter;
