@@ -20,8 +20,9 @@ class SwapWriteback:
     says which. True: the page is in the file. False: the file refused it (a
     full or failing disk). None: the page has no file to go to (an export
     without a backing file, a foreign page). On False and None zcache keeps
-    the page in memory; RAMster does not move a page to peers whose
-    write-through was refused (False), since then no second copy exists.
+    the page in memory; RAMster records whether the write-through of a page it
+    moves to peers reached the disk (True), so a page whose peers are gone is
+    counted lost only when the disk does not have it either.
     """
 
     def __init__(self, frontswap):

@@ -456,10 +456,10 @@ class Ramster:
             complete = len(got) == len(targets)
             on_disk = False
             if complete and current and c and zc.writeback_sink is not None:
-                # write-through: with a swap disk the page survives its peers too; a
-                # disk that refused it would leave the peers' copy alone, so it stays here
-                on_disk = zc.writeback_sink(pool, oid, index, zc.decode(data))
-                complete = on_disk is not False
+                # write-through: with a swap disk the page survives its peers too. A disk
+                # that refuses it (full, failing) leaves the page on its peers only: its
+                # state map keeps saying the file is stale, so losing them reads EIO, not old bytes
+                on_disk = zc.writeback_sink(pool, oid, index, zc.decode(data)) is True
             if complete and current:
                 r = self.table.alloc(sorted(got), len(data), sums[id(pg)], c, bool(on_disk))
                 self._pool_nodes.setdefault(self._pool_key(pool), set()).update(got)
