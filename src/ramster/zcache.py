@@ -262,7 +262,7 @@ class Zcache:
     def put_raw(self, pool: Pool, oid: int, index: int, cdata, keep_old: bool = False) -> bool:
         """Store an already compressed payload (a foreign page, a repatriated one)
         under the normal policies, without compressing it again. A payload of
-        exactly PAGE_SIZE bytes is a huge page (see payload()): no compressed
+        exactly PAGE_SIZE bytes is a huge page (see decode()): no compressed
         page is that long. With keep_old, a refusal leaves an older copy in
         place (repatriation: the older copy is the remote one, and it must not
         go before the page is home)."""
@@ -287,7 +287,7 @@ class Zcache:
         return True
 
     def get_raw(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
-        """The stored payload under the handle (see payload()), or None (zbud and huge pages only)."""
+        """The stored payload under the handle (see decode()), or None (zbud and huge pages only)."""
         p = self.tmem.lookup(pool, oid, index)
         if p > 0:
             data = bytes(self.zbud.payload(p))
