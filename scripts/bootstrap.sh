@@ -2,8 +2,19 @@
 # Create or refresh .venv and install everything ramster and its tests need:
 # Debian packages (liblzo2-dev for python-lzo; the real NBD clients the tests
 # drive) and the Python package itself in editable mode.
+#
+#   --test   also what only the test suite needs: QEMU, a Debian kernel,
+#            busybox-static, musl-tools and gcc, for the Linux guest of tests/guest
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_tests=0
+for arg in "$@"; do
+    case $arg in
+        --test) with_tests=1 ;;
+        *) echo "bootstrap: unknown option $arg (known: --test)" >&2; exit 2 ;;
+    esac
+done
 
 # Debian's own python3 (built with PGO and LTO) runs the engine's Python about 20%
 # faster than a plain source build, and python3-libnbd is built for it: prefer it.
@@ -20,18 +31,34 @@ debs=(liblzo2-dev nbdkit libnbd-bin python3-libnbd fio qemu-utils)
 if [[ $py == /usr/bin/python3 ]]; then
     debs+=(python3-venv python3-dev)  # venv's ensurepip, and headers to build python-lzo
 fi
-missing=()
+test_debs=()
+if ((with_tests)); then
+    test_debs=(qemu-system-x86 linux-image-cloud-amd64 busybox-static musl-tools gcc)  # musl-gcc runs gcc
+fi
+is_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+missing=() test_missing=()
 for p in "${debs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    is_installed "$p" || missing+=("$p")
 done
-if ((${#missing[@]})); then
+for p in "${test_debs[@]}"; do
+    is_installed "$p" || test_missing+=("$p")
+done
+if ((${#missing[@]} + ${#test_missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
-        echo "bootstrap: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+        echo "bootstrap: missing Debian packages: ${missing[*]} ${test_missing[*]} (run as root, or install them)" >&2
         exit 1
     fi
-    echo "bootstrap: installing ${missing[*]}"
+    echo "bootstrap: installing ${missing[*]} ${test_missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if ((${#missing[@]})); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ((${#test_missing[@]})); then
+        # without recommends: QEMU's would bring a GUI, the kernel's firmware; the guest needs neither
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${test_missing[@]}" >/dev/null
+    fi
 fi
 
 want=$("$py" -c 'import sys; print(sys.executable, sys.version)')
