@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS = {
     "node": "ramster.node_cli",
     "stats": "ramster.stats_cli",
+    "keygen": "ramster.keygen_cli",
     "bench": "ramster.bench.cli",
 }
 

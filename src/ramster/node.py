@@ -96,10 +96,10 @@ class Node:
         counters.update(self.cleancache.stats())
         peers = []
         if self.ramster is not None:
-            counters["ramster.auth_failures"] = self.net.auth_failures
+            counters.update(self.net.counters())
             for p in self.net.peers():
                 peers.append({"name": p.name, "number": p.number, "connected": p.connected,
-                              "rtt_seconds": p.rtt, "free_frames": p.free_frames,
+                              "rtt_seconds": p.rtt, "free_frames": p.free_frames, "refused": p.refused,
                               "pages_held": self.ramster.pages_on(p.number),
                               "pages_only_copy": self.ramster.pages_only_on(p.number)})
         exports = {}
@@ -168,7 +168,7 @@ class Node:
                                 targets=tuple(t.number for t in cl.targets),
                                 replicas=min(cl.replicas, len(cl.targets)),
                                 selfshrink=cl.selfshrink)
-        self.net = PeerNetwork(cl, handler=None)
+        self.net = PeerNetwork(cl, handler=None, compressor=self.config.compressor)
         self.ramster = Ramster(self.zc, self.net, policy)
         self.net.handler = self.ramster.handle
         self.net.free_frames = self.ramster.free_frames

@@ -28,16 +28,19 @@ def corpus_image(path: Path, size: int) -> bytes:
     return data
 
 
-def write_config(tmp: Path, names: list[str], replicas: int = 1, secret: bytes = b"lab-secret", **extra) -> Path:
-    (tmp / "cluster.key").write_bytes(secret)
-    lines = ['[cluster]', 'name = "lab"', 'secret_file = "cluster.key"', "request_timeout = 2",
-             "keepalive = 0.5", "idle_timeout = 5"]
+def write_config(tmp: Path, names: list[str], replicas: int = 1, **extra) -> Path:
+    """tmp/cluster.toml, with every node's private key in tmp/keys (the default key_dir)."""
+    from ramster.remote.keys import node_keys
+
+    public = node_keys(tmp / "keys", names)
+    lines = ['[cluster]', 'name = "lab"', "request_timeout = 2", "keepalive = 0.5", "idle_timeout = 5"]
     for k, v in extra.items():
         lines.append(f"{k} = {v}")
     for i, name in enumerate(names):
-        lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {i}", f'address = "127.0.0.1:{free_port()}"']
+        lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {i}", f'address = "127.0.0.1:{free_port()}"',
+                  f'public_key = "{public[name]}"']
     lines += ["[remotify]", "persistent = true", "ephemeral = true", f"replicas = {replicas}"]
-    path = tmp / f"cluster-{secret.hex()[:6]}.toml"
+    path = tmp / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -156,20 +159,25 @@ def test_three_times_one_nodes_memory_round_trips_through_a_peer(tmp_path, nodes
     assert a.counters()["ramster.remote_objects_flushed"] > 0
 
 
-def test_wrong_secret_is_refused(tmp_path, nodes):
+def test_node_with_a_key_the_cluster_does_not_list_is_refused(tmp_path, nodes):
+    from ramster.remote.keys import node_keys
+
     cfg = write_config(tmp_path, ["a", "b"])
+    # b's copy of the file lists a key of its own making; a's lists b's real one
     bad = tmp_path / "bad"
-    bad.mkdir()
-    text = cfg.read_text()
-    (bad / "cluster.key").write_bytes(b"not-the-secret")
-    (bad / "cluster.toml").write_text(text)
+    own = node_keys(bad / "keys", ["b"])["b"]
+    real = cfg.read_text().split('name = "b"')[1].split('public_key = "')[1].split('"')[0]
+    (bad / "cluster.toml").write_text(cfg.read_text().replace(real, own))
     a = Node(tmp_path, cfg, "a", "4M", "swap:swap:4M")
     nodes.append(a)
     b = Node(tmp_path, bad / "cluster.toml", "b", "4M", "swap:swap:4M")
     nodes.append(b)
-    # b (the higher number) dials a; both must refuse and stay apart
-    a.wait_for(lambda s: s["counters"]["ramster.auth_failures"] > 0 or "auth" in a.stderr().lower(),
-               "refusing the peer")
+    # b (the higher number) dials a; a refuses it and says why, and they stay apart
+    s = a.wait_for(lambda s: s["counters"]["ramster.auth_failures"] > 0, "refusing the peer")
+    assert s["peers"][0]["refused"] > 0 and s["counters"]["ramster.handshakes_refused"] > 0
+    assert "authentication failed" in a.stderr()
+    b.wait_for(lambda s: "refused this connection, saying: authentication failed" in b.stderr(),
+               "b learning why")
     assert not any(p["connected"] for p in a.stats()["peers"])
     assert not any(p["connected"] for p in b.stats()["peers"])
 

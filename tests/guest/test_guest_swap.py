@@ -76,10 +76,13 @@ def test_swap_export_writes_back_to_its_file(guest_image, nodes, tmp_path):
 
 
 def write_cluster(tmp_path, names: list[str]):
-    (tmp_path / "cluster.key").write_bytes(b"guest-test-secret")
-    lines = ['[cluster]', 'name = "guest"', f'secret_file = "{tmp_path / "cluster.key"}"', "request_timeout = 5"]
+    from ramster.remote.keys import node_keys
+
+    public = node_keys(tmp_path / "keys", names)  # the default key_dir: keys/ beside the file
+    lines = ['[cluster]', 'name = "guest"', "request_timeout = 5"]
     for i, name in enumerate(names):
-        lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {i}", f'address = "127.0.0.1:{free_port()}"']
+        lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {i}", f'address = "127.0.0.1:{free_port()}"',
+                  f'public_key = "{public[name]}"']
     lines += ["[remotify]", "persistent = true", "ephemeral = true", "replicas = 1"]
     path = tmp_path / "cluster.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
+import logging
 import os
 import shutil
 import signal
@@ -20,21 +20,22 @@ import time
 import pytest
 from support import free_port
 
-from ramster.remote import wire
+from ramster.remote import keys, session, wire
 from ramster.remote.cluster import load_cluster
 from ramster.remote.peer import MemoryStore, PeerNetwork, PeerTimeout, PeerUnavailable
 from ramster.remote.wire import Get, GetReply, PutPage, PutPages
 
 FAST = {"request_timeout": 0.5, "keepalive": 0.2, "idle_timeout": 1.5,
         "reconnect_delay": 0.05, "reconnect_max": 0.3}
-SECRET = b"correct horse battery staple, 32"
 
 
-def cluster_doc(tmp_path, names, secret=SECRET, **options) -> dict:
-    key = tmp_path / f"key-{hashlib.sha256(secret).hexdigest()[:8]}"
-    key.write_bytes(secret)
-    return {"cluster": {"name": "lab", "secret_file": str(key), **FAST, **options,
-                        "node": [{"name": n, "number": i, "address": f"127.0.0.1:{free_port()}"}
+def cluster_doc(tmp_path, names, key_dir="keys", **options) -> dict:
+    """A cluster of `names` numbered from 0, each node's key in tmp_path/key_dir (made once, then reused)."""
+    key_dir = tmp_path / key_dir
+    public = keys.node_keys(key_dir, names)
+    return {"cluster": {"name": "lab", "key_dir": str(key_dir), **FAST, **options,
+                        "node": [{"name": n, "number": i, "address": f"127.0.0.1:{free_port()}",
+                                  "public_key": public[n]}
                                  for i, n in enumerate(names)]}}
 
 
@@ -45,7 +46,7 @@ def write_toml(path, doc) -> None:
               for k, v in c.items() if k != "node"]
     for n in c["node"]:
         lines += ["[[cluster.node]]", f'name = "{n["name"]}"', f'number = {n["number"]}',
-                  f'address = "{n["address"]}"']
+                  f'address = "{n["address"]}"', f'public_key = "{n["public_key"]}"']
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -53,9 +54,9 @@ def run(coro, timeout: float = 30):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def start_net(doc, name, handler=None, frames=1000) -> PeerNetwork:
+async def start_net(doc, name, handler=None, frames=1000, compressor="lz4") -> PeerNetwork:
     store = handler or MemoryStore(frames)
-    net = PeerNetwork(load_cluster(doc, name), store)
+    net = PeerNetwork(load_cluster(doc, name), store, compressor=compressor)
     if isinstance(store, MemoryStore):
         net.free_frames = store.free
     await net.start()
@@ -336,11 +337,13 @@ def test_connection_loss_fails_waiting_requests_at_once(tmp_path):
 
 
 # --- handshake and authentication ----------------------------------------------------------------
-def test_wrong_secret_refused_both_ways(tmp_path):
+def test_node_with_a_key_the_others_do_not_list_is_refused(tmp_path):
     async def main():
         doc = cluster_doc(tmp_path, "abc")
-        bad = cluster_doc(tmp_path, "abc", secret=b"not the cluster secret")
-        bad["cluster"]["node"] = doc["cluster"]["node"]
+        # b's own copy of the file lists b's new key; a and c still list the old one
+        bad = cluster_doc(tmp_path, "abc", key_dir="other-keys")
+        bad["cluster"]["node"] = [dict(n) for n in doc["cluster"]["node"]]
+        bad["cluster"]["node"][1]["public_key"] = keys.node_keys(tmp_path / "other-keys", "b")["b"]
         a = await start_net(doc, "a")
         b = await start_net(bad, "b")  # dials a, is dialled by c
         c = await start_net(doc, "c")
@@ -348,10 +351,13 @@ def test_wrong_secret_refused_both_ways(tmp_path):
             ok = await a.wait_until(lambda: a.auth_failures >= 1 and a.connected(2), 5)
             assert ok
             assert await c.wait_until(lambda: c.auth_failures >= 1, 5)
-            assert await b.wait_until(lambda: b.auth_failures >= 2, 5)
-            assert not a.connected(1) and not c.connected(1) and b.peers()[0].connects == 0
+            assert not a.connected(1) and not c.connected(1)
+            # and b never looked connected to them, not even for a moment
+            assert b.peers()[0].connects == 0 and b.peers()[1].connects == 0
             assert a.peers()[0].refused >= 1 and c.peers()[1].refused >= 1
-            assert not any(p.connected for p in b.peers())
+            assert a.handshakes_refused >= a.auth_failures
+            # b checked a's and c's signatures and found them good: the refusals are theirs, not its
+            assert b.auth_failures == 0 and not any(p.connected for p in b.peers())
             with pytest.raises(PeerUnavailable):
                 await a.request(1, wire.Keepalive())
         finally:
@@ -392,15 +398,22 @@ class RawPeer:
                 return m
             self.send(wire.KeepaliveReply(0, msg_id=m.msg_id))
 
-    async def handshake(self, number, secret=SECRET, cluster="lab", local=0):
+    async def handshake(self, number, key, cluster="lab", local=0, boot_id=99, compressor="lz4"):
+        """Claim node `number`, signing with `key` (whichever key this peer holds); the reply."""
         hello = await self.recv()
         assert type(hello) is wire.Hello and hello.node_number == local
-        nonce = bytes(range(32))
-        self.send(wire.Hello(wire.VERSION, cluster, number, nonce, 99))
-        mac = hmac.new(secret, b"ramster-auth\0" + hello.nonce + nonce + bytes((number, local)),
-                       hashlib.sha256).digest()
-        self.send(wire.Auth(mac))
+        self.peer_hello = hello
+        nonce = os.urandom(32)
+        self.send(wire.Hello(wire.VERSION, cluster, number, nonce, boot_id, compressor))
+        signed = session.transcript(cluster, wire.VERSION, number, local, hello.nonce, nonce, boot_id, compressor)
+        self.send(wire.Auth(keys.sign(key, signed)))
+        self.send(wire.Welcome())  # without checking the node's Auth: only what we prove matters here
         return await self.recv()
+
+
+def node_key(doc, name):
+    """The private key of node `name` of a cluster_doc (what only that node holds)."""
+    return keys.read_private_key(f'{doc["cluster"]["key_dir"]}/{name}.key')
 
 
 def test_raw_client_handshake_and_unknown_type(tmp_path):
@@ -409,8 +422,9 @@ def test_raw_client_handshake_and_unknown_type(tmp_path):
         a = await start_net(doc, "a")
         raw = await RawPeer.connect(a.local.port)
         try:
-            auth = await raw.handshake(1)
+            auth = await raw.handshake(1, node_key(doc, "b"))
             assert type(auth) is wire.Auth
+            assert type(await raw.recv()) is wire.Welcome
             assert await a.wait_until(lambda: a.connected(1), 5)
             # an unknown type gets an error status, and the connection stays
             raw.writer.write(struct.pack(">HBBiII", wire.MAGIC, wire.VERSION, 250, 0, 77, 3) + b"abc")
@@ -432,36 +446,128 @@ def test_raw_client_handshake_and_unknown_type(tmp_path):
     run(main())
 
 
-@pytest.mark.parametrize("case", ["bad mac", "wrong cluster", "lower number dials", "own number",
-                                  "unknown number", "garbage"])
+@pytest.mark.parametrize("case", ["another node's key", "a stranger's key", "wrong cluster", "lower number dials",
+                                  "own number", "unknown number", "garbage", "version 1"])
 def test_raw_client_refused(tmp_path, case):
     async def main():
         doc = cluster_doc(tmp_path, "abc")
         b = await start_net(doc, "b")  # node 1: only node 2 may dial it
         raw = await RawPeer.connect(b.local.port)
         try:
-            if case == "garbage":
-                raw.writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            if case in ("garbage", "version 1"):
+                raw.writer.write(b"GET / HTTP/1.0\r\n\r\n" if case == "garbage" else
+                                 struct.pack(">HBBiII", wire.MAGIC, 1, wire.T_HELLO, 0, 0, 0))
                 await raw.recv()  # its Hello
+                err = await raw.recv()  # told why, then closed
+                assert type(err) is wire.ErrorReply and "protocol error" in err.message
                 assert await raw.recv() is None
+                if case == "version 1":
+                    assert "unsupported protocol version 1 (this node speaks 2)" in err.message
+                assert b.handshakes_refused == 1 and b.auth_failures == 0
                 return
-            number, kw = {"bad mac": (2, {"secret": b"guess"}), "wrong cluster": (2, {"cluster": "other"}),
+            number, kw = {"another node's key": (2, {"key": node_key(doc, "a")}),
+                          "a stranger's key": (2, {"key": keys.new_private_key()}),
+                          "wrong cluster": (2, {"cluster": "other"}),
                           "lower number dials": (0, {}), "own number": (1, {}),
                           "unknown number": (9, {})}[case]
+            kw.setdefault("key", node_key(doc, "c"))
             reply = await raw.handshake(number, local=1, **kw)
-            if case == "bad mac":
+            if case.endswith("key"):
                 assert type(reply) is wire.Auth  # it proves itself, but refuses us
+                err = await raw.recv()
+                assert type(err) is wire.ErrorReply and "authentication failed" in err.message
                 assert await raw.recv() is None
                 assert b.auth_failures == 1 and b.peers()[1].refused == 1
             else:
-                assert reply is None
-                assert b.auth_failures == 0
+                assert type(reply) is wire.ErrorReply  # the reason, before the close
+                assert await raw.recv() is None
+                assert b.auth_failures == 0 and b.handshakes_refused == 1
             assert not b.connected(2)
         finally:
             raw.close()
             await b.stop()
 
     run(main())
+
+
+def test_impostor_cannot_evict_or_restart_a_connected_node(tmp_path, caplog):
+    """c holds only its own key and claims to be b (with another boot id) while b is connected."""
+    async def main():
+        doc = cluster_doc(tmp_path, "abc")
+        a = await start_net(doc, "a")
+        b = await start_net(doc, "b")
+        changes = []
+        a.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        try:
+            await a.wait_until(lambda: a.connected(1), 5)
+            real = a._conns[1]
+            boot = a.peers()[0].boot_id
+            del changes[:]  # b's connect
+            r = await a.request(1, PutPages(2, True, [PutPage(1, 1, 7, b"b keeps this")]))
+            assert r.statuses == [0]
+            for _ in range(3):  # an impostor that retries
+                raw = await RawPeer.connect(a.local.port)
+                try:
+                    reply = await raw.handshake(1, node_key(doc, "c"), boot_id=boot ^ 1)
+                    assert type(reply) is wire.Auth
+                    err = await raw.recv()
+                    assert type(err) is wire.ErrorReply and "authentication failed" in err.message
+                    assert await raw.recv() is None
+                finally:
+                    raw.close()
+            assert a.auth_failures == 3 and a.peers()[0].refused == 3
+            # the real connection is the same one, b never looked restarted, and it serves
+            assert a._conns[1] is real and a.peers()[0].boot_id == boot and a.peers()[0].connects == 1
+            assert changes == []
+            r = await a.request(1, Get(2, True, 1, 1, False))
+            assert (r.found, r.data) == (True, b"b keeps this")
+            # the real b, dialling again (same key, same boot id), does replace the connection
+            raw = await RawPeer.connect(a.local.port)
+            try:
+                assert type(await raw.handshake(1, node_key(doc, "b"), boot_id=boot)) is wire.Auth
+                assert type(await raw.recv()) is wire.Welcome
+                assert await a.wait_until(lambda: a._conns.get(1) is not real, 5)
+                # a reconnect, not a restart (b itself then dials again and takes over: also no restart)
+                assert changes[0] == (1, True, False) and not any(r for *_, r in changes)
+            finally:
+                raw.close()
+        finally:
+            await stop_all([a, b])
+
+    with caplog.at_level(logging.WARNING, logger="ramster.remote"):
+        run(main())
+    refusals = [r.getMessage() for r in caplog.records if "authentication failed" in r.getMessage()]
+    # three refusals in a row: one line at once, the rest summed up later (rate-limited)
+    assert len(refusals) == 1 and "claiming node 1 (b)" in refusals[0], refusals
+
+
+def test_different_compressors_are_refused_on_both_sides(tmp_path, caplog):
+    async def main():
+        doc = cluster_doc(tmp_path, "ab")
+        a = await start_net(doc, "a", compressor="lz4")
+        b = await start_net(doc, "b", compressor="zstd")
+        try:
+            # b dials and is refused again and again, backing off (reconnect_delay 0.05 s, doubling to 0.3 s)
+            t0 = time.monotonic()
+            assert await a.wait_until(lambda: a.compressor_mismatches >= 3, 5)
+            elapsed = time.monotonic() - t0
+            assert await b.wait_until(lambda: b.compressor_mismatches >= 3, 5)
+            assert not a.connected(1) and not b.connected(0)
+            assert a.peers()[0].refused >= 3 and b.peers()[0].refused >= 3 and a.auth_failures == 0
+            assert a.peers()[0].connects == 0
+            # no hot loop: attempts are spaced by the dialler's back-off
+            assert a.compressor_mismatches <= 3 + elapsed / (0.8 * 0.05)
+            assert a.counters()["ramster.compressor_mismatches"] == a.compressor_mismatches
+        finally:
+            await stop_all([a, b])
+
+    with caplog.at_level(logging.WARNING, logger="ramster.remote"):
+        run(main())
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("node b uses zstd, this node uses lz4: all nodes of a cluster must use the same compressor"
+               in m for m in lines), lines
+    assert any("node a uses lz4, this node uses zstd: all nodes of a cluster must use the same compressor"
+               in m for m in lines), lines
 
 
 # --- a real peer process: pause, resume, restart ---------------------------------------------------

@@ -29,8 +29,8 @@ meta = {"msg_id": u32, "status": i32}
 
 messages = st.one_of(
     st.builds(wire.Hello, u16, st.text(max_size=16), st.integers(0, 255), st.binary(min_size=32, max_size=32),
-              u64, **meta),
-    st.builds(wire.Auth, st.binary(min_size=32, max_size=32), **meta),
+              u64, st.text(max_size=4), **meta),
+    st.builds(wire.Auth, st.binary(min_size=wire.SIGNATURE_SIZE, max_size=wire.SIGNATURE_SIZE), **meta),
     st.builds(wire.PutPages, u16, st.booleans(),
               st.lists(st.builds(wire.PutPage, oids, u32, u64, zpages), max_size=4), **meta),
     st.builds(wire.PutReply, st.lists(i32, max_size=wire.MAX_PAGES), u64, **meta),

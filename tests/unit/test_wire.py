@@ -14,8 +14,9 @@ from ramster.remote.wire import (
 BIG_OID = (1 << 192) - 1
 
 MESSAGES = [
-    Hello(wire.VERSION, "lab", 3, bytes(range(32)), 2**64 - 1, msg_id=1),
-    Auth(b"\xaa" * 32, msg_id=2),
+    Hello(wire.VERSION, "lab", 3, bytes(range(32)), 2**64 - 1, "zstd", msg_id=1),
+    Hello(wire.VERSION, "l" * wire.MAX_CLUSTER_NAME, 15, bytes(32), 0, "c" * wire.MAX_COMPRESSOR_NAME),
+    Auth(b"\xaa" * wire.SIGNATURE_SIZE, msg_id=2),
     PutPages(7, True, [PutPage(BIG_OID, 2**32 - 1, 2**64 - 1, b"x" * wire.MAX_PAGE_DATA),
                        PutPage(0, 0, 0, b"")], msg_id=3),
     PutPages(0, False, [], msg_id=4),
@@ -172,7 +173,7 @@ def test_status_count_capped():
 
 
 def test_hello_cluster_name_must_be_utf8():
-    body = struct.pack(">HB32sQH", 1, 0, bytes(32), 0, 2) + b"\xff\xfe"
+    body = struct.pack(">HB32sQHB", 1, 0, bytes(32), 0, 2, 0) + b"\xff\xfe"
     with pytest.raises(WireError, match="UTF-8"):
         Decoder().feed(_with_body(wire.T_HELLO, body))
 
@@ -187,9 +188,11 @@ def test_hello_cluster_name_must_be_utf8():
     GetReply(True, 0, b"x" * (wire.MAX_PAGE_DATA + 1), 0),
     PutReply([0] * (wire.MAX_PAGES + 1), 0),
     Ack(-1),
-    Hello(1, "x" * 65, 0, bytes(32), 0),
-    Hello(1, "lab", 0, bytes(31), 0),
+    Hello(1, "x" * 65, 0, bytes(32), 0, "lz4"),
+    Hello(1, "lab", 0, bytes(31), 0, "lz4"),
+    Hello(1, "lab", 0, bytes(32), 0, "z" * (wire.MAX_COMPRESSOR_NAME + 1)),
     Auth(b"short"),
+    Auth(b"\0" * 32),  # an HMAC of version 1 is not a signature
     Unknown(99),
     Ack(0, msg_id=1 << 32),
 ], ids=lambda m: type(m).__name__)
@@ -216,3 +219,28 @@ def test_full_put_fits_the_caps():
 def test_page_cap_holds_a_zbud_payload_or_a_huge_page():
     from ramster.zbud import MAX_BUDDY_SIZE, PAGE_SIZE
     assert MAX_BUDDY_SIZE < wire.MAX_PAGE_DATA == PAGE_SIZE
+
+
+def test_hello_carries_the_compressor_and_the_version_moved():
+    # version 1 Hellos had no compressor and Auths an HMAC: a version 1 node is refused at the header
+    assert wire.VERSION == 2
+    m = Hello(wire.VERSION, "lab", 1, bytes(range(32)), 7, "lzo")
+    assert decode_all(encode(m)) == [m]
+    old = struct.pack(">HBBiII", wire.MAGIC, 1, wire.T_HELLO, 0, 0, 0)
+    with pytest.raises(WireError, match="unsupported protocol version 1"):
+        Decoder().feed(old)
+
+
+def test_hello_compressor_name_must_be_utf8_and_short():
+    body = struct.pack(">HB32sQHB", wire.VERSION, 1, bytes(32), 0, 3, 2) + b"lab" + b"\xff\xfe"
+    with pytest.raises(WireError, match="UTF-8"):
+        Decoder().feed(_with_body(wire.T_HELLO, body))
+    n = wire.MAX_COMPRESSOR_NAME + 1
+    body = struct.pack(">HB32sQHB", wire.VERSION, 1, bytes(32), 0, 0, n) + b"z" * n
+    with pytest.raises(WireError):
+        Decoder().feed(_with_body(wire.T_HELLO, body))
+
+
+def test_auth_of_the_wrong_length_is_refused():
+    with pytest.raises(WireError):
+        Decoder().feed(_with_body(wire.T_AUTH, bytes(32)))

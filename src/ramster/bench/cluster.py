@@ -514,12 +514,14 @@ def redis_get_run(client, keys: list[bytes], payloads: list[bytes], order: list[
 # ---- the cluster ------------------------------------------------------------------------------------
 
 def write_cluster_config(tmp: Path) -> Path:
-    (tmp / "cluster.key").write_bytes(os.urandom(32).hex().encode())
-    lines = ['[cluster]', 'name = "bench"', 'secret_file = "cluster.key"', "request_timeout = 10",
+    from ..remote.keys import node_keys
+
+    public = node_keys(tmp / "keys", ("a", "b"))  # keys/<name>.key beside the file: the default key_dir
+    lines = ['[cluster]', 'name = "bench"', "request_timeout = 10",
              "keepalive = 2", "idle_timeout = 30", "reconnect_delay = 0.1", "reconnect_max = 1"]
     for number, name in enumerate(("a", "b")):
         lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {number}",
-                  f'address = "127.0.0.1:{free_port()}"']
+                  f'address = "127.0.0.1:{free_port()}"', f'public_key = "{public[name]}"']
     # selfshrink would bring remote pages home behind the benchmark's back
     lines += ["[remotify]", "persistent = true", "ephemeral = true", "replicas = 1", "selfshrink = false"]
     path = tmp / "cluster.toml"

@@ -2,7 +2,8 @@
 
     [cluster]
     name = "lab"
-    secret_file = "cluster.key"     # relative to the config file's directory
+    key_dir = "keys"                # this node's private key is keys/<its name>.key
+                                    # (the default; relative to the config file's directory)
     idle_timeout = 30               # seconds (optional; these are the defaults)
     keepalive = 2
     request_timeout = 5
@@ -15,6 +16,7 @@
     name = "a"
     number = 0
     address = "127.0.0.1:7701"
+    public_key = "…"                # what `ramster keygen a` prints (base64, 32 bytes)
     [remotify]
     persistent = true
     ephemeral = true
@@ -24,7 +26,13 @@
 
 The file is the same on every node, so everything that can be wrong with it
 is checked here, the same way everywhere: a file that one node accepts is
-accepted by all of them. The only per-node fact is which node is local.
+accepted by all of them. The only per-node facts are which node is local and
+its private key, which must exist and match the local node's public_key.
+
+Every node must have a public_key: a cluster whose nodes cannot prove who
+they are is refused, with the command that makes the keys. (An earlier
+version shared one `secret_file` among all nodes; it is refused with a
+message saying what replaces it, see ramster.remote.session for why.)
 """
 from __future__ import annotations
 
@@ -32,13 +40,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from ..config import ConfigError, read_toml, split_address
+from . import keys
 from .wire import MAX_CLUSTER_NAME, MAX_NODE_NUMBER
 
 MAX_NODE_NAME = 64  # R2NM_MAX_NAME_LEN
-_CLUSTER_KEYS = ("name", "secret_file", "node", "idle_timeout", "keepalive", "request_timeout",
+DEFAULT_KEY_DIR = "keys"
+_CLUSTER_KEYS = ("name", "key_dir", "node", "idle_timeout", "keepalive", "request_timeout",
                  "reconnect_delay", "reconnect_max", "tls_cert", "tls_key", "tls_ca")
-_NODE_KEYS = ("name", "number", "address")
+_NODE_KEYS = ("name", "number", "address", "public_key")
 _REMOTIFY_KEYS = ("persistent", "ephemeral", "targets", "replicas", "selfshrink")
 _TIMEOUTS = {"idle_timeout": 30.0, "keepalive": 2.0, "request_timeout": 5.0,
              "reconnect_delay": 0.5, "reconnect_max": 5.0}
@@ -50,6 +62,7 @@ class NodeSpec:
     number: int
     host: str
     port: int
+    public_key: bytes = field(default=b"", repr=False)  # Ed25519, 32 raw bytes
 
     @property
     def address(self) -> str:
@@ -63,7 +76,7 @@ class ClusterConfig:
     nodes: list[NodeSpec]  # every node, the local one included, by number
     targets: list[NodeSpec]  # where this node remotifies to (never itself)
     replicas: int  # remote copies of each persistent page, as configured
-    secret: bytes = field(repr=False)
+    private_key: Ed25519PrivateKey = field(repr=False)  # the local node's; its public half is local.public_key
     persistent: bool = True
     ephemeral: bool = True
     selfshrink: bool = True
@@ -76,6 +89,7 @@ class ClusterConfig:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     source: Path | None = None
+    key_file: Path | None = None  # where private_key was read from
 
     @property
     def peers(self) -> list[NodeSpec]:
@@ -132,23 +146,11 @@ def _file(base: Path, value, key: str, where: str) -> Path:
     return base / Path(value).expanduser()
 
 
-def _read_secret(path: Path, where: str) -> bytes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: secret file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where}: secret file {path} is a directory") from None
-    except OSError as e:
-        raise ConfigError(f"{where}: secret file {path} is not readable ({e.strerror})") from None
-    # "openssl rand -hex 32 > cluster.key" leaves a newline; the same bytes are stripped everywhere
-    data = data.strip()
-    if not data:
-        raise ConfigError(f"{where}: secret file {path} is empty")
-    return data
+def _keygen_hint(name: str, path: Path | None) -> str:
+    return f"ramster keygen {name}" + (f" --config {path}" if path is not None else "")
 
 
-def _nodes(cluster: dict, where: str) -> list[NodeSpec]:
+def _nodes(cluster: dict, where: str, path: Path | None) -> list[NodeSpec]:
     tables = cluster.get("node")
     if tables is None:
         raise ConfigError(f"{where}: no nodes; add [[cluster.node]] tables")
@@ -160,16 +162,28 @@ def _nodes(cluster: dict, where: str) -> list[NodeSpec]:
     by_name: set[str] = set()
     by_number: dict[int, str] = {}
     by_address: dict[tuple[str, int], str] = {}
+    by_key: dict[bytes, str] = {}
     for i, t in enumerate(tables, 1):
         w = f"{where}: [[cluster.node]] #{i}"
         _no_unknown(t, _NODE_KEYS, w)
-        for key in _NODE_KEYS:
+        for key in ("name", "number", "address"):
             if key not in t:
                 raise ConfigError(f"{w}: missing {key!r}")
         name, number, address = t["name"], t["number"], t["address"]
         if not isinstance(name, str) or not name or len(name) > MAX_NODE_NAME:
             raise ConfigError(f"{w}: name must be a string of 1 to {MAX_NODE_NAME} characters")
+        if any(c in name for c in "/\\\0") or name in (".", ".."):
+            # the name is also the name of the node's key file
+            raise ConfigError(f"{w}: name {name!r} must not contain '/', '\\' or NUL, nor be '.' or '..'")
         w = f"{where}: node {name!r}"
+        if "public_key" not in t:
+            raise ConfigError(f"{w} has no public_key, so it could not prove who it is; run "
+                              f"`{_keygen_hint(name, path)}` on that node and add the line it prints "
+                              f"to the node's [[cluster.node]] table")
+        try:
+            public_key = keys.parse_public_key(t["public_key"])
+        except keys.BadKey as e:
+            raise ConfigError(f"{w}: public_key {e}") from None
         if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= MAX_NODE_NUMBER:
             raise ConfigError(f"{w}: number {number!r} is outside 0..{MAX_NODE_NUMBER}")
         if not isinstance(address, str):
@@ -186,11 +200,29 @@ def _nodes(cluster: dict, where: str) -> list[NodeSpec]:
         key = (host.lower(), port)
         if key in by_address:
             raise ConfigError(f"{where}: nodes {by_address[key]!r} and {name!r} have the same address {address}")
+        if public_key in by_key:
+            # either could then act as the other
+            raise ConfigError(f"{where}: nodes {by_key[public_key]!r} and {name!r} have the same public_key; "
+                              f"each node needs its own key")
         by_name.add(name)
         by_number[number] = name
         by_address[key] = name
-        nodes.append(NodeSpec(name, number, host, port))
+        by_key[public_key] = name
+        nodes.append(NodeSpec(name, number, host, port, public_key))
     return sorted(nodes, key=lambda n: n.number)
+
+
+def _private_key(key_dir: Path, local: NodeSpec, where: str, path: Path | None) -> tuple[Ed25519PrivateKey, Path]:
+    key_file = key_dir / f"{local.name}.key"
+    try:
+        key = keys.read_private_key(key_file)
+    except keys.BadKey as e:
+        hint = f"; make one with `{_keygen_hint(local.name, path)}`" if not key_file.exists() else ""
+        raise ConfigError(f"{where}: node {local.name!r}: {e}{hint}") from None
+    if keys.public_bytes(key) != local.public_key:
+        raise ConfigError(f"{where}: private key {key_file} does not match node {local.name!r}'s public_key "
+                          f"(its public key is {keys.public_key_text(key)})")
+    return key, key_file
 
 
 def load_cluster(source: str | os.PathLike | dict, local_name: str, *,
@@ -213,6 +245,10 @@ def load_cluster(source: str | os.PathLike | dict, local_name: str, *,
 
     cluster = _table(doc, "cluster", where, required=True)
     remotify = _table(doc, "remotify", where, required=False)
+    if "secret_file" in cluster:
+        raise ConfigError(f"{where}: [cluster] secret_file is no longer used: each node proves who it is with "
+                          f"its own key (public_key in its [[cluster.node]] table, made by `ramster keygen`); "
+                          f"remove secret_file")
     _no_unknown(cluster, _CLUSTER_KEYS, f"{where}: [cluster]")
     _no_unknown(remotify, _REMOTIFY_KEYS, f"{where}: [remotify]")
 
@@ -220,15 +256,14 @@ def load_cluster(source: str | os.PathLike | dict, local_name: str, *,
     if not isinstance(name, str) or not name or len(name.encode()) > MAX_CLUSTER_NAME:
         raise ConfigError(f"{where}: [cluster] needs a name of 1 to {MAX_CLUSTER_NAME} bytes")
 
-    nodes = _nodes(cluster, where)
+    nodes = _nodes(cluster, where, path)
     by_name = {n.name: n for n in nodes}
     if local_name not in by_name:
         raise ConfigError(f"{where}: no node named {local_name!r} (nodes: {', '.join(by_name)})")
     local = by_name[local_name]
 
-    if "secret_file" not in cluster:
-        raise ConfigError(f"{where}: [cluster] needs secret_file (a key shared by all nodes)")
-    secret = _read_secret(_file(base, cluster["secret_file"], "secret_file", where), where)
+    key_dir = _file(base, cluster.get("key_dir", DEFAULT_KEY_DIR), "key_dir", where)
+    private_key, key_file = _private_key(key_dir, local, where, path)
 
     timeouts = {k: _seconds(cluster, k, where) for k in _TIMEOUTS}
     if timeouts["keepalive"] >= timeouts["idle_timeout"]:
@@ -277,11 +312,12 @@ def load_cluster(source: str | os.PathLike | dict, local_name: str, *,
         nodes=nodes,
         targets=[by_name[t] for t in configured if t != local_name],
         replicas=replicas,
-        secret=secret,
+        private_key=private_key,
         persistent=_bool(remotify, "persistent", True, f"{where}: [remotify]"),
         ephemeral=_bool(remotify, "ephemeral", True, f"{where}: [remotify]"),
         selfshrink=_bool(remotify, "selfshrink", True, f"{where}: [remotify]"),
         **timeouts,
         **tls,
         source=path,
+        key_file=key_file,
     )

@@ -3,15 +3,21 @@
 As in r2net (SPEC §5.8) the higher-numbered node connects and the lower one
 accepts, so a pair never races to open two connections. Unlike r2net:
 
-- peers authenticate each other (HMAC-SHA256 challenge-response over the
-  cluster secret, which never crosses the wire), optionally inside TLS;
+- peers prove who they are: each signs the handshake with its own Ed25519
+  key, checked against the public key the cluster file lists for the node it
+  claims (ramster.remote.session says what is signed and why), optionally
+  inside TLS;
 - every request has a timeout, so a dead or paused peer costs a caller at
   most `request_timeout`, never a hang;
-- a peer announces a random boot id, so a node that restarted (and lost every
-  page it held) is told apart from one that merely reconnected.
+- a peer announces a random boot id (signed), so a node that restarted (and
+  lost every page it held) is told apart from one that merely reconnected;
+- a connection that is refused (a bad signature, another compressor, a
+  stranger) is counted, logged at a readable rate, and told why; the node it
+  claimed to be keeps its connection: only a connection that completed the
+  handshake replaces one, and only the real node can complete it.
 
-Without TLS the HMAC only proves who opened the connection; an attacker able
-to rewrite packets in flight can still tamper with it afterwards.
+Without TLS the signatures only prove who opened the connection; an attacker
+able to rewrite packets in flight can still tamper with it afterwards.
 """
 from __future__ import annotations
 
@@ -19,8 +25,6 @@ import argparse
 import asyncio
 import collections
 import dataclasses
-import hashlib
-import hmac
 import inspect
 import logging
 import random
@@ -33,10 +37,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .. import compress
 from ..config import ConfigError
-from . import wire
+from ..lograte import Throttled
+from . import session, wire
 from .cluster import ClusterConfig, NodeSpec, load_cluster
-from .wire import Auth, ErrorReply, Hello, Keepalive, KeepaliveReply, Unknown
+from .wire import Auth, ErrorReply, Keepalive, KeepaliveReply, Unknown
 
 log = logging.getLogger("ramster.remote")
 
@@ -44,8 +50,9 @@ PROTOCOL_VERSION = wire.VERSION
 MAX_HANDLERS = 128  # concurrent incoming requests per connection before reading pauses
 MAX_WRITE_BUFFER = 4 << 20  # bytes queued to a peer before senders wait for it
 RTT_WEIGHT = 0.25  # EWMA weight of a new keepalive round trip
+REFUSAL_LOG_INTERVAL = 30.0  # seconds between log lines about one node's refused connections
 
-_HELLO, _AUTH, _READY, _CLOSED = range(4)
+_HANDSHAKE, _REFUSED, _READY, _CLOSED = range(4)
 _FREE_FRAMES_REPLIES = (wire.PutReply, wire.GetReply, wire.Ack, KeepaliveReply)
 
 Handler = Callable[[int, object], Awaitable[object]]
@@ -69,14 +76,9 @@ class PeerState:
     last_seen: float | None = None  # time.monotonic() of the last message received
     boot_id: int | None = None
     connects: int = 0  # successful handshakes
-    refused: int = 0  # connections claiming this node that failed authentication
-
-
-def _mac(secret: bytes, first_nonce: bytes, second_nonce: bytes, sender: int, receiver: int) -> bytes:
-    # Both node numbers are covered, so a MAC made for one pair of nodes
-    # (or reflected back at its sender) proves nothing to another.
-    return hmac.new(secret, b"ramster-auth\0" + first_nonce + second_nonce + bytes((sender, receiver)),
-                    hashlib.sha256).digest()
+    # connections claiming this node that were refused: the signature failed, or
+    # the (proven) node uses another compressor
+    refused: int = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -85,13 +87,13 @@ class _Connection(asyncio.Protocol):
     def __init__(self, net: PeerNetwork, expect: int | None):
         self.net = net
         self.expect = expect  # the node we dialled, None for an accepted connection
-        self.peer: int | None = None
+        self.peer: int | None = None  # set once the peer proved it is that node
         self.peer_boot: int | None = None
-        self.state = _HELLO
+        self.state = _HANDSHAKE
         self.transport: asyncio.Transport | None = None
         self.decoder = wire.Decoder()
-        self.nonce = secrets.token_bytes(wire.NONCE_SIZE)
-        self.peer_nonce = b""
+        self.handshake = session.Handshake(net.config, compressor=net.compressor, boot_id=net.boot_id,
+                                           expect=expect)
         self.pending: dict[int, asyncio.Future] = {}
         self._next_id = 0
         self.loop = asyncio.get_running_loop()
@@ -107,7 +109,8 @@ class _Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Task] = set()
         self.keepalive_running = False
         self.timer: asyncio.Task | None = None
-        self.name = f"node {expect}" if expect is not None else "incoming peer"
+        self.addr = ""
+        self.name = _node_name(net.config, expect) if expect is not None else "incoming peer"
 
     # --- asyncio callbacks ------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -117,12 +120,12 @@ class _Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        addr = transport.get_extra_info("peername")
+        self.addr = f"{addr[0]}:{addr[1]}" if addr else ""
         if self.expect is None:
-            addr = transport.get_extra_info("peername")
-            self.name = f"peer {addr[0]}:{addr[1]}" if addr else "incoming peer"
+            self.name = f"peer {self.addr}" if addr else "incoming peer"
         self.net._all.add(self)
-        cfg = self.net.config
-        self._send(Hello(PROTOCOL_VERSION, cfg.name, cfg.local.number, self.nonce, self.net.boot_id))
+        self._send(self.handshake.hello())
         self.timer = self._spawn(self._timer())
 
     def data_received(self, data: bytes) -> None:
@@ -130,12 +133,15 @@ class _Connection(asyncio.Protocol):
         try:
             msgs = self.decoder.feed(data)
         except wire.WireError as e:
-            self.close(f"protocol error: {e}", warn=True)
+            if self.state == _HANDSHAKE:  # e.g. a node of another protocol version: refused, counted
+                self._refuse(session.Refused(f"protocol error: {e}", peer=self.handshake.claimed))
+            else:
+                self.close(f"protocol error: {e}", warn=True)
             return
         if self.state == _READY and msgs:
             self.net._states[self.peer].last_seen = now
         for m in msgs:
-            if self.state == _CLOSED:
+            if self.state in (_CLOSED, _REFUSED):
                 return
             try:
                 self._dispatch(m)
@@ -180,12 +186,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(wire.encode(msg, msg_id))
 
-    def close(self, reason: str, warn: bool = False) -> None:
+    def close(self, reason: str, warn: bool = False, quiet: bool = False) -> None:
         if self.state == _CLOSED or self.transport is None:
             return
         if not self.reason:
             self.reason = reason
-        log.log(logging.WARNING if warn else logging.INFO, "%s: closing: %s", self.name, reason)
+        if not quiet:
+            log.log(logging.WARNING if warn else logging.INFO, "%s: closing: %s", self.name, reason)
         # abort, not close: a paused peer would never drain our buffer, and
         # nothing queued is worth waiting for once the connection is given up
         self.transport.abort()
@@ -283,48 +290,39 @@ class _Connection(asyncio.Protocol):
                     self.transport.resume_reading()
 
     def _handshake(self, m) -> None:
-        cfg = self.net.config
-        if self.state == _HELLO:
-            if type(m) is not Hello:
-                self.close(f"expected Hello, got {type(m).__name__}", warn=True)
-                return
-            why = self._check_hello(m)
-            if why:
-                self.close(f"refused: {why}", warn=True)
-                return
-            self.peer, self.peer_boot, self.peer_nonce = m.node_number, m.boot_id, m.nonce
-            self.name = f"node {m.node_number} ({cfg.node(m.node_number).name})"
-            self._send(Auth(_mac(cfg.secret, self.peer_nonce, self.nonce, cfg.local.number, self.peer)))
-            self.state = _AUTH
-        elif self.state == _AUTH:
-            expected = _mac(cfg.secret, self.nonce, self.peer_nonce, self.peer, cfg.local.number)
-            if type(m) is not Auth or not hmac.compare_digest(m.mac, expected):
-                self.net.auth_failures += 1
-                self.net._states[self.peer].refused += 1
-                self.net._changed()
-                self.close("refused: authentication failed (does it have the cluster secret?)", warn=True)
-                return
+        out = self.handshake.receive(m)
+        t = type(out)
+        if t is Auth:
+            if self.expect is None:
+                # a claim until the signature is checked: the log must not say it was that node
+                n = self.handshake.claimed
+                self.name = f"peer {self.addr or '?'} claiming {_node_name(self.net.config, n)}"
+            self._send(out)
+        elif t is wire.Welcome:
+            self.name = _node_name(self.net.config, self.handshake.verified)
+            self._send(out)
+        elif t is session.Accepted:
+            self.peer, self.peer_boot = out.peer, out.boot_id
+            self.name = _node_name(self.net.config, out.peer)
             self.state = _READY
             self.ready.set()
             self.net._ready(self)
+        else:
+            self._refuse(out)
 
-    def _check_hello(self, m: Hello) -> str:
-        cfg = self.net.config
-        if m.version != PROTOCOL_VERSION:
-            return f"protocol version {m.version}, this node speaks {PROTOCOL_VERSION}"
-        if m.cluster != cfg.name:
-            return f"cluster {m.cluster!r}, this node is in {cfg.name!r}"
-        if m.node_number == cfg.local.number:
-            return f"the peer claims this node's own number {m.node_number}"
-        if cfg.node(m.node_number) is None:
-            return f"node number {m.node_number} is not in the cluster"
-        if self.expect is not None and m.node_number != self.expect:
-            return f"dialled node {self.expect} but node {m.node_number} answered"
-        if self.expect is None and m.node_number < cfg.local.number:
-            return f"node {m.node_number} connected, but the higher-numbered node must connect"
-        if m.nonce == self.nonce:
-            return "the peer echoed our nonce"
-        return ""
+    def _refuse(self, r: session.Refused) -> None:
+        """Count the refusal, log it (rate-limited per claimed node), tell the peer why, close."""
+        self.state = _REFUSED  # nothing more is read; the timer aborts if the close hangs
+        if self.handshake.verified is not None:  # who it is was proven; only its settings differ
+            self.name = _node_name(self.net.config, self.handshake.verified)
+        self.net._refused(r)
+        self.net._refusal_log(r.peer)("%s: %s%s", self.name, "refused: " if r.tell else "", r.reason)
+        if not self.reason:
+            self.reason = f"refused: {r.reason}"
+        if r.tell:
+            self._send(r.reply())
+        # close, not abort: the reply goes out first, so the peer can log why
+        self.transport.close()
 
     # --- timers --------------------------------------------------------------------------
     def _spawn(self, coro) -> asyncio.Task:
@@ -338,7 +336,10 @@ class _Connection(asyncio.Protocol):
         try:
             await asyncio.wait_for(self.ready.wait(), cfg.request_timeout)
         except asyncio.TimeoutError:
-            self.close(f"no handshake within {cfg.request_timeout:g} s", warn=True)
+            if self.state == _REFUSED:  # a peer that does not take our last words
+                self.close(self.reason, quiet=True)
+            else:
+                self.close(f"no handshake within {cfg.request_timeout:g} s", warn=True)
             return
         if self.state != _READY:
             return
@@ -375,14 +376,19 @@ class _Connection(asyncio.Protocol):
 class PeerNetwork:
     """This node's connections to every other node of the cluster."""
 
-    def __init__(self, config: ClusterConfig, handler: Handler):
+    def __init__(self, config: ClusterConfig, handler: Handler, compressor: str = compress.DEFAULT):
+        """`compressor` names the codec of the pages this node sends; a peer with another is refused."""
         self.config = config
         self.handler = handler
+        self.compressor = compressor
         # on_peer_change(number, connected, restarted); may return an awaitable
         self.on_peer_change: Callable[[int, bool, bool], object] | None = None
         self.free_frames: Callable[[], int] = lambda: 0
         self.boot_id = secrets.randbits(64)
-        self.auth_failures = 0
+        self.auth_failures = 0  # connections whose signature did not verify
+        self.compressor_mismatches = 0  # proven nodes refused for using another compressor
+        self.handshakes_refused = 0  # every connection this node refused, the two above included
+        self._refusal_logs: dict[int | None, Throttled] = {}
         self._states = {n.number: PeerState(n.name, n.number) for n in config.peers}
         self._conns: dict[int, _Connection] = {}
         self._all: set[_Connection] = set()
@@ -467,7 +473,8 @@ class PeerNetwork:
         old = self._conns.get(n)
         self._conns[n] = conn
         if old is not None:
-            # the peer dialled again, so it has given up on the old connection
+            # Only a connection that completed the signed handshake gets here, so
+            # this is the node itself: it dialled again, having given up on the old one.
             old.close("replaced by a new connection from the same node")
         st = self._states[n]
         restarted = st.boot_id is not None and st.boot_id != conn.peer_boot
@@ -492,6 +499,27 @@ class PeerNetwork:
             self._notify(conn.peer, False, False)
         else:
             self._changed()
+
+    def _refused(self, r: session.Refused) -> None:
+        if not r.tell:
+            return  # the peer refused us: its own counters say so
+        self.handshakes_refused += 1
+        if r.kind == session.AUTH:
+            self.auth_failures += 1
+        elif r.kind == session.COMPRESSOR:
+            self.compressor_mismatches += 1
+        if r.kind != session.OTHER and r.peer in self._states:
+            self._states[r.peer].refused += 1
+        self._changed()
+
+    def _refusal_log(self, claimed: int | None) -> Throttled:
+        # one per claimed node (at most 16 and "unknown"), so a node retrying
+        # does not hide another node's refusals
+        key = claimed if claimed in self._states else None
+        t = self._refusal_logs.get(key)
+        if t is None:
+            t = self._refusal_logs[key] = Throttled(log, logging.WARNING, REFUSAL_LOG_INTERVAL)
+        return t
 
     def _notify(self, n: int, connected: bool, restarted: bool) -> None:
         self._changed()
@@ -534,6 +562,12 @@ class PeerNetwork:
     def connected(self, node_number: int) -> bool:
         return node_number in self._conns
 
+    def counters(self) -> dict[str, int]:
+        """The network's counters under their /stats names."""
+        return {"ramster.auth_failures": self.auth_failures,
+                "ramster.compressor_mismatches": self.compressor_mismatches,
+                "ramster.handshakes_refused": self.handshakes_refused}
+
     def peers(self) -> list[PeerState]:
         """A snapshot of every other node's state, by number."""
         return [dataclasses.replace(s) for _, s in sorted(self._states.items())]
@@ -556,6 +590,11 @@ class PeerNetwork:
         return True
 
 
+def _node_name(cfg: ClusterConfig, number: int | None) -> str:
+    spec = cfg.node(number) if number is not None else None
+    return f"node {number} ({spec.name})" if spec is not None else f"node {number}"
+
+
 def _ssl_contexts(cfg: ClusterConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
     if not cfg.tls:
         return None, None
@@ -566,7 +605,7 @@ def _ssl_contexts(cfg: ClusterConfig) -> tuple[ssl.SSLContext | None, ssl.SSLCon
         ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
         ctx.load_verify_locations(cafile=cfg.tls_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
-    # Nodes are addressed by IP and identified by the CA plus the HMAC handshake, not by DNS names.
+    # Nodes are addressed by IP and identified by the signed handshake, not by DNS names.
     client.check_hostname = False
     return server, client
 
@@ -616,7 +655,7 @@ class MemoryStore:
 async def _serve(args) -> None:
     cfg = load_cluster(args.config, args.name)
     store = MemoryStore(args.frames)
-    net = PeerNetwork(cfg, store)
+    net = PeerNetwork(cfg, store, compressor=args.compressor)
     net.free_frames = store.free
     await net.start()
     stop = asyncio.Event()
@@ -636,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="the cluster's TOML file")
     p.add_argument("--name", required=True, help="this node's name in the file")
     p.add_argument("--frames", type=int, default=1 << 20, help="pages it will hold")
+    p.add_argument("--compressor", default=compress.DEFAULT,
+                   help=f"the compressor it announces (default: {compress.DEFAULT}); peers must use the same")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -26,7 +26,8 @@ from typing import Union
 from ..zbud import PAGE_SIZE
 
 MAGIC = 0x7A52  # "zR"
-VERSION = 1
+# 2: Hello carries the compressor, Auth an Ed25519 signature instead of an HMAC, Welcome ends the handshake
+VERSION = 2
 HEADER = struct.Struct(">HBBiII")
 HEADER_SIZE = HEADER.size  # 16
 
@@ -38,7 +39,8 @@ MAX_CLUSTER_NAME = 64  # bytes of UTF-8, as R2NM_MAX_NAME_LEN
 MAX_ERROR_MESSAGE = 1024
 MAX_NODE_NUMBER = 15  # node numbers double as tmem client ids (< MAX_CLIENTS)
 NONCE_SIZE = 32
-MAC_SIZE = 32  # HMAC-SHA256
+SIGNATURE_SIZE = 64  # Ed25519
+MAX_COMPRESSOR_NAME = 16  # bytes of ASCII: "lz4", "zstd", ...
 OID_BITS = 192
 FLUSH_ENTIRE_OBJECT = 0xFFFFFFFF
 
@@ -72,13 +74,22 @@ class Hello:
     node_number: int
     nonce: bytes
     boot_id: int  # random per process start: a new one means the peer lost its pages
+    compressor: str  # the codec of every page this node sends: peers must use the same
     msg_id: int = _meta()
     status: int = _meta()
 
 
 @dataclass(slots=True)
 class Auth:
-    mac: bytes
+    signature: bytes  # over the handshake transcript (ramster.remote.session)
+    msg_id: int = _meta()
+    status: int = _meta()
+
+
+@dataclass(slots=True)
+class Welcome:
+    """The peer's Auth checked out and its settings fit: the connection may carry requests."""
+
     msg_id: int = _meta()
     status: int = _meta()
 
@@ -194,11 +205,12 @@ class Unknown:
     status: int = _meta()
 
 
-Message = Union[Hello, Auth, PutPages, PutReply, Get, GetReply, FlushPage, FlushObject,
+Message = Union[Hello, Auth, Welcome, PutPages, PutReply, Get, GetReply, FlushPage, FlushObject,
                 DestroyPool, Ack, Keepalive, KeepaliveReply, ErrorReply, Unknown]
 
 T_HELLO = 1
 T_AUTH = 2
+T_WELCOME = 3
 T_PUT_PAGES = 10
 T_PUT_REPLY = 11
 T_GET = 12
@@ -212,7 +224,7 @@ T_KEEPALIVE_REPLY = 21
 T_ERROR_REPLY = 30
 
 TYPE_OF = {
-    Hello: T_HELLO, Auth: T_AUTH, PutPages: T_PUT_PAGES, PutReply: T_PUT_REPLY, Get: T_GET,
+    Hello: T_HELLO, Auth: T_AUTH, Welcome: T_WELCOME, PutPages: T_PUT_PAGES, PutReply: T_PUT_REPLY, Get: T_GET,
     GetReply: T_GET_REPLY, FlushPage: T_FLUSH_PAGE, FlushObject: T_FLUSH_OBJECT,
     DestroyPool: T_DESTROY_POOL, Ack: T_ACK, Keepalive: T_KEEPALIVE,
     KeepaliveReply: T_KEEPALIVE_REPLY, ErrorReply: T_ERROR_REPLY,
@@ -237,11 +249,12 @@ _POOL = struct.Struct(">HB")
 _U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
 _I32 = struct.Struct(">i")
-_HELLO_HEAD = struct.Struct(">HB32sQH")  # version, node, nonce, boot id, name length
+_HELLO_HEAD = struct.Struct(">HB32sQHB")  # version, node, nonce, boot id, name length, compressor length
 
 MAX_BODY = {
-    T_HELLO: _HELLO_HEAD.size + MAX_CLUSTER_NAME,
-    T_AUTH: MAC_SIZE,
+    T_HELLO: _HELLO_HEAD.size + MAX_CLUSTER_NAME + MAX_COMPRESSOR_NAME,
+    T_AUTH: SIGNATURE_SIZE,
+    T_WELCOME: 0,
     T_PUT_PAGES: _PUT_HEAD.size + MAX_PAGES * (_PAGE_HEAD.size + MAX_PAGE_DATA),
     T_PUT_REPLY: _U16.size + MAX_PAGES * _I32.size + _U64.size,
     T_GET: _GET.size,
@@ -298,7 +311,7 @@ def _body(msg) -> list:
         return [_FLUSH_OBJECT.pack(msg.pool_id, bool(msg.persistent), _oid(msg.oid))]
     if t is DestroyPool:
         return [_POOL.pack(msg.pool_id, bool(msg.persistent))]
-    if t is Keepalive:
+    if t is Keepalive or t is Welcome:
         return []
     if t is ErrorReply:
         # Truncated on a UTF-8 boundary rather than refused: an error must always be sendable.
@@ -310,11 +323,15 @@ def _body(msg) -> list:
             raise WireError(f"Hello: cluster name longer than {MAX_CLUSTER_NAME} bytes")
         if len(msg.nonce) != NONCE_SIZE:
             raise WireError(f"Hello: nonce must be {NONCE_SIZE} bytes")
-        return [_HELLO_HEAD.pack(msg.version, msg.node_number, msg.nonce, msg.boot_id, len(name)), name]
+        comp = msg.compressor.encode()
+        if len(comp) > MAX_COMPRESSOR_NAME:
+            raise WireError(f"Hello: compressor name longer than {MAX_COMPRESSOR_NAME} bytes")
+        return [_HELLO_HEAD.pack(msg.version, msg.node_number, msg.nonce, msg.boot_id, len(name), len(comp)),
+                name, comp]
     if t is Auth:
-        if len(msg.mac) != MAC_SIZE:
-            raise WireError(f"Auth: mac must be {MAC_SIZE} bytes")
-        return [msg.mac]
+        if len(msg.signature) != SIGNATURE_SIZE:
+            raise WireError(f"Auth: signature must be {SIGNATURE_SIZE} bytes")
+        return [msg.signature]
     raise WireError(f"cannot encode {t.__name__}")
 
 
@@ -412,19 +429,22 @@ def _decode_body(mtype: int, r: _Reader, msg_id: int, status: int):
         msg = DestroyPool(pool, _flag(pers, "DestroyPool"), msg_id=msg_id, status=status)
     elif mtype == T_KEEPALIVE:
         msg = Keepalive(msg_id=msg_id, status=status)
+    elif mtype == T_WELCOME:
+        msg = Welcome(msg_id=msg_id, status=status)
     elif mtype == T_ERROR_REPLY:
         (n,) = r.unpack(_U16)
         text = r.take(n, MAX_ERROR_MESSAGE).decode("utf-8", "replace")
         msg = ErrorReply(status, text, msg_id=msg_id)
     elif mtype == T_HELLO:
-        version, node, nonce, boot_id, n = r.unpack(_HELLO_HEAD)
+        version, node, nonce, boot_id, n, nc = r.unpack(_HELLO_HEAD)
         try:
             name = r.take(n, MAX_CLUSTER_NAME).decode()
+            comp = r.take(nc, MAX_COMPRESSOR_NAME).decode()
         except UnicodeDecodeError:
-            raise WireError("Hello: cluster name is not UTF-8") from None
-        msg = Hello(version, name, node, nonce, boot_id, msg_id=msg_id, status=status)
+            raise WireError("Hello: cluster or compressor name is not UTF-8") from None
+        msg = Hello(version, name, node, nonce, boot_id, comp, msg_id=msg_id, status=status)
     elif mtype == T_AUTH:
-        msg = Auth(r.take(MAC_SIZE, MAC_SIZE), msg_id=msg_id, status=status)
+        msg = Auth(r.take(SIGNATURE_SIZE, SIGNATURE_SIZE), msg_id=msg_id, status=status)
     else:  # pragma: no cover - _known() filters these out
         raise AssertionError(mtype)
     r.done()
