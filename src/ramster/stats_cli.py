@@ -168,10 +168,11 @@ def render(stats: dict):
             ("pages lost", g("remote_pers_pages_lost")),
             ("pages short of copies", g("remote_pages_short")),
             ("checksum errors", g("remote_checksum_errors")),
+            ("handshakes refused", g("handshakes_refused")),
         ])
         pt = Table(title="peers", title_justify="left", title_style="bold", box=None, header_style="bold",
                    pad_edge=False)
-        for col in ("peer", "number", "state", "rtt", "pages held", "only copy", "free"):
+        for col in ("peer", "number", "state", "rtt", "pages held", "only copy", "free", "refused"):
             pt.add_column(col, justify="left" if col in ("peer", "state") else "right", no_wrap=True)
         for p in peers:
             rtt = p.get("rtt_seconds")
@@ -179,7 +180,7 @@ def render(stats: dict):
             pt.add_row(p["name"], str(p["number"]), "connected" if p["connected"] else "down",
                        f"{rtt * 1e3:.2f} ms" if rtt is not None else "-", str(p.get("pages_held", 0)),
                        str(p.get("pages_only_copy", 0)),
-                       format_size(free * 4096) if free is not None else "-")
+                       format_size(free * 4096) if free is not None else "-", str(p.get("refused", 0)))
         parts += ["", Columns([remote, pt], padding=(0, 4))]
     return Group(*parts)
 
