@@ -11,7 +11,7 @@ from ..cli import UserError
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="run a benchmark (engine, nbd, cluster)",
+        help="run a benchmark (engine, nbd, cluster, guest)",
         description="Benchmarks measure their baseline in the same run and report the ratio to it.",
     )
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
@@ -40,8 +40,12 @@ def add_parser(sub) -> None:
     try:
         from . import nbd  # noqa: F401  (built by the node issue)
     except ImportError:
-        return
-    nbd.add_parser(bsub)
+        pass
+    else:
+        nbd.add_parser(bsub)
+    from . import guest
+
+    guest.add_parser(bsub)
 
 
 def _engine(args: argparse.Namespace) -> int:
