@@ -11,6 +11,7 @@ import pytest
 from support import free_port
 
 from ramster.guest import vm
+from ramster.remote import keys
 
 pytestmark = pytest.mark.guest
 
@@ -76,9 +77,8 @@ def test_swap_export_writes_back_to_its_file(guest_image, nodes, tmp_path):
 
 
 def write_cluster(tmp_path, names: list[str]):
-    from ramster.remote.keys import node_keys
-
-    public = node_keys(tmp_path / "keys", names)  # the default key_dir: keys/ beside the file
+    """tmp_path/cluster.toml, every node's private key in tmp_path/keys (the default key_dir, beside the file)."""
+    public = keys.node_keys(tmp_path / "keys", names)
     lines = ['[cluster]', 'name = "guest"', "request_timeout = 5"]
     for i, name in enumerate(names):
         lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {i}", f'address = "127.0.0.1:{free_port()}"',
