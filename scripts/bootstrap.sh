@@ -45,12 +45,13 @@ done
 for p in "${test_debs[@]}"; do
     is_installed "$p" || test_missing+=("$p")
 done
-if ((${#missing[@]} + ${#test_missing[@]})); then
+all_missing=("${missing[@]}" "${test_missing[@]}")
+if ((${#all_missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
-        echo "bootstrap: missing Debian packages: ${missing[*]} ${test_missing[*]} (run as root, or install them)" >&2
+        echo "bootstrap: missing Debian packages: ${all_missing[*]} (run as root, or install them)" >&2
         exit 1
     fi
-    echo "bootstrap: installing ${missing[*]} ${test_missing[*]}"
+    echo "bootstrap: installing ${all_missing[*]}"
     apt-get update -qq
     if ((${#missing[@]})); then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
