@@ -126,6 +126,7 @@ class SwapExport(Export):
         self._pool = frontswap.zc.pool(frontswap.pool_id)
         self._type_bits = swap_type << SWIZ_BITS
         self._file_errors = Throttled(log)
+        self._refusals = Throttled(log, logging.WARNING)
         self._busy: dict[int, asyncio.Future] = {}  # pages a write holds across an await
         # RAMster (remote/ramster.py) when the node runs in a cluster: remote pages
         # are fetched through it, and a store that finds memory full waits for it
@@ -239,6 +240,7 @@ class SwapExport(Export):
         if p not in self.lost:
             self.lost.add(p)
             self.counters.failed_writes += 1
+        self._refusals("%s: a write of page %d was refused: %s", self.name, p, self._no_room())
         return False
 
     def _no_room(self) -> str:

@@ -163,8 +163,9 @@ class Ramster:
         self._pool_nodes: dict[tuple, set[int]] = {}  # pool key -> nodes that ever held its pages
         self._worker: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()  # set at the end of each remotify pass
-        self._room_made = False
+        # stores waiting for room: resolved True by each batch that freed frames,
+        # False by a pass that could free none
+        self._room: asyncio.Future | None = None
         self._closing = False
         # selfshrink's memory between passes: the last page count and the countdown
         self._ss_last = 0
@@ -307,8 +308,8 @@ class Ramster:
                     if not n:
                         break
                     moved += n
-                self._room_made = moved > 0
-                self._room.set()
+                    self._room_made(True)  # waiting stores retry now, not at the end of the pass
+                self._room_made(moved > 0)
                 if self.policy.selfshrink and loop.time() >= next_shrink:
                     next_shrink = loop.time() + self.policy.selfshrink_interval
                     await self.selfshrink_pass()
@@ -388,18 +389,23 @@ class Ramster:
 
     async def make_room(self, timeout: float) -> bool:
         """For a store that found the budget full: wake the remotify worker and
-        wait (at most `timeout`) for its pass; True if the pass freed frames."""
+        wait (at most `timeout`) until its next batch frees frames (True) or its
+        pass ends without freeing any (False)."""
         if self._worker is None or not self._candidates():
             return False
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
         room = self._room
-        if room.is_set():  # start a fresh pass: one that began earlier may predate the shortage
-            room = self._room = asyncio.Event()
         self._wake.set()
         try:
-            await asyncio.wait_for(room.wait(), timeout)
+            return await asyncio.wait_for(asyncio.shield(room), timeout)
         except asyncio.TimeoutError:
             return False
-        return self._room_made
+
+    def _room_made(self, made: bool) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(made)
 
     async def _remotify_class(self, c: int, frames: int) -> int:
         zc, zbud = self.zc, self.zc.zbud
