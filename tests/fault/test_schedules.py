@@ -1,0 +1,36 @@
+"""Random fault schedules (issue 8): a 3-node cluster, a workload checked by its history, one fault
+or a short sequence. RAMSTER_FAULT_SEED=N[,M…] runs those seeds only; RAMSTER_FAULT_SCHEDULES=K
+runs seeds 1..K (default 24: 12 per configuration); RAMSTER_FAULT_SEED_BASE=B shifts them to
+B+1..B+K, to explore beyond the ones CI runs."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .env import import_nbd
+from .schedule import make_schedule, run_schedule, failure_text
+
+pytestmark = pytest.mark.fault
+
+
+def _seeds() -> list[int]:
+    given = os.environ.get("RAMSTER_FAULT_SEED", "").replace(",", " ").split()
+    if given:
+        return [int(x) for x in given]
+    count = int(os.environ.get("RAMSTER_FAULT_SCHEDULES", "24"))
+    base = int(os.environ.get("RAMSTER_FAULT_SEED_BASE", "0"))
+    return list(range(base + 1, base + count + 1))
+
+
+SCHEDULES = [make_schedule(s) for s in _seeds()]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=[s.id() for s in SCHEDULES])
+def test_schedule(schedule, tmp_path):
+    import_nbd()
+    out = run_schedule(schedule, tmp_path)
+    print(schedule.describe())
+    print("result:", out.report.summary(), "|", "; ".join(out.notes))
+    print("timings:", ", ".join(f"{k} {v:.1f}s" for k, v in out.timings.items()))
+    assert out.ok, failure_text(out)
