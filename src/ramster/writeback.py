@@ -9,7 +9,7 @@ disk only; the export reads it from there after the tmem copy is gone.
 """
 from __future__ import annotations
 
-from .frontends.frontswap import unswiz
+from .frontends.frontswap import SWIZ_BITS, unswiz
 from .storage.backing import BackingFile  # noqa: F401  (re-exported: where it used to live)
 
 
@@ -35,12 +35,21 @@ class SwapWriteback:
         self.by_type[swap_type] = export
         self._pool = self.frontswap.zc.pool(self.frontswap.pool_id)
 
-    def __call__(self, pool, oid: int, index: int, page) -> bool | None:
+    def _export(self, pool, oid: int, index: int):
         # identity, not pool id: a foreign (RAMster) pool may reuse frontswap's id
         if pool is not self._pool:
             return None
-        swap_type, offset = unswiz(oid, index)
-        export = self.by_type.get(swap_type)
+        export = self.by_type.get(oid >> SWIZ_BITS)
         if export is None or export.backing is None:
             return None
-        return export.write_back(offset, page)
+        return export
+
+    def accepts(self, pool, oid: int, index: int) -> bool:
+        """Whether the page has a file to go to (asked before it is decompressed)."""
+        return self._export(pool, oid, index) is not None
+
+    def __call__(self, pool, oid: int, index: int, page) -> bool | None:
+        export = self._export(pool, oid, index)
+        if export is None:
+            return None
+        return export.write_back(unswiz(oid, index)[1], page)

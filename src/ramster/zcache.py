@@ -565,15 +565,21 @@ class Zcache:
         frames out of memory. Each page is decompressed and handed to
         `sink(pool, oid, index, page)`; only when the sink returns True is the
         tmem copy dropped. A frame whose pages the sink refuses goes back to the
-        LRU tail instead of leaking as a zombie. Returns frames freed."""
+        LRU tail instead of leaking as a zombie. A sink with an `accepts(pool,
+        oid, index)` method is asked first, so pages it has no place for are not
+        decompressed. At most 2 * nframes + 64 frames are looked at: a call made
+        for one store must not walk (and decompress) the whole budget when most
+        pages have nowhere to go. Returns frames freed."""
         freed = 0
+        accepts = getattr(sink, "accepts", None)
+        window = 2 * nframes + 64
         # Huge frames first: each frees a frame per page written and costs no
         # decompression (zram too writes back huge pages first).
-        tries = len(self.huge_lru)
+        tries = min(len(self.huge_lru), window)
         while freed < nframes and tries > 0 and self.huge_lru:
             tries -= 1
             f, (pool, oid, index) = next(iter(self.huge_lru.items()))
-            if pool.client_id != LOCAL_CLIENT:
+            if pool.client_id != LOCAL_CLIENT or (accepts is not None and not accepts(pool, oid, index)):
                 self.huge_lru[f] = self.huge_lru.pop(f)  # to the tail: not ours to move
                 continue
             p = HUGE_BASE - f
@@ -582,7 +588,7 @@ class Zcache:
                 freed += 1
             else:
                 self.revive_huge(p)
-        tries = self.zbud.pageframes[PERS]
+        tries = min(self.zbud.pageframes[PERS], window)
         while freed < nframes and tries > 0:
             tries -= 1
             buds = self.zbud.make_zombie_lru(PERS, with_data=False)
@@ -591,9 +597,10 @@ class Zcache:
             kept = False
             for p, client_id, pool_id, oid, index, _ in buds:
                 pool = self.tmem.get_pool(client_id, pool_id)
-                if pool is None or client_id != LOCAL_CLIENT or self.tmem.lookup(pool, oid, index) != p:
+                if (pool is None or client_id != LOCAL_CLIENT or self.tmem.lookup(pool, oid, index) != p
+                        or (accepts is not None and not accepts(pool, oid, index))):
                     # not ours to move (a foreign page is compressed with its owner's codec,
-                    # and no sink of ours could take it): leave the frame in memory
+                    # and no sink of ours could take it), or nowhere to go: leave the frame
                     kept = True
                     continue
                 if not self._write_back_page(sink, p, pool, oid, index):
