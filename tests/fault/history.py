@@ -137,6 +137,20 @@ class History:
         with self._lock:
             self.events.append((time.monotonic(), what))
 
+    def dump(self, path) -> None:
+        """Every operation and event as JSON lines, times relative to t0: for digging into a failure."""
+        import json
+
+        with open(path, "w") as f:
+            for t, what in self.events:
+                f.write(json.dumps({"event": what, "t": round(t - self.t0, 6)}) + "\n")
+            for op in self.ops:
+                f.write(json.dumps({"id": op.id, "kind": op.kind, "offset": op.offset, "length": op.length,
+                                    "client": op.client, "label": op.label, "start": round(op.start - self.t0, 6),
+                                    "end": None if op.end == INF else round(op.end - self.t0, 6),
+                                    "status": op.status, "errno": op.errno,
+                                    "values": [f"{v:016x}" for v in op.values]}) + "\n")
+
 
 @dataclass
 class Violation:
@@ -274,10 +288,15 @@ def check(history: History, *, eio_ok: Callable[[Op], bool] | None = None,
             continue
         for i, s in enumerate(op.slots):
             got = op.values[i]
-            live, zeros_ok, horizon = slots.get(s, empty).candidates(op.start, op.end)
+            live, zeros_ok, _ = slots.get(s, empty).candidates(op.start, op.end)
             if got in {w.values[j] for w, j in live} or (zeros_ok and got == ZERO_DIGEST):
                 continue
-            rep.violations.append(_wrong(op, s, got, slots.get(s, empty), live, horizon, by_value, history.t0))
+            v = _wrong(op, s, got, slots.get(s, empty), live, by_value, history.t0)
+            # a write of either half is a read-modify-write of the whole page
+            page_slots = range(s - s % SLOTS_PER_PAGE, s - s % SLOTS_PER_PAGE + SLOTS_PER_PAGE)
+            v.during_write = any(w.start < op.end and w.end > op.start
+                                 for x in page_slots for w, _ in slots.get(x, empty).writes)
+            rep.violations.append(v)
             break  # one per read is enough to diagnose it
     return rep
 
@@ -286,13 +305,7 @@ def _msg(op: Op) -> str:
     return f" ({op.message})" if op.message else ""
 
 
-def _wrong(op: Op, s: int, got: int, sw: _SlotWrites, live, horizon: float, by_value, t0: float) -> Violation:
-    v = _wrong_kind(op, s, got, sw, live, by_value, t0)
-    v.during_write = any(w.start < op.end and w.end > op.start for w, _ in live)
-    return v
-
-
-def _wrong_kind(op: Op, s: int, got: int, sw: _SlotWrites, live, by_value, t0: float) -> Violation:
+def _wrong(op: Op, s: int, got: int, sw: _SlotWrites, live, by_value, t0: float) -> Violation:
     where = f"slot {s} (page {s // SLOTS_PER_PAGE}, {'first' if s % 2 == 0 else 'second'} half)"
     expect = ", ".join(f"#{w.id}" for w, _ in live) or "zeros"
     if got == ZERO_DIGEST:

@@ -26,7 +26,7 @@ from pathlib import Path
 from .cluster import Cluster, NodeDef
 from .disk import SmallDisk
 from .history import History, Report, check
-from .nemesis import Fault, Nemesis
+from .nemesis import REPAIR_TIMEOUT, Fault, Nemesis
 from .workload import Workload
 
 CONFIGS = ("r1-disk", "r2")
@@ -218,6 +218,9 @@ def run_schedule(schedule: Schedule, root: Path) -> Outcome:
             if t.is_alive():
                 problems.append(f"{t.name} did not stop: a request hangs")
         problems += nemesis.errors
+        if nemesis.skipped:
+            notes.append(f"fault(s) not injected, since copies were not repaired within "
+                         f"{REPAIR_TIMEOUT:g} s of the previous one: " + "; ".join(f.describe() for f in nemesis.skipped))
         problems += [f"workload: {e!r}" for e in wl.errors]
         timings["chaos"] = time.monotonic() - t0
         try:

@@ -142,3 +142,13 @@ def test_requests_without_reply_are_hung():
     assert kinds(h) == ["hung"]
     History.hung(op, 12)
     assert kinds(h) == ["hung"]
+
+
+def test_a_write_of_the_other_half_makes_a_read_a_race():
+    h = Hist()
+    h.w(0, 1, A)
+    h.w(2, 5, B[:SLOT], offset=SLOT)  # a read-modify-write of the whole page
+    h.r(3, 4, ZEROS[:SLOT], length=SLOT)
+    h.r(6, 7, ZEROS[:SLOT], length=SLOT)
+    v = check(h, now=100.0).violations
+    assert [(x.kind, x.during_write) for x in v] == [("zeros", True), ("zeros", False)]

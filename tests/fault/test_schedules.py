@@ -33,4 +33,6 @@ def test_schedule(schedule, tmp_path):
     print(schedule.describe())
     print("result:", out.report.summary(), "|", "; ".join(out.notes))
     print("timings:", ", ".join(f"{k} {v:.1f}s" for k, v in out.timings.items()))
-    assert out.ok, failure_text(out)
+    if not out.ok:
+        out.history.dump(tmp_path / "history.jsonl")
+    assert out.ok, failure_text(out) + f"\nhistory: {tmp_path / 'history.jsonl'}, node logs: {tmp_path}/*/node.err"
