@@ -175,13 +175,15 @@ class Zcache:
             return False
         return self.tmem.destroy_pool(pool)
 
-    def put_page(self, pool_id: int, oid, index: int, page, huge: bool = False) -> bool:
+    def put_page(self, pool_id: int, oid, index: int, page, huge: bool = False, keep_old: bool = False) -> bool:
         """Store a page. False: rejected, nothing stored, any older copy flushed.
 
         huge=True is for a caller with no lower tier to send a refused page to
         (a swap device without a swap disk): a persistent page that compresses
         too poorly for zbud is then kept as it is in a frame of its own instead
         of being refused, so only a full budget refuses it.
+        keep_old=True leaves an older copy in place on a refusal, for a caller
+        that will try again (it must flush the old copy itself if it gives up).
         """
         pool = self._pools.get(pool_id)
         if pool is None:
@@ -202,6 +204,9 @@ class Zcache:
             return self._put_same_filled(pool, oid, index, page)
         if self._store(pool, oid, index, cdata, clen, c, page if huge else None):
             return True
+        if keep_old:
+            self.failed_puts[c] += 1
+            return False
         return self._put_failed(pool, oid, index, c)
 
     def _store(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int, huge_page=None) -> bool:

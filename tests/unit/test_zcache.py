@@ -368,3 +368,18 @@ def test_public_names():
     assert ramster.PAGE_SIZE == 4096
     for name in ("Zcache", "Frontswap", "Cleancache", "TmemError"):
         assert hasattr(ramster, name)
+
+
+def test_refused_put_with_keep_old_leaves_the_older_copy():
+    import os
+
+    zc = Zcache(2)
+    pid = zc.new_pool(persistent=True)
+    old, new = page(1), os.urandom(4096)
+    assert zc.put_page(pid, 1, 0, old)
+    assert zc.put_page(pid, 2, 0, os.urandom(4096), True)  # a huge page fills the second frame
+    assert not zc.put_page(pid, 1, 0, new, True, True)  # no room for the new version next to the old
+    assert zc.get_page(pid, 1, 0) == old
+    assert not zc.put_page(pid, 1, 0, new, True)  # without keep_old the old copy goes
+    assert zc.get_page(pid, 1, 0) is None
+    zc.check()

@@ -72,8 +72,9 @@ class Frontswap:
         _check_int("type", type_, MAX_TYPE)
         return False
 
-    def store(self, type_: int, offset: int, page, was_active: bool = True) -> bool:
-        """True if the page is now in tmem. False: write it to the swap disk (no older copy remains).
+    def store(self, type_: int, offset: int, page, was_active: bool = True, keep_old: bool = False) -> bool:
+        """True if the page is now in tmem. False: write it to the swap disk (no older copy remains,
+        unless keep_old: then the caller retries or invalidates it).
         A type that is not initialised (never, or not since invalidate_area) refuses every store."""
         huge = self._types.get(type_)
         if huge is None or type(offset) is not int or offset < 0:
@@ -94,7 +95,7 @@ class Frontswap:
             # the page goes to disk, so an older copy here would be stale
             self.zc.flush_page(self.pool_id, oid, index)
             return False
-        if self.zc.put_page(self.pool_id, oid, index, page, huge):
+        if self.zc.put_page(self.pool_id, oid, index, page, huge, keep_old):
             self.succ_stores += 1
             return True
         self.failed_stores += 1

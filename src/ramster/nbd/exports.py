@@ -195,10 +195,12 @@ class SwapExport(Export):
     async def _store_async(self, p: int, page) -> bool:
         """Store one whole page; False if nothing took it (the page is then lost).
         In a cluster, a store that finds memory full first waits (bounded) for
-        RAMster to move frames to peers."""
+        RAMster to move frames to peers. Until the new version is stored or
+        given up, the last acknowledged one stays readable (keep_old): a read
+        that comes meanwhile must not find the page gone."""
         zc = self._zc
         short = zc.pers_ate_eph_failed
-        if self.frontswap.store(self.swap_type, p, page):
+        if self.frontswap.store(self.swap_type, p, page, True, True):
             self._stored(p)
             return True
         # wait only when memory ran out: a page that compresses poorly stays refused
@@ -209,9 +211,10 @@ class SwapExport(Export):
                 left = deadline - loop.time()
                 if left <= 0 or not await self.remote.make_room(left):
                     break
-                if self.frontswap.store(self.swap_type, p, page):
+                if self.frontswap.store(self.swap_type, p, page, True, True):
                     self._stored(p)
                     return True
+        self.frontswap.invalidate_page(self.swap_type, p)  # given up: the old version must not survive
         return self._fall_back(p, page)
 
     def _stored(self, p: int) -> None:
@@ -295,8 +298,11 @@ class SwapExport(Export):
             pages = [mv[i:i + PAGE_SIZE] for i in range(0, length, PAGE_SIZE)]
         failed = False
         states = self._states
+        # in a cluster a refused store is retried by the asynchronous write, which may
+        # wait: the old version must stay readable meanwhile
+        keep_old = self.remote is not None
         for page in pages:
-            if store(swap_type, p, page):
+            if store(swap_type, p, page, True, keep_old):
                 if self.lost:
                     self.lost.discard(p)
                 if states is not None:
