@@ -245,6 +245,12 @@ def run_schedule(schedule: Schedule, root: Path) -> Outcome:
                                 f"page still existed (on the other replica or the swap disk)")
             notes.append(f"after the run: {c.get('ramster.remote_pers_pages', 0)} pages on peers, "
                          f"{c.get('ramster.remote_pages_short', 0)} short of copies")
+            # what a counts on each peer holding against what the peer holds (flushes lost in a fault leak)
+            held = {p["name"]: p["pages_held"] for p in a.stats()["peers"]}
+            for n in ("b", "c"):
+                if cluster[n].alive():
+                    notes.append(f"{n}: a counts {held.get(n)} copies there, it holds "
+                                 f"{cluster[n].counters().get('ramster.foreign_pers_pages')}")
         except OSError as e:
             problems.append(f"node a's /stats did not answer: {e}")
     finally:
