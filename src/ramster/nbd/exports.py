@@ -127,6 +127,7 @@ class SwapExport(Export):
         self._type_bits = swap_type << SWIZ_BITS
         self._file_errors = Throttled(log)
         self._refusals = Throttled(log, logging.WARNING)
+        self._read_errors = Throttled(log)
         self._busy: dict[int, asyncio.Future] = {}  # pages a write holds across an await
         # RAMster (remote/ramster.py) when the node runs in a cluster: remote pages
         # are fetched through it, and a store that finds memory full waits for it
@@ -165,6 +166,8 @@ class SwapExport(Export):
                 # remotify wrote the page through to the swap disk as well
                 self.counters.backing_reads += 1
                 return self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE)
+            why = "" if self._states is None else f" (the swap disk's copy is {'stale' if self._states[p] == MEMORY else 'lost'})"
+            self._read_errors("%s: reading page %d failed: %s%s", self.name, p, e, why)
             raise _err(self.counters, errno.EIO, f"page {p}: {e}") from None
 
     async def _page_async(self, p: int):
