@@ -300,16 +300,12 @@ class SwapExport(Export):
             mv = memoryview(data)
             pages = [mv[i:i + PAGE_SIZE] for i in range(0, length, PAGE_SIZE)]
         failed = False
-        states = self._states
         # in a cluster a refused store is retried by the asynchronous write, which may
         # wait: the old version must stay readable meanwhile
         keep_old = self.remote is not None
         for page in pages:
             if store(swap_type, p, page, True, keep_old):
-                if self.lost:
-                    self.lost.discard(p)
-                if states is not None:
-                    states[p] = MEMORY
+                self._stored(p)
             elif self.remote is not None:
                 # the asynchronous write waits for RAMster to make room; it rewrites
                 # every page of the request, the ones stored here included
