@@ -394,6 +394,30 @@ def test_a_paused_replica_keeps_its_copies_until_a_replacement_is_acknowledged()
     run(go())
 
 
+def test_flushes_a_peer_missed_reach_it_when_it_is_back():
+    async def go():
+        ln = cluster(2)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 40)
+        await a.remotify_batch(frames=20)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        assert b.zc.foreign_pages[1] == len(remote) > 2
+        ln.down.add(1)
+        a.zc.flush_page(pid, remote[0] & 255, remote[0] >> 8)  # missed by b
+        assert a.zc.put_page(pid, remote[1] & 255, remote[1] >> 8, page(999))  # its flush too
+        for _ in range(4):
+            await asyncio.sleep(0)
+        ln.down.discard(1)
+        a.peer_changed(1, connected=True, restarted=False)
+        for _ in range(8):
+            await asyncio.sleep(0)
+        assert b.zc.foreign_pages[1] == len(remote) - 2 == a.pages_on(1)
+
+    run(go())
+
+
 def test_lost_pages_are_counted_once_and_only_without_any_copy():
     async def go():
         ln = cluster(2)

@@ -171,6 +171,7 @@ class Ramster:
         self._ss_last = 0
         self._ss_inertia = SELFSHRINK_INERTIA
         self._repairing = False
+        self._undelivered: dict[int, list] = {}  # node -> flushes that failed, oldest first
         zc.remote = self
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -248,6 +249,9 @@ class Ramster:
                 ok = not isinstance(reply, wire.ErrorReply)
             except Exception as e:  # PeerUnavailable, PeerTimeout
                 reply, ok = e, False
+                if fut is None:
+                    # a flush the peer may not have had: sent again when it is back (same boot)
+                    self._undelivered.setdefault(node, []).append((msg, kind))
             if fut is not None:
                 if not fut.done():
                     fut.set_result(reply)
@@ -266,6 +270,31 @@ class Ramster:
                 self.remote_pools_destroyed += 1
             else:
                 self.remote_pool_destroys_failed += 1
+
+    def _redeliver(self, node: int) -> None:
+        """`node` is back with the same boot: send it the flushes it may have missed,
+        ahead of anything else queued for it. A flush is sent again only if no copy
+        of the same page (object, pool) placed on `node` since could be hit by it: a
+        flush that did arrive late on the old connection came before that copy's put."""
+        for msg, kind in self._undelivered.pop(node, ()):
+            if self._may_flush(node, msg):
+                self._send(node, msg, kind)
+
+    def _may_flush(self, node: int, msg) -> bool:
+        zc, table = self.zc, self.table
+        pool = zc.tmem.get_pool(LOCAL_CLIENT, msg.pool_id)
+        if pool is None or pool.persistent != msg.persistent:
+            return True
+
+        def placed(oid: int, index: int) -> bool:
+            p = zc.tmem.lookup(pool, oid, index)
+            return p <= REMOTE_BASE and node in table.nodes(REMOTE_BASE - p)
+
+        if isinstance(msg, wire.FlushPage):
+            return not placed(msg.oid, msg.index)
+        if isinstance(msg, wire.FlushObject):
+            return not any(placed(msg.oid, i) for i in zc.tmem.indexes(pool, msg.oid))
+        return not any(node in table.nodes(r) for q, _, _, r in self._remote_slots() if q is pool)
 
     # ---- choosing targets ----------------------------------------------------------------------
 
@@ -689,6 +718,9 @@ class Ramster:
         peer goes or comes, pages short of copies are repaired where possible."""
         if restarted:
             self.node_lost_pages(node)
+            self._undelivered.pop(node, None)  # its memory is gone, and the copies with it
+        elif connected:
+            self._redeliver(node)
         if self.policy.replicas >= 2:
             asyncio.get_running_loop().create_task(self.repair())
 
