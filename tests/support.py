@@ -23,10 +23,20 @@ def need(*tools: str) -> None:
         pytest.skip(f"not installed: {', '.join(missing)}")
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never the same one twice in this process
+    (the kernel may hand a just-closed port out again, and two nodes of one cluster
+    file must not get one address)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:

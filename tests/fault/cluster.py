@@ -32,10 +32,20 @@ FAST_TIMEOUTS = {"request_timeout": 1.0, "keepalive": 0.25, "idle_timeout": 2.0,
 STATS_TIMEOUT = 2.0
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never the same one twice in this process
+    (the kernel may hand a just-closed port out again, and two nodes of one cluster
+    file must not get one address)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 # ---- TOML -----------------------------------------------------------------------------------------
