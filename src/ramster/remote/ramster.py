@@ -88,7 +88,10 @@ class RemoteTable:
             self.cksum.append(0)
             self.cls.append(0)
             self.on_disk.append(0)
-        self.set_nodes(r, nodes)
+        # a new or released entry holds no node: nothing to uncount
+        self._count(nodes, 1)
+        self.node_a[r] = nodes[0] if nodes else NO_NODE
+        self.node_b[r] = nodes[1] if len(nodes) > 1 else NO_NODE
         self.size[r] = size
         self.cksum[r] = cksum
         self.cls[r] = c
@@ -487,7 +490,8 @@ class Ramster:
             p, pool, oid, index, data = pg
             got = acks[id(pg)]
             # the handle must still hold this very page, taken off its LRU by us
-            current = zc.tmem.lookup(pool, oid, index) == p and zc.is_taken(p)
+            current = zc.tmem.lookup(pool, oid, index) == p and (
+                zbud.state[p >> 1] & ZOMBIE if p > 0 else zc.is_taken(p))
             complete = len(got) == len(targets)
             on_disk = False
             if complete and current and c and zc.writeback_sink is not None:
