@@ -156,22 +156,29 @@ def execute(conn: NbdConnection, req: Request) -> None:
         conn.reply_error(req, exc.errno)
 
 
-def drive(data: bytes, chunks: list[int]) -> tuple[NbdConnection, bytes, list]:
+def drive(data: bytes, chunks: list[int], credits: list[int] | None = None) -> tuple[NbdConnection, bytes, list]:
+    """Feed `data` in `chunks`; with `credits`, grant the shell's credit per feed
+    (0 meaning "holds nothing": one request may overdraw) and resume a stopped parse."""
     conn = NbdConnection({"disk": MemoryExport("disk", SIZE), "other": MemoryExport("other", 4096)}, "disk")
     out = bytearray(conn.data_to_send())
     events = []
     pos = 0
     i = 0
-    while pos < len(data):
-        n = chunks[i % len(chunks)]
+    while pos < len(data) or conn.blocked:
+        assert i <= 2 * len(data) + 10, "parsing made no progress"
+        if credits is not None:
+            conn.credit = credits[i % len(credits)]
+            conn.overdraw = conn.credit == 0
+        n = chunks[i % len(chunks)] if not conn.blocked else 0
         i += 1
         try:
             new = conn.feed(data[pos:pos + n])
         except ProtocolError:
             return conn, bytes(out), events
         pos += n
-        # Only a partial message may be held: never a whole payload or option.
-        assert len(conn._buf) < P.MAX_OPTION_DATA + 16
+        # Only a partial message may be held: never a whole payload or option
+        # (or, while parsing is stopped for credit, the input not parsed yet).
+        assert len(conn._buf) < P.MAX_OPTION_DATA + 16 or (conn.blocked and len(conn._buf) <= len(data))
         for ev in new:
             if isinstance(ev, Request):
                 check_request(conn, ev)
@@ -231,6 +238,17 @@ def test_valid_sessions(data, chunks):
 @given(mutated(sessions()), chunkings())
 def test_mutated_sessions(data, chunks):
     conn, out, events = drive(data, chunks)
+    check_output(conn, out)
+    closes = [e for e in events if isinstance(e, Close)]
+    assert len(closes) <= 1 and (not closes or events[-1] is closes[0])
+
+
+@SETTINGS
+@given(mutated(sessions()), chunkings(),
+       st.lists(st.sampled_from([0, 1, P.REQUEST_COST, P.REQUEST_COST + 4096, P.UNLIMITED]), min_size=1, max_size=5)
+       .filter(lambda c: 0 in c or P.UNLIMITED in c))
+def test_mutated_sessions_with_little_credit(data, chunks, credits):
+    conn, out, events = drive(data, chunks, credits)
     check_output(conn, out)
     closes = [e for e in events if isinstance(e, Close)]
     assert len(closes) <= 1 and (not closes or events[-1] is closes[0])

@@ -12,6 +12,7 @@ from ramster.nbd.memory import MemoryExport
 from ramster.nbd.protocol import Close, NbdConnection, Negotiated, Request
 
 SIZE = 1 << 20
+MAX = Export.max_payload  # the advertised maximum request length (2 MiB)
 
 
 def run_sync(coro):
@@ -50,8 +51,8 @@ def request(cmd: int, offset: int = 0, length: int = 0, flags: int = 0, cookie: 
 class Session:
     """A client talking to one NbdConnection, through the bytes only."""
 
-    def __init__(self, exports, bytewise: bool, default: str | None = None):
-        self.conn = NbdConnection(exports, default)
+    def __init__(self, exports, bytewise: bool, default: str | None = None, **kw):
+        self.conn = NbdConnection(exports, default, **kw)
         self.bytewise = bytewise
         self.events: list = []
         self.out = bytearray(self.conn.data_to_send())
@@ -299,7 +300,7 @@ def test_info_and_go(session, opt):
     assert tflags == expected
     assert infos[P.INFO_NAME] == b"disk"
     assert infos[P.INFO_DESCRIPTION] == b"a test disk"
-    assert struct.unpack(">III", infos[P.INFO_BLOCK_SIZE]) == (1, 4096, 32 * 1024 * 1024)
+    assert struct.unpack(">III", infos[P.INFO_BLOCK_SIZE]) == (1, 4096, MAX)
     assert session.conn.in_transmission == (opt == P.OPT_GO)
     assert any(isinstance(e, Negotiated) for e in session.events) == (opt == P.OPT_GO)
 
@@ -596,22 +597,81 @@ def test_bad_requests(bytewise, name, req, err, structured):
     assert disk.getvalue()[:2] == b"ok"
 
 
-def test_read_over_max_payload(session):
-    session.go()
-    session.send(request(P.CMD_READ, 0, 33 * 1024 * 1024))
-    assert session.simple_reply()[0] == P.EINVAL
+@pytest.mark.parametrize("structured", [False, True])
+def test_read_over_max_payload(structured):
+    # Within the export, one byte over the maximum: refused, and the session goes on.
+    s = Session({"big": MemoryExport("big", 4 * MAX)}, False)
+    s.go("big", structured=structured)
+    s.send(request(P.CMD_READ, 0, MAX + 1, cookie=1) + request(P.CMD_READ, 0, 512, cookie=2))
+    s.execute()
+    assert s.reply_error(structured) == P.EINVAL
+    if structured:
+        assert s.chunk()[2] == 2
+    else:
+        assert s.simple_reply(512)[:2] == (0, 2)
+    assert s.closed() is None
 
 
 def test_big_read_within_max_payload_is_allowed(disk, bytewise):
-    big = MemoryExport("big", 64 * 1024 * 1024)
+    big = MemoryExport("big", 4 * MAX)
     s = Session({"big": big}, False)
     s.go("big")
-    s.send(request(P.CMD_READ, 0, 32 * 1024 * 1024))
+    s.send(request(P.CMD_READ, 0, MAX))
     assert len(s.requests()) == 1
 
 
+def test_server_caps_the_advertised_maximum(disk):
+    s = Session({"disk": disk}, False, max_payload=64 * 1024)
+    s.greeting()
+    s.send(struct.pack(">I", 3) + option(P.OPT_GO, info_data("disk", P.INFO_BLOCK_SIZE)))
+    assert struct.unpack(">III", _infos(s.opt_replies())[P.INFO_BLOCK_SIZE]) == (1, 4096, 64 * 1024)
+    s.send(request(P.CMD_WRITE, 0, 64 * 1024 + 1, cookie=5) + b"\1" * (64 * 1024 + 1))
+    assert s.simple_reply()[:2] == (P.EINVAL, 5)
+    assert b"\1" not in disk.getvalue()
+
+
 @pytest.mark.parametrize("structured", [False, True])
-def test_oversized_write_closes_without_buffering(session, structured):
+def test_write_over_max_is_skipped_and_refused(structured):
+    """Over the maximum but under 2^25 (not a DoS by proto.md): the payload is read
+    and dropped as it arrives, never stored, and the session goes on."""
+    big = MemoryExport("big", 4 * MAX)
+    s = Session({"big": big}, False)
+    s.go("big", structured=structured)
+    conn = s.conn
+    length = 2 * MAX
+    s.events += conn.feed(request(P.CMD_WRITE, 0, length, cookie=7))
+    for i in range(0, length, 65536):
+        s.events += conn.feed(b"\xee" * 65536)
+        assert conn.partial_size == 0 and len(conn._buf) == 0
+    s.out += conn.data_to_send()
+    assert s.reply_error(structured) == P.EINVAL
+    s.send(request(P.CMD_WRITE, 0, 2, cookie=8, data=b"ok"))
+    s.execute()
+    assert s.simple_reply()[:2] == (0, 8)
+    assert s.closed() is None
+    assert big.getvalue()[:3] == b"ok\0"
+
+
+def test_write_payload_memory_follows_bytes_received(session):
+    """An announced length costs nothing: the core holds what was sent, no more."""
+    session.go()
+    conn = session.conn
+    session.events += conn.feed(request(P.CMD_WRITE, 0, SIZE, cookie=3) + b"x")
+    assert conn.partial_size == 1
+    assert conn.mid_request
+    for n in (4096, 100_000):
+        before = conn.partial_size
+        session.events += conn.feed(b"y" * n)
+        assert conn.partial_size == before + n
+    session.events += conn.feed(b"y" * (SIZE - conn.partial_size))
+    assert conn.partial_size == 0
+    (req,) = session.requests()
+    assert len(req.data) == SIZE and bytes(req.data[:2]) == b"xy"
+    assert not conn.mid_request
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_write_over_2_to_the_25_closes_without_buffering(session, structured):
     session.go(structured=structured)
     conn = session.conn
     session.events += conn.feed(request(P.CMD_WRITE, 0, 0xFFFFFFFF) + bytes(4096))

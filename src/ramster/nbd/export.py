@@ -55,7 +55,14 @@ class Export:
     # Block sizes advertised with NBD_INFO_BLOCK_SIZE.
     min_block: int = 1
     preferred_block: int = 4096
-    max_payload: int = 32 * 1024 * 1024
+    # The longest READ or WRITE served; longer ones get EINVAL. Every connection
+    # may hold one request this long beyond the node's memory cap (the server's
+    # docstring has the arithmetic), so it is kept small: 2 MiB is above what
+    # real clients send (Linux's nbd driver splits bios at max_sectors_kb,
+    # 1280 KiB by default; nbdcopy asks 256 KiB; QEMU, nbdcopy and libnbd
+    # honour the advertised maximum) and large enough that per-request costs
+    # vanish against the copy itself. The server caps it at its max_request.
+    max_payload: int = 2 * 1024 * 1024
 
     def __init__(self) -> None:
         self.counters = ExportCounters()

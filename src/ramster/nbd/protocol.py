@@ -8,6 +8,20 @@ Everything that can be decided without looking at the export's data
 so the I/O shell only has to run the `Request`s it is handed and report the
 outcome through the `reply_*` methods.
 
+Memory a client can make the core hold grows with what it actually sent,
+never with what it announced: a WRITE payload is collected as it arrives, an
+over-long one is skipped without being stored, and option data is capped. How
+much the shell is willing to take on is its `credit`: before `feed()` it sets
+`credit` (bytes) and `overdraw` (one request may exceed the credit, which is
+how a connection holding nothing is always served); each request the core
+parses costs `REQUEST_COST` plus its READ/WRITE length, and the first one that
+does not fit stops parsing at its header (`blocked`), leaving the rest of the
+input buffered until the shell grants more credit and calls `feed(b"")`. In
+the handshake, parsing stops the same way while more than
+MAX_HANDSHAKE_OUTPUT bytes of option replies wait to be taken.
+`admitted` sums the costs of the `Request`s handed out, for the shell to
+account and release as they finish.
+
 Constants and rules follow NetworkBlockDevice/nbd doc/proto.md.
 """
 from __future__ import annotations
@@ -126,6 +140,21 @@ BASE_ALLOCATION_ID = 1
 
 # Option payloads are tiny in practice; anything bigger is skipped, not stored.
 MAX_OPTION_DATA = 64 * 1024
+# proto.md: a payload shorter than 2^25 bytes SHOULD NOT be treated as a denial of
+# service even above the advertised maximum, so such an over-long WRITE is
+# skipped (read and dropped) and refused; a longer one may be, and is, answered
+# EINVAL and followed by a hang-up rather than read for up to 4 GiB.
+DOS_LENGTH = 1 << 25
+# What a request costs besides its payload (the Request object queued in the
+# shell, its reply header, a task's share): a flood of zero-length requests is
+# then bounded by the same credit as data.
+REQUEST_COST = 512
+# No credit limit: a core driven without a shell that accounts (tests, tools).
+UNLIMITED = 1 << 62
+# Option replies can be much longer than the options asking for them (a LIST
+# names every export): past this much unsent, the next option waits (`blocked`)
+# until the shell has taken the output.
+MAX_HANDSHAKE_OUTPUT = 64 * 1024
 MAX_STRING = 4096
 # Cap on descriptors in one BLOCK_STATUS chunk (proto.md lets us return fewer).
 MAX_EXTENTS = 8192
@@ -176,17 +205,20 @@ class Request:
     """A validated transmission request; the shell runs it and replies.
 
     `data` is the payload of a WRITE (bytes, bytearray or memoryview), else None.
+    `cost` is what it counted in `NbdConnection.admitted`.
     """
 
-    __slots__ = ("cookie", "command", "flags", "offset", "length", "data")
+    __slots__ = ("cookie", "command", "flags", "offset", "length", "data", "cost")
 
-    def __init__(self, cookie: int, command: int, flags: int, offset: int, length: int, data=None):
+    def __init__(self, cookie: int, command: int, flags: int, offset: int, length: int, data=None,
+                 cost: int = 0):
         self.cookie = cookie
         self.command = command
         self.flags = flags
         self.offset = offset
         self.length = length
         self.data = data
+        self.cost = cost
 
     def __repr__(self) -> str:
         return (f"Request(cookie={self.cookie:#x}, command={self.command}, flags={self.flags:#x}, "
@@ -303,8 +335,11 @@ class NbdConnection:
     selects `default_export`.
     """
 
-    def __init__(self, exports: ExportLookup, default_export: str | None = None):
+    def __init__(self, exports: ExportLookup, default_export: str | None = None, *,
+                 max_payload: int | None = None):
         self._exports = exports
+        # Cap on every export's advertised and enforced maximum request length.
+        self._payload_cap = max_payload
         self._default = default_export
         self._out: list[bytes] = []
         self._buf = bytearray()
@@ -325,15 +360,24 @@ class NbdConnection:
         self._skip_then: Callable[[], None] | None = None
         self._pending: Request | None = None
         self._payload: bytearray | None = None
-        self._payload_view: memoryview | None = None
-        self._filled = 0
         self._reject_errno = 0
+        self._reject_message = ""
         self._reject_close = False
         # Transmission-phase limits, fixed at negotiation.
         self._size = 0
         self._max_payload = 0
         self._min_block = 1
         self._tflags = 0
+        # Admission (see the module docstring).
+        self.credit = UNLIMITED
+        self.overdraw = False
+        self.admitted = 0
+        self.blocked = False
+        # Bytes of a WRITE payload received so far whose request is not complete yet.
+        self.partial_size = 0
+        # A request has started arriving but is not complete (a timeout may apply).
+        self.mid_request = False
+        self._out_bytes = 0  # option replies queued, counted in the handshake only
         self._out.append(_GREETING.pack(NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
 
     # --- output -------------------------------------------------------------------------
@@ -347,7 +391,19 @@ class NbdConnection:
         else:
             data = b"".join(out)
         out.clear()
+        self._out_bytes = 0
         return data
+
+    def take_output(self) -> list:
+        """Everything queued for the client, as the list of its pieces (may be empty).
+
+        For a shell that writes large pieces without joining them first (a join
+        would briefly hold every reply twice).
+        """
+        out = self._out
+        self._out = []
+        self._out_bytes = 0
+        return out
 
     @property
     def in_transmission(self) -> bool:
@@ -361,8 +417,9 @@ class NbdConnection:
     def feed(self, data: bytes) -> list[Event]:
         """Consume client bytes (any split is fine) and return new events."""
         events: list[Event] = []
-        if self._state == _S_CLOSED or not data:
+        if self._state == _S_CLOSED or not (data or self.blocked):
             return events
+        self.blocked = False
         if self._buf:
             self._buf += data
             view = self._buf
@@ -376,12 +433,16 @@ class NbdConnection:
                 if end - pos < _REQUEST_SIZE:
                     break
                 pos = self._parse_request(view, pos, end, events)
+                if self.blocked:
+                    break
             elif state == _S_PAYLOAD:
-                n = min(self._need - self._filled, end - pos)
-                self._payload_view[self._filled:self._filled + n] = memoryview(view)[pos:pos + n]
-                self._filled += n
+                payload = self._payload
+                n = min(self._need - len(payload), end - pos)
+                # Grows with what arrives: an announced length costs nothing until sent.
+                payload += memoryview(view)[pos:pos + n]
                 pos += n
-                if self._filled == self._need:
+                self.partial_size = len(payload)
+                if len(payload) == self._need:
                     self._finish_payload(events)
             elif state == _S_PAYLOAD_SKIP or state == _S_OPT_SKIP:
                 n = min(self._skip, end - pos)
@@ -390,6 +451,9 @@ class NbdConnection:
                 if self._skip == 0:
                     self._finish_skip(events)
             else:
+                if self._out_bytes > MAX_HANDSHAKE_OUTPUT:
+                    self.blocked = True
+                    break
                 if end - pos < self._need:
                     break
                 chunk = bytes(view[pos:pos + self._need])
@@ -397,11 +461,18 @@ class NbdConnection:
                 self._handshake_step(chunk, events)
         # Keep only the unparsed tail (a partial header or option).
         if pos >= end or self._state == _S_CLOSED:
-            self._buf = bytearray()
-        elif view is self._buf:
-            del self._buf[:pos]
+            if self._buf:
+                self._buf = bytearray()
+            partial_header = False
         else:
-            self._buf = bytearray(view[pos:])
+            if view is self._buf:
+                del self._buf[:pos]
+            else:
+                self._buf = bytearray(view[pos:])
+            partial_header = not self.blocked
+        state = self._state
+        self.mid_request = (state == _S_PAYLOAD or state == _S_PAYLOAD_SKIP
+                            or (state == _S_REQUEST and partial_header))
         return events
 
     # --- handshake -------------------------------------------------------------------------
@@ -446,6 +517,7 @@ class NbdConnection:
         self._expect_option_header()
 
     def _opt_reply(self, opt: int, rep: int, data: bytes = b"") -> None:
+        self._out_bytes += _OPT_REPLY.size + len(data)
         self._out.append(_OPT_REPLY.pack(OPT_REPLY_MAGIC, opt, rep, len(data)))
         if data:
             self._out.append(data)
@@ -535,7 +607,7 @@ class NbdConnection:
         if INFO_DESCRIPTION in requests and export.description:
             self._opt_reply(opt, REP_INFO, _U16.pack(INFO_DESCRIPTION) + export.description.encode())
         self._opt_reply(opt, REP_INFO, _INFO_BLOCK_SIZE.pack(
-            INFO_BLOCK_SIZE, export.min_block, export.preferred_block, export.max_payload))
+            INFO_BLOCK_SIZE, export.min_block, export.preferred_block, self._max_payload_of(export)))
         self._opt_reply(opt, REP_ACK)
         if opt == OPT_GO:
             self._enter_transmission(export, events)
@@ -584,57 +656,68 @@ class NbdConnection:
     def _enter_transmission(self, export: Export, events: list[Event]) -> None:
         self.export = export
         self._size = export.size
-        self._max_payload = export.max_payload
+        self._max_payload = self._max_payload_of(export)
         self._min_block = max(1, export.min_block)
         self._tflags = transmission_flags(export, self.structured_replies)
         self._meta_active = self.structured_replies and self._meta_export is export
         self._state = _S_REQUEST
         events.append(Negotiated(export, self.structured_replies, self._meta_active))
 
+    def _max_payload_of(self, export: Export) -> int:
+        cap = self._payload_cap
+        return export.max_payload if cap is None else min(export.max_payload, cap)
+
     def _close(self, events: list[Event], reason: str, graceful: bool = False) -> None:
         self._state = _S_CLOSED
         self.closed = True
         self.close_reason = reason
-        self._payload = self._payload_view = None
+        self._payload = self._pending = None
+        self.blocked = False
+        self.partial_size = 0
+        self.mid_request = False
         events.append(Close(reason, graceful))
 
     # --- transmission ----------------------------------------------------------------------
     def _parse_request(self, view, pos: int, end: int, events: list[Event]) -> int:
         magic, flags, cmd, cookie, offset, length = _REQUEST.unpack_from(view, pos)
-        pos += _REQUEST_SIZE
         if magic != REQUEST_MAGIC:
             self._close(events, f"bad request magic {magic:#x}")
-            return pos
+            return pos + _REQUEST_SIZE
+        # Admission: READ and WRITE cost their payload, everything else a fixed amount.
+        cost = REQUEST_COST + length if cmd <= CMD_WRITE and length <= self._max_payload else REQUEST_COST
+        if cost > self.credit and not self.overdraw:
+            self.blocked = True
+            return pos  # the header stays buffered until there is credit for it
+        self.overdraw = False
+        self.credit -= cost
+        pos += _REQUEST_SIZE
         if cmd == CMD_WRITE:
-            err = self._check(cmd, flags, offset, length)
-            if length > self._max_payload:
-                # The payload cannot be skipped cheaply and the stream is lost:
-                # answer, then hang up (proto.md allows it for oversized writes).
+            if length > DOS_LENGTH:
                 self._reply_error(cookie, cmd, EINVAL, "write payload exceeds the maximum block size")
                 self._close(events, f"write of {length} bytes exceeds the maximum payload")
                 return pos
+            err = self._check(cmd, flags, offset, length)
+            message = ""
+            if not err and length > self._max_payload:
+                err = EINVAL
+                message = f"write of {length} bytes exceeds the maximum block size {self._max_payload}"
             if err:
                 if length:
-                    self._state = _S_PAYLOAD_SKIP
-                    self._skip = length
-                    self._skip_then = None
-                    self._pending = Request(cookie, cmd, flags, offset, length)
-                    self._reject_errno = err
+                    self._skip_payload(Request(cookie, cmd, flags, offset, length), err, message)
                     return pos
                 self._reply_error(cookie, cmd, err)
                 return pos
             if end - pos >= length:
                 # Whole payload already here: no extra buffer needed.
                 if view is self._buf:
-                    data = bytes(view[pos:pos + length])
+                    data = bytes(memoryview(view)[pos:pos + length])
                 else:
                     data = memoryview(view)[pos:pos + length]
-                events.append(Request(cookie, cmd, flags, offset, length, data))
+                self.admitted += cost
+                events.append(Request(cookie, cmd, flags, offset, length, data, cost))
                 return pos + length
-            self._pending = Request(cookie, cmd, flags, offset, length)
-            self._payload = bytearray(length)
-            self._payload_view = memoryview(self._payload)
-            self._filled = 0
+            self._pending = Request(cookie, cmd, flags, offset, length, None, cost)
+            self._payload = bytearray()
             self._need = length
             self._state = _S_PAYLOAD
             return pos
@@ -645,14 +728,25 @@ class NbdConnection:
         if err:
             self._reply_error(cookie, cmd, err)
         else:
-            events.append(Request(cookie, cmd, flags, offset, length))
+            self.admitted += cost
+            events.append(Request(cookie, cmd, flags, offset, length, None, cost))
         return pos
+
+    def _skip_payload(self, req: Request, err: int, message: str) -> None:
+        """Read and drop the payload of a refused WRITE, then answer it."""
+        self._state = _S_PAYLOAD_SKIP
+        self._skip = req.length
+        self._skip_then = None
+        self._pending = req
+        self._reject_errno = err
+        self._reject_message = message
 
     def _finish_payload(self, events: list[Event]) -> None:
         req = self._pending
         req.data = self._payload
-        self._payload_view.release()
-        self._pending = self._payload = self._payload_view = None
+        self.admitted += req.cost
+        self._pending = self._payload = None
+        self.partial_size = 0
         self._state = _S_REQUEST
         events.append(req)
 
@@ -663,7 +757,7 @@ class NbdConnection:
             return
         req, self._pending = self._pending, None
         self._state = _S_REQUEST
-        self._reply_error(req.cookie, req.command, self._reject_errno)
+        self._reply_error(req.cookie, req.command, self._reject_errno, self._reject_message)
 
     def _check(self, cmd: int, flags: int, offset: int, length: int) -> int:
         """Return the NBD errno a request must be rejected with, or 0."""
