@@ -41,6 +41,7 @@ class Frontswap:
         # WasActive filter (§6.1): stores of never-active pages fail with the seed's -ERANGE
         self.ignore_nonactive = bool(ignore_nonactive)
         self.pool_id: int | None = None
+        self._pool = None
         # initialised swap types -> whether refused pages have no swap disk to
         # go to (then incompressible pages are kept as huge pages)
         self._types: dict[int, bool] = {}
@@ -59,6 +60,7 @@ class Frontswap:
         type_ = _check_int("type", type_, MAX_TYPE)
         if self.pool_id is None:
             self.pool_id = self.zc.new_pool(persistent=True)
+            self._pool = self.zc.pool(self.pool_id)
         self._types[type_] = bool(no_swap_disk)
 
     def _known(self, type_, offset) -> bool:
@@ -109,7 +111,7 @@ class Frontswap:
         oid, index = swiz(type_, offset)
         if index >= INDEX_LIMIT:
             return None
-        page = self.zc.get_page(self.pool_id, oid, index, self.exclusive_gets)
+        page = self.zc.get_pool_page(self._pool, oid, index, self.exclusive_gets)
         if page is not None:
             self.loads += 1
         return page
