@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ramster.remote.keys import node_keys
+from support import free_port
 
 from .proxy import LinkProxy, ProxyLoop
 
@@ -30,22 +30,6 @@ RAMSTER = [sys.executable, "-m", "ramster.cli"]
 FAST_TIMEOUTS = {"request_timeout": 1.0, "keepalive": 0.25, "idle_timeout": 2.0,
                  "reconnect_delay": 0.1, "reconnect_max": 0.5}
 STATS_TIMEOUT = 2.0
-
-
-_GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on, never the same one twice in this process
-    (the kernel may hand a just-closed port out again, and two nodes of one cluster
-    file must not get one address)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
 
 
 # ---- TOML -----------------------------------------------------------------------------------------

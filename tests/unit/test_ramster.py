@@ -80,6 +80,17 @@ def fill(zc: Zcache, pid: int, count: int, oid_of=lambda i: i & 255, index_of=la
         assert zc.put_page(pid, oid_of(i), index_of(i), page(i))
 
 
+async def remotified(ln: LoopbackNet, count: int, frames: int = 20):
+    """Node 0 with `count` pages in a new persistent pool, one remotify batch done:
+    (node, pool, the pages now remote)."""
+    a = ln.nodes[0]
+    pid = a.zc.new_pool(persistent=True)
+    fill(a.zc, pid, count)
+    await a.remotify_batch(frames=frames)
+    pool = a.zc.pool(pid)
+    return a, pool, [i for i in range(count) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+
+
 def test_remotify_moves_frames_and_remote_gets_return_the_pages():
     async def go():
         ln = cluster(2)
@@ -196,12 +207,7 @@ def test_puts_and_flushes_to_a_node_stay_in_order():
 def test_two_replicas_survive_one_node_down_and_checksum_is_verified():
     async def go():
         ln = cluster(3, replicas=2)
-        a = ln.nodes[0]
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 40)
-        await a.remotify_batch(frames=20)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        a, pool, remote = await remotified(ln, 40)
         assert remote and ln.nodes[1].zc.foreign_pages[1] == ln.nodes[2].zc.foreign_pages[1] == len(remote)
         # corrupt node 1's copy of one page: the get must notice and use node 2's
         i = remote[0]
@@ -346,12 +352,7 @@ def test_frontswap_pages_round_trip_through_a_peer():
 def test_dead_replica_is_rereplicated_to_a_third_node():
     async def go():
         ln = cluster(4, replicas=2)
-        a = ln.nodes[0]
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 40)
-        await a.remotify_batch(frames=20)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        a, pool, remote = await remotified(ln, 40)
         held = {n: ln.nodes[n].zc.foreign_pages[1] for n in (1, 2, 3)}
         dead = max(held, key=held.get)
         ln.down.add(dead)
@@ -373,12 +374,7 @@ def test_a_paused_replica_keeps_its_copies_until_a_replacement_is_acknowledged()
     same boot, then c goes away: every page is still read, from b."""
     async def go():
         ln = cluster(3, replicas=2)
-        a = ln.nodes[0]
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 40)
-        await a.remotify_batch(frames=20)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        a, pool, remote = await remotified(ln, 40)
         assert remote and a.pages_on(1) == a.pages_on(2) == len(remote)
         ln.down.add(1)
         a.peer_changed(1, connected=False, restarted=False)
@@ -421,12 +417,7 @@ def test_flushes_a_peer_missed_reach_it_when_it_is_back():
 def test_lost_pages_are_counted_once_and_only_without_any_copy():
     async def go():
         ln = cluster(2)
-        a = ln.nodes[0]
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 40)
-        await a.remotify_batch(frames=20)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        a, pool, remote = await remotified(ln, 40)
         ln.down.add(1)
         for i in remote[:3]:  # unreachable is not lost
             with pytest.raises(RemoteError) as e:
