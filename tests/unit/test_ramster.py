@@ -127,12 +127,8 @@ def test_remotify_moves_frames_and_remote_gets_return_the_pages():
 def test_non_freeing_get_repatriates_when_there_is_room():
     async def go():
         ln = cluster(2)
-        a, b = ln.nodes[0], ln.nodes[1]
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 20)
-        await a.remotify_batch(frames=5)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(20) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        b = ln.nodes[1]
+        a, pool, remote = await remotified(ln, 20, frames=5)
         i = remote[0]
         assert await a.get(pool, i & 255, i >> 8) == page(i)
         assert 0 < a.zc.tmem.lookup(pool, i & 255, i >> 8)  # local again
@@ -232,12 +228,7 @@ def test_two_replicas_survive_one_node_down_and_checksum_is_verified():
 def test_restarted_node_pages_are_lost_not_zeros():
     async def go():
         ln = cluster(2)
-        a = ln.nodes[0]
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 10)
-        await a.remotify_batch(frames=5)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(10) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        a, pool, remote = await remotified(ln, 10, frames=5)
         # node 1 restarts empty
         ln.nodes[1] = Ramster(Zcache(64), ln.view(1), RemotifyPolicy(targets=(0,)))
         assert a.node_lost_pages(1) == len(remote)
@@ -443,11 +434,7 @@ def test_remotify_writes_persistent_pages_through_to_the_sink():
         a = ln.nodes[0]
         disk = {}
         a.zc.writeback_sink = lambda pool, oid, index, data: disk.__setitem__((oid, index), data) or True
-        pid = a.zc.new_pool(persistent=True)
-        fill(a.zc, pid, 20)
-        await a.remotify_batch(frames=5)
-        pool = a.zc.pool(pid)
-        remote = [i for i in range(20) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        a, pool, remote = await remotified(ln, 20, frames=5)
         assert sorted(disk) == sorted((i & 255, i >> 8) for i in remote)
         assert all(disk[(i & 255, i >> 8)] == page(i) for i in remote)
 
