@@ -7,7 +7,8 @@
 """
 from .frontends import Cleancache, Frontswap
 from .tmem import TmemError
-from .zcache import PAGE_SIZE, Zcache
+from .units import PAGE_SIZE
+from .zcache import Zcache
 
 __version__ = "0.1.0"
 __all__ = ["PAGE_SIZE", "Cleancache", "Frontswap", "TmemError", "Zcache", "__version__"]

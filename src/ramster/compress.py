@@ -9,8 +9,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from typing import Callable
+from .units import PAGE_SIZE
 
-PAGE_SIZE = 4096
 DEFAULT = "lz4"
 
 

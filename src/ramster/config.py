@@ -1,7 +1,7 @@
 """Node configuration: one TOML file (the same on every node) merged with flags.
 
     [node]
-    memory = "512M"                     # bytes or K/M/G/T, KiB/MiB/GiB/TiB
+    memory = "512M"                     # bytes, or K/M/G/T (binary; see ramster.units)
     compressor = "lz4"
     listen = ["127.0.0.1:10809", "unix:/run/ramster.sock"]
     metrics = "127.0.0.1:9105"          # "off" disables the HTTP endpoint
@@ -21,17 +21,15 @@ checked so that a typo is an error rather than a silently ignored setting.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import compress
 from .frames import MAX_FRAMES
+from .units import PAGE_SIZE, format_size, parse_address, parse_size
 
-PAGE_SIZE = 4096
 KINDS = ("swap", "cache")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LISTEN = "127.0.0.1:10809"
@@ -45,8 +43,6 @@ MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 # The longest export name NBD clients must accept (proto.md: SHOULD <= 256 bytes).
 MAX_NAME_BYTES = 256
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
 _NODE_KEYS = ("memory", "compressor", "listen", "metrics", "log_level", "export")
 _EXPORT_KEYS = ("name", "kind", "size", "backing")
 
@@ -70,66 +66,21 @@ def read_toml(path) -> dict:
         raise ConfigError(f"config file {path}: {e}") from None
 
 
-def parse_size(value, what: str = "size") -> int:
-    """Bytes from an int or a string such as "4096", "64K", "1M", "2GiB" (binary units)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"invalid {what} {value!r}: expected bytes or a size like 64M, 1G, 2GiB")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"invalid {what} {value}: must not be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.fullmatch(value)
-        # a bare "B"/"iB" without a unit letter ("4096iB") is not a size
-        if m and not (m.group(3) and m.group(3).lower() == "ib" and not m.group(2)):
-            return int(m.group(1)) * _UNITS[m.group(2).lower()]
-    raise ConfigError(f"invalid {what} {value!r}: expected bytes or a size like 64M, 1G, 2GiB")
-
-
-def format_size(n: int) -> str:
-    """Bytes as the largest binary unit that keeps it readable: 1.5 GiB, 64.0 KiB, 512 B."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
-    return f"{n} B"
+def _size(value, what: str) -> int:
+    try:
+        return parse_size(value, what)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_address(address: str, what: str = "listen address") -> str:
-    """A 'HOST:PORT', '[IPV6]:PORT' or (for NBD) 'unix:PATH' address, returned unchanged."""
-    if not isinstance(address, str) or not address:
-        raise ConfigError(f"invalid {what} {address!r}: expected HOST:PORT or unix:PATH")
-    if address.startswith("unix:"):
-        if what != "listen address":
-            raise ConfigError(f"invalid {what} {address!r}: expected HOST:PORT")
-        path = address[5:]
-        if not path or "\0" in path:
-            raise ConfigError(f"invalid {what} {address!r}: empty socket path")
-        # sun_path holds 108 bytes including the terminating NUL
-        if len(os.fsencode(path)) > 107:
-            raise ConfigError(f"invalid {what} {address!r}: socket path longer than 107 bytes")
-        return address
-    split_address(address, what)
+    """A listen address (HOST:PORT, [IPV6]:PORT or unix:PATH) or a metrics address
+    (TCP only), returned unchanged; the grammar is ramster.units'."""
+    try:
+        parse_address(address, what, unix=what == "listen address")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return address
-
-
-def split_address(address: str, what: str = "address") -> tuple[str, int]:
-    """'HOST:PORT' or '[IPV6]:PORT' -> (host, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"invalid {what} {address!r}: expected HOST:PORT (e.g. 127.0.0.1:10809) or unix:PATH"
-                          if what == "listen address" else
-                          f"invalid {what} {address!r}: expected HOST:PORT (e.g. 127.0.0.1:9105)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(f"invalid {what} {address!r}: {host!r} is not an IPv6 address") from None
-    elif ":" in host:
-        raise ConfigError(f"invalid {what} {address!r}: put IPv6 addresses in brackets, e.g. [::1]:10809")
-    elif not re.fullmatch(r"[A-Za-z0-9.\-*]+", host):
-        raise ConfigError(f"invalid {what} {address!r}: bad host name {host!r}")
-    return host, int(port)
 
 
 def default_memory() -> int:
@@ -178,7 +129,7 @@ def parse_export_spec(spec: str) -> ExportConfig:
     backing = parts[3] if len(parts) == 4 else None
     if backing == "":
         raise ConfigError(f"invalid --export {spec!r}: empty backing path")
-    return ExportConfig(name, kind.lower(), parse_size(size, f"size of export {name!r}"),
+    return ExportConfig(name, kind.lower(), _size(size, f"size of export {name!r}"),
                         Path(backing) if backing is not None else None)
 
 
@@ -218,7 +169,7 @@ def _file_exports(node: dict, base: Path, path: Path) -> list[ExportConfig]:
             raise ConfigError(f"{where}: backing must be a non-empty path string")
         # relative paths in a file mean "beside the file", wherever ramster is started from
         bpath = None if backing is None else base / Path(backing).expanduser()
-        out.append(ExportConfig(name, kind.lower(), parse_size(t["size"], f"size of export {name!r}"), bpath))
+        out.append(ExportConfig(name, kind.lower(), _size(t["size"], f"size of export {name!r}"), bpath))
     return out
 
 
@@ -245,7 +196,7 @@ def build(
         return flag if flag is not None else node.get(key)
 
     mem = pick(memory, "memory")
-    mem = default_memory() if mem is None else parse_size(mem, "memory")
+    mem = default_memory() if mem is None else _size(mem, "memory")
     cfg = NodeConfig(memory=mem, source=src)
 
     comp = pick(compressor, "compressor")

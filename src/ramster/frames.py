@@ -11,9 +11,8 @@ from __future__ import annotations
 import mmap
 import os
 from array import array
+from .units import PAGE_SHIFT, PAGE_SIZE
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 _MAP_NORESERVE = 0x4000  # Linux; Python's mmap module names it only from 3.13
 # zbud's refs (frame << 1 | bud) live in 32-bit tmem slots
 MAX_FRAMES = (1 << 30) - 1024

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .units import format_address, parse_address
+
 log = logging.getLogger("ramster.metrics")
 
 MAX_REQUEST_BYTES = 16 * 1024
@@ -140,11 +142,11 @@ class MetricsServer:
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         h, p = self._server.sockets[0].getsockname()[:2]
-        self.address = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        self.address = format_address(h, p)
 
     @property
     def port(self) -> int:
-        return int(self.address.rpartition(":")[2])
+        return parse_address(self.address).port
 
     async def stop(self) -> None:
         if self._server is None:

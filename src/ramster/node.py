@@ -19,12 +19,13 @@ import sys
 import time
 
 from . import __version__
-from .config import DEFAULT_METRICS, PAGE_SIZE, ConfigError, NodeConfig, format_size, split_address
+from .config import DEFAULT_METRICS, ConfigError, NodeConfig
 from .frontends import Cleancache, Frontswap
 from .nbd.export import Export
 from .nbd.exports import CacheExport, SwapExport
 from .storage import BackingFile, PageMapError
 from .writeback import SwapWriteback
+from .units import PAGE_SIZE, format_address, format_size, parse_address
 from .zcache import Zcache
 
 log = logging.getLogger("ramster.node")
@@ -138,10 +139,10 @@ class Node:
         if self.config.metrics is not None:
             from .metrics import MetricsServer
 
-            host, port = split_address(self.config.metrics, "metrics address")
+            host, port, _ = parse_address(self.config.metrics, "metrics address")
             metrics = MetricsServer(self.stats)
             try:
-                await metrics.start(None if host in ("*", "") else host, port)
+                await metrics.start(host, port)
             except OSError as err:
                 raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {_oserror_text(err)}") from None
             self.metrics = metrics
@@ -236,7 +237,7 @@ class Node:
             lines.append(f"  {name}: {e.kind}, {format_size(e.size)}{backing}")
             lines.append(f"    nbdinfo {nbd_uri(first, name)}")
             if e.kind == "swap" and not first.startswith("unix:"):
-                host, port = split_address(first)
+                host, port, _ = parse_address(first)
                 lines.append(f"    swap: nbd-client -N {name} {host} {port} /dev/nbd0 && mkswap /dev/nbd0 "
                              f"&& swapon /dev/nbd0")
         for a in self.addresses[1:]:
@@ -250,14 +251,14 @@ class Node:
 
 def nbd_uri(address: str, export: str) -> str:
     """The NBD URI (as libnbd, qemu and nbdkit spell it) of an export at a listen address."""
-    if address.startswith("unix:"):
-        return f"'nbd+unix:///{export}?socket={address[5:]}'"
-    host, port = address.rsplit(":", 1)
-    if host in ("", "*", "0.0.0.0"):
+    host, port, path = parse_address(address, unix=True)
+    if path is not None:
+        return f"'nbd+unix:///{export}?socket={path}'"
+    if host in (None, "0.0.0.0"):
         host = "127.0.0.1"
-    elif host in ("[::]",):
-        host = "[::1]"
-    return f"nbd://{host}:{port}/{export}"
+    elif host == "::":
+        host = "::1"
+    return f"nbd://{format_address(host, port)}/{export}"
 
 
 def _oserror_text(err: Exception) -> str:

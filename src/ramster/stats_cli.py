@@ -9,10 +9,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .config import DEFAULT_METRICS, format_size
+from .config import DEFAULT_METRICS
+from .units import PAGE_SIZE, format_size
 
 DEFAULT_URL = f"http://{DEFAULT_METRICS}"
-PAGE_SIZE = 4096
 TIMEOUT = 5.0
 
 
@@ -180,7 +180,7 @@ def render(stats: dict):
             pt.add_row(p["name"], str(p["number"]), "connected" if p["connected"] else "down",
                        f"{rtt * 1e3:.2f} ms" if rtt is not None else "-", str(p.get("pages_held", 0)),
                        str(p.get("pages_only_copy", 0)),
-                       format_size(free * 4096) if free is not None else "-", str(p.get("refused", 0)))
+                       format_size(free * PAGE_SIZE) if free is not None else "-", str(p.get("refused", 0)))
         parts += ["", Columns([remote, pt], padding=(0, 4))]
     return Group(*parts)
 

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import struct
 from array import array
+from .units import PAGE_SHIFT, PAGE_SIZE
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 CHUNK_SHIFT = 6
 CHUNK_SIZE = 1 << CHUNK_SHIFT
 NCHUNKS = PAGE_SIZE >> CHUNK_SHIFT  # 64

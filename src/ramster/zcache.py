@@ -30,9 +30,8 @@ from .tmem import (
     TmemError,
 )
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, ZOMBIE, Zbud
+from .units import PAGE_SHIFT, PAGE_SIZE
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 ZERO_PAGE = bytes(PAGE_SIZE)
 ZERO_FILLED = -1
 SAME_FILLED_BASE = -2

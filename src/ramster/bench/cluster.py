@@ -48,7 +48,8 @@ from pathlib import Path
 
 from ..compress import get_codec
 from ..zcache import PERS_MAX_ZSIZE, REMOTE_BASE
-from .corpus import PAGE_SIZE, corpus_files, load_pages
+from ..units import PAGE_SIZE
+from .corpus import corpus_files, load_pages
 
 SWIZ = 8  # frontswap's swizzle: oid = offset & 255, index = offset >> 8 (as bench engine)
 REDIS_BATCH = 64  # = ramster.remote.ramster.PAGES_PER_MESSAGE

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from ..units import PAGE_SIZE
 
-PAGE_SIZE = 4096
 
 
 def default_corpus_dir() -> Path | None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from ..compress import NAMES, get_codec
 from ..zcache import Zcache
-from .corpus import PAGE_SIZE, corpus_files, load_pages
+from ..units import PAGE_SIZE
+from .corpus import corpus_files, load_pages
 
 SWIZ = 8
 

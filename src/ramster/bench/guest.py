@@ -365,12 +365,12 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..cli import UserError
-    from ..config import ConfigError, parse_size
+    from ..units import parse_size
 
     try:
         args.size = parse_size(args.size, "--size")
         args.memory = parse_size(args.memory, "--memory")
-    except ConfigError as e:
+    except ValueError as e:
         raise UserError(str(e)) from None
     if args.repeat < 1:
         raise UserError("--repeat must be at least 1")

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .. import __version__
 from . import runners
-from .corpus import PAGE_SIZE, corpus_files
+from ..units import PAGE_SIZE
+from .corpus import corpus_files
 from .runners import Measure, ToolError
 
 TARGETS = ("ramster", "nbdkit-malloc", "nbdkit-zstd", "zram")
@@ -723,7 +724,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..cli import UserError
-    from ..config import ConfigError, parse_size
+    from ..units import parse_size
 
     try:
         args.image_size = parse_size(args.image_size, "--image-size")
@@ -731,7 +732,7 @@ def main(args: argparse.Namespace) -> int:
             args.memory = parse_size(args.memory, "--memory")
         else:
             args.memory = args.image_size * 3 // 4 // PAGE_SIZE * PAGE_SIZE
-    except ConfigError as e:
+    except ValueError as e:
         raise UserError(str(e)) from None
     if args.image_size < 1 << 20 or args.image_size % PAGE_SIZE:
         raise UserError("--image-size must be a multiple of 4096 and at least 1M")

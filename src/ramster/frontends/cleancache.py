@@ -7,7 +7,8 @@ pools are ephemeral.
 from __future__ import annotations
 
 from ..tmem import INDEX_LIMIT, RemotePage, TmemError
-from ..zcache import PAGE_SIZE, Zcache, check_page, normalize_oid
+from ..units import PAGE_SIZE
+from ..zcache import Zcache, check_page, normalize_oid
 
 
 class Cleancache:

@@ -7,7 +7,8 @@ oid = type << 8 | (offset & 0xFF), index = offset >> 8.
 from __future__ import annotations
 
 from ..tmem import INDEX_LIMIT
-from ..zcache import PAGE_SIZE, Zcache, check_page
+from ..units import PAGE_SIZE
+from ..zcache import Zcache, check_page
 
 SWIZ_BITS = 8
 SWIZ_MASK = (1 << SWIZ_BITS) - 1

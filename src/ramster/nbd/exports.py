@@ -22,9 +22,8 @@ from ..storage.pagemap import FILE, LOST, MEMORY, PageStateMap
 from ..tmem import RemotePage
 from ..zcache import ZERO_FILLED
 from .export import STATE_HOLE, STATE_ZERO, Export, ExportCounters, ExportError
+from ..units import PAGE_SHIFT, PAGE_SIZE
 
-PAGE_SIZE = 4096
-PAGE_SHIFT = 12
 PAGE_MASK = PAGE_SIZE - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 # Pages looked at by one BLOCK_STATUS call; the reply may cover less than asked (proto.md).

@@ -69,6 +69,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping
 
+from ..units import format_address, parse_address, parse_size
 from .export import Export, ExportError
 from .protocol import (
     CMD_BLOCK_STATUS,
@@ -701,20 +702,17 @@ class NbdServer:
         if self._tune_malloc:
             _tune_malloc()
         for address in listen:
-            if address.startswith("unix:"):
-                path = address[5:]
-                if not path:
-                    raise ValueError(f"invalid listen address {address!r}: empty socket path")
+            host, port, path = parse_address(address, "listen address", unix=True)
+            if path is not None:
                 _check_unix_path(path)
                 srv = await self._loop.create_unix_server(self._protocol, path=path)
                 self._unix_paths.append(path)
                 self.addresses.append(f"unix:{path}")
             else:
-                host, port = parse_tcp_address(address)
                 srv = await self._loop.create_server(self._protocol, host, port, reuse_address=True)
                 for sock in srv.sockets:
                     h, p = sock.getsockname()[:2]
-                    self.addresses.append(f"[{h}]:{p}" if ":" in h else f"{h}:{p}")
+                    self.addresses.append(format_address(h, p))
             self._servers.append(srv)
             log.info("listening on %s", address)
 
@@ -802,18 +800,6 @@ class NbdServer:
             self._change.set()
 
 
-def parse_tcp_address(address: str) -> tuple[str | None, int]:
-    """'HOST:PORT', '[V6]:PORT', ':PORT' or '*:PORT' -> (host, port)."""
-    host, sep, port_s = address.rpartition(":")
-    if not sep or not port_s.isdigit() or int(port_s) > 65535:
-        raise ValueError(f"invalid listen address {address!r}: expected HOST:PORT, [IPV6]:PORT or unix:PATH")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"invalid listen address {address!r}: put IPv6 addresses in brackets")
-    return (host if host not in ("", "*") else None), int(port_s)
-
-
 def _check_unix_path(path: str) -> None:
     """Refuse to steal a live socket; a stale one is removed by asyncio."""
     try:
@@ -834,17 +820,6 @@ def _check_unix_path(path: str) -> None:
 
 
 # --- command line (used by tests and for quick manual runs) ---------------------------
-_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    num, suffix = (t[:-1], t[-1]) if t and t[-1] in _SUFFIXES else (t, "")
-    if not num.isdigit():
-        raise ValueError(f"invalid size {text!r} (examples: 4096, 64M, 1G)")
-    return int(num) * _SUFFIXES[suffix]
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ramster.nbd.server",
                                 description="Serve RAM disks over NBD.")
@@ -880,7 +855,7 @@ async def _amain(args: argparse.Namespace) -> None:
         name, sep, size = spec.rpartition(":")
         if not sep:
             raise ValueError(f"invalid --memory {spec!r}: expected NAME:SIZE")
-        exports[name] = MemoryExport(name, parse_size(size), read_only=args.read_only)
+        exports[name] = MemoryExport(name, parse_size(size, "--memory size"), read_only=args.read_only)
     if not exports:
         raise ValueError("nothing to serve: give at least one --memory NAME:SIZE")
     if not args.listen:

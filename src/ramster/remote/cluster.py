@@ -42,7 +42,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..config import ConfigError, read_toml, split_address
+from ..config import ConfigError, read_toml
+from ..units import format_address, parse_address
 from . import keys
 from .wire import MAX_CLUSTER_NAME, MAX_NODE_NUMBER
 
@@ -66,7 +67,7 @@ class NodeSpec:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 @dataclass
@@ -188,10 +189,13 @@ def _nodes(cluster: dict, where: str, path: Path | None) -> list[NodeSpec]:
             raise ConfigError(f"{w}: number {number!r} is outside 0..{MAX_NODE_NUMBER}")
         if not isinstance(address, str):
             raise ConfigError(f"{w}: invalid address {address!r}: expected HOST:PORT (e.g. 127.0.0.1:7701)")
-        host, port = split_address(address, f"address of node {name!r}")
+        try:
+            host, port, _ = parse_address(address, f"address of node {name!r}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if port == 0:
             raise ConfigError(f"{w}: address {address!r} has port 0; peers need a fixed port")
-        if host == "*" or "*" in host:
+        if host is None:
             raise ConfigError(f"{w}: address {address!r} must name one host that peers can reach")
         if name in by_name:
             raise ConfigError(f"{where}: duplicate node name {name!r}")

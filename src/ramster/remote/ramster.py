@@ -32,7 +32,8 @@ import xxhash
 
 from ..tmem import LOCAL_CLIENT, Pool
 from ..zbud import EPH, PERS, ZOMBIE
-from ..zcache import PAGE_SIZE, REMOTE_BASE, Zcache
+from ..units import PAGE_SIZE
+from ..zcache import REMOTE_BASE, Zcache
 from . import wire
 
 log = logging.getLogger("ramster.remote")

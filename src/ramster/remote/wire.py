@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Union
 
-from ..zbud import PAGE_SIZE
+from ..units import PAGE_SIZE
 
 MAGIC = 0x7A52  # "zR"
 # 2: Hello carries the compressor, Auth an Ed25519 signature instead of an HMAC, Welcome ends the handshake

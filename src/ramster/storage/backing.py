@@ -16,8 +16,8 @@ import fcntl
 import logging
 import os
 import stat
+from ..units import PAGE_SIZE
 
-PAGE_SIZE = 4096
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 _ZEROS = bytes(1 << 20)

@@ -41,8 +41,8 @@ import stat
 import struct
 
 from .backing import BackingFile
+from ..units import PAGE_SIZE
 
-PAGE_SIZE = 4096
 FILE, MEMORY, LOST = 0, 1, 2
 MAGIC = b"ramster-pagemap\0"
 VERSION = 1
