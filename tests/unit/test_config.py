@@ -175,7 +175,7 @@ def test_largest_export_is_accepted():
 @pytest.mark.parametrize("url", ["http://[::1", "ftp://x", "http://127.0.0.1:99999", "::::", "http://",
                                  "http://a b", "http://127.0.0.1:9105/other"])
 def test_stats_url_mistakes_are_one_line_errors(url):
-    from ramster.stats_cli import NodeUnreachable, node_base_url
+    from ramster.cli.stats import NodeUnreachable, node_base_url
 
     with pytest.raises(NodeUnreachable, match="invalid --url"):
         node_base_url(url)
@@ -185,6 +185,6 @@ def test_stats_url_mistakes_are_one_line_errors(url):
                                       ("http://[::1]:9105/stats", "http://[::1]:9105"),
                                       ("https://node:1/metrics/", "https://node:1")])
 def test_stats_url_forms(url, want):
-    from ramster.stats_cli import node_base_url
+    from ramster.cli.stats import node_base_url
 
     assert node_base_url(url) == want

@@ -8,7 +8,7 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ramster import stats_cli
+from ramster.cli import stats as stats_cli
 from ramster.config import build
 from ramster.metrics import MetricsServer, is_gauge
 from ramster.node import Node

@@ -7,7 +7,7 @@
   base64 of its 32 raw bytes: `public_key = "…"` in the node's
   [[cluster.node]] table. Public keys are not secret: the file can be shared.
 
-`ramster keygen` makes both (ramster.keygen_cli).
+`ramster keygen` makes both (ramster.cli.keygen).
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import UserError
+from . import UserError
 
 DESCRIPTION = """\
 Make the key pair with which node NAME proves to its peers that it is NAME.
@@ -64,8 +64,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def _key_path(args) -> tuple[Path, dict | None]:
     """Where NAME's private key goes, and NAME's [[cluster.node]] table when --config names one."""
-    from .config import ConfigError, read_toml
-    from .remote.cluster import DEFAULT_KEY_DIR
+    from ..config import ConfigError, read_toml
+    from ..remote.cluster import DEFAULT_KEY_DIR
 
     name = args.name
     if not name or any(c in name for c in "/\\\0") or name in (".", ".."):
@@ -94,7 +94,7 @@ def _key_path(args) -> tuple[Path, dict | None]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .remote import keys
+    from ..remote import keys
 
     path, table = _key_path(args)
     if args.show:

@@ -9,8 +9,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from .config import DEFAULT_METRICS
-from .units import PAGE_SIZE, format_size
+from ..config import DEFAULT_METRICS
+from ..units import PAGE_SIZE, format_size
 
 DEFAULT_URL = f"http://{DEFAULT_METRICS}"
 TIMEOUT = 5.0

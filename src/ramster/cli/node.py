@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import compress
-from .cli import UserError
-from .config import DEFAULT_LISTEN, DEFAULT_METRICS, LOG_LEVELS, ConfigError, build
+from .. import compress
+from . import UserError
+from ..config import DEFAULT_LISTEN, DEFAULT_METRICS, LOG_LEVELS, ConfigError, build
 
 DESCRIPTION = """\
 Run a ramster node: one process holding a compressed-memory budget (zcache +
@@ -83,7 +83,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .node import run
+    from ..node import run
 
     try:
         cfg = build(args.config, memory=args.memory, compressor=args.compressor, listen=args.listen,
@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _cluster(config: str | None, name: str | None):
     """The cluster this node belongs to, or None for a single node."""
-    from .config import read_toml
+    from ..config import read_toml
 
     has_cluster = config is not None and "cluster" in read_toml(config)
     if name is None:
@@ -105,6 +105,6 @@ def _cluster(config: str | None, name: str | None):
         return None
     if not has_cluster:
         raise ConfigError("--name needs a --config file with a [cluster] table")
-    from .remote.cluster import load_cluster
+    from ..remote.cluster import load_cluster
 
     return load_cluster(config, name)

@@ -1,0 +1,6 @@
+"""`python -m ramster`: the `ramster` program."""
+import sys
+
+from .cli.main import main
+
+sys.exit(main())
