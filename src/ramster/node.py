@@ -34,7 +34,7 @@ log = logging.getLogger("ramster.node")
 class Node:
     def __init__(self, config: NodeConfig, cluster=None):
         self.config = config
-        # a ramster.remote.cluster.ClusterConfig: this node is one of a RAMster cluster
+        # a ramster.remote.clusterconf.ClusterConfig: this node is one of a RAMster cluster
         self.cluster = cluster
         self.net = None
         self.ramster = None

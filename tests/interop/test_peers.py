@@ -21,7 +21,7 @@ import pytest
 from support import free_port
 
 from ramster.remote import keys, session, wire
-from ramster.remote.cluster import load_cluster
+from ramster.remote.clusterconf import load_cluster
 from ramster.remote.peer import MemoryStore, PeerNetwork, PeerTimeout, PeerUnavailable
 from ramster.remote.wire import Get, GetReply, PutPage, PutPages
 

@@ -10,7 +10,7 @@ import pytest
 
 from ramster.config import ConfigError
 from ramster.remote import keys
-from ramster.remote.cluster import ClusterConfig, NodeSpec, load_cluster
+from ramster.remote.clusterconf import ClusterConfig, NodeSpec, load_cluster
 
 # made once: the tests only read them (each test's keys/ directory gets copies)
 KEYS = {n: keys.new_private_key() for n in "abc"}

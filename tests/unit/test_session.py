@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from ramster.remote import keys, session, wire
-from ramster.remote.cluster import load_cluster
+from ramster.remote.clusterconf import load_cluster
 from ramster.remote.session import Accepted, Handshake, Refused
 from ramster.remote.wire import Auth, ErrorReply, Hello, Welcome
 

@@ -533,7 +533,7 @@ def write_cluster_config(tmp: Path) -> Path:
 async def _start_node_a(tmp: Path, config: Path, memory: int):
     from ..config import build
     from ..node import Node
-    from ..remote.cluster import load_cluster
+    from ..remote.clusterconf import load_cluster
 
     cfg = build(None, memory=str(memory), listen=[f"unix:{tmp / 'a.sock'}"], metrics="off", log_level="warning")
     node = Node(cfg, load_cluster(config, "a"))

@@ -65,7 +65,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _key_path(args) -> tuple[Path, dict | None]:
     """Where NAME's private key goes, and NAME's [[cluster.node]] table when --config names one."""
     from ..config import ConfigError, read_toml
-    from ..remote.cluster import DEFAULT_KEY_DIR
+    from ..remote.clusterconf import DEFAULT_KEY_DIR
 
     name = args.name
     if not name or any(c in name for c in "/\\\0") or name in (".", ".."):

@@ -105,6 +105,6 @@ def _cluster(config: str | None, name: str | None):
         return None
     if not has_cluster:
         raise ConfigError("--name needs a --config file with a [cluster] table")
-    from ..remote.cluster import load_cluster
+    from ..remote.clusterconf import load_cluster
 
     return load_cluster(config, name)

@@ -41,7 +41,7 @@ from .. import compress
 from ..config import ConfigError
 from ..lograte import Throttled
 from . import session, wire
-from .cluster import ClusterConfig, NodeSpec, load_cluster
+from .clusterconf import ClusterConfig, NodeSpec, load_cluster
 from .wire import Auth, ErrorReply, Keepalive, KeepaliveReply, Unknown
 
 log = logging.getLogger("ramster.remote")

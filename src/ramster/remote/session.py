@@ -53,7 +53,7 @@ import struct
 from dataclasses import dataclass
 
 from . import keys, wire
-from .cluster import ClusterConfig
+from .clusterconf import ClusterConfig
 from .wire import Auth, ErrorReply, Hello, Welcome
 
 CONTEXT = b"ramster-handshake\0"
