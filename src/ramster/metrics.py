@@ -1,5 +1,16 @@
 """The node's HTTP endpoint: /metrics (Prometheus text) and /stats (JSON).
 
+/stats is the node's own document (Node.stats()): the seed's debugfs names,
+unchanged, as `ramster stats` and anyone who knows zcache2 read them.
+/metrics is rendered from that same document through the declarations in
+counters.py, which say for each /stats key its Prometheus name, kind, unit,
+help and labels; see that module's header for the naming scheme (seed name
+-> ramster_<layer>_<what>[_<unit>][_total], the pool kind, export and peer
+as labels, page frames as bytes). Nothing here infers a kind or a unit from
+a name: a key counters.py does not declare is not rendered, and a test
+fails on it. Beside the node's numbers /metrics carries ramster_build_info
+and prometheus_client's process_* and python_info collectors.
+
 A few lines of HTTP/1.1 on asyncio streams, in the node's own loop, so a
 scrape reads the counters between two NBD requests and needs no locking.
 Each response closes its connection; scrapers and `ramster stats` make one
@@ -10,45 +21,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric as Family
 
+from . import __version__
+from .counters import BUILD_INFO, COUNTER, COUNTERS, EXPORT_STATS, METRICS, PEER_STATS, Metric, Stat
 from .units import format_address, parse_address
 
 log = logging.getLogger("ramster.metrics")
 
 MAX_REQUEST_BYTES = 16 * 1024
 REQUEST_TIMEOUT = 10.0
-
-# Engine values that are levels, not event counts: exposed as gauges.
-_GAUGE = re.compile(
-    r"(_max|_count|_pageframes|_zpages|_zbytes|^zcache\.last_.*|^zcache\.outstanding_writeback_pages"
-    r"|^zcache\.zero_filled_pages|^zcache\.same_filled_pages|^zcache\.huge_pages|^zcache\.max_pageframes"
-    r"|^ramster\.(remote|foreign)_(eph|pers)_pages|^ramster\.remote_pages_short)$"
-)
-# ...except these totals, which only grow
-_TOTAL = re.compile(r"(_cumul_\w+|evicted_\w+|_evicted_pageframes)$")
-_HELP = {
-    "zcache": "zcache2 debugfs counter",
-    "zbud": "zbud debugfs counter",
-    "frontswap": "frontswap counter",
-    "cleancache": "cleancache counter",
-    "ramster": "RAMster counter",
-}
-_REQUEST_FIELDS = ("reads", "writes", "trims", "zeroes", "flushes", "caches", "block_status")
-_BYTE_FIELDS = {"bytes_read": "read", "bytes_written": "write"}
-
-
-def is_gauge(name: str) -> bool:
-    return bool(_GAUGE.search(name)) and not _TOTAL.search(name)
-
-
-def _metric_name(key: str) -> str:
-    return "ramster_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
 class NodeCollector:
@@ -57,75 +44,44 @@ class NodeCollector:
     def __init__(self, stats: Callable[[], dict]):
         self._stats = stats
 
-    def collect(self):
+    def collect(self) -> Iterator[Family]:
+        families: dict[Metric, Family] = {}
+
+        def add(st: Stat, head: tuple[str, ...], value) -> None:
+            if value is None:  # not known yet (a peer's round trip before the first keepalive)
+                return
+            m = st.metric
+            fam = families.get(m)
+            if fam is None:
+                cls = CounterMetricFamily if m.kind == COUNTER else GaugeMetricFamily
+                fam = families[m] = cls(m.name, m.help, labels=m.labels, unit=m.base_unit)
+            fam.add_metric((*head, *st.labels), value * m.scale)
+
         s = self._stats()
         for key, value in s.get("counters", {}).items():
-            name = _metric_name(key)
-            helptext = f"{_HELP.get(key.partition('.')[0], 'counter')} {key}"
-            if is_gauge(key):
-                yield GaugeMetricFamily(name, helptext, value=value)
-            else:
-                yield CounterMetricFamily(name, helptext, value=value)
-        exports = s.get("exports", {})
-        requests = CounterMetricFamily("ramster_export_requests", "NBD requests served, by command",
-                                       labels=("export", "kind", "command"))
-        nbytes = CounterMetricFamily("ramster_export_bytes", "Bytes read from and written to an export",
-                                     labels=("export", "kind", "direction"))
-        errors = CounterMetricFamily("ramster_export_errors", "Requests an export answered with an error",
-                                     labels=("export", "kind"))
-        size = GaugeMetricFamily("ramster_export_size_bytes", "Size of an export", labels=("export", "kind"))
-        extra_c: dict[str, CounterMetricFamily] = {}
-        extra_g: dict[str, GaugeMetricFamily] = {}
-        for name, e in exports.items():
-            kind = e.get("kind", "")
-            size.add_metric((name, kind), e.get("size", 0))
-            for field, value in e.get("counters", {}).items():
-                if field in _REQUEST_FIELDS:
-                    requests.add_metric((name, kind, field), value)
-                elif field in _BYTE_FIELDS:
-                    nbytes.add_metric((name, kind, _BYTE_FIELDS[field]), value)
-                elif field == "errors":
-                    errors.add_metric((name, kind), value)
-                else:
-                    fam = extra_c.get(field)
-                    if fam is None:
-                        fam = extra_c[field] = CounterMetricFamily(
-                            f"ramster_export_{field}", f"Export counter {field}", labels=("export", "kind"))
-                    fam.add_metric((name, kind), value)
-            for field, value in e.get("gauges", {}).items():
-                fam = extra_g.get(field)
-                if fam is None:
-                    fam = extra_g[field] = GaugeMetricFamily(
-                        f"ramster_export_{field}", f"Export gauge {field}", labels=("export", "kind"))
-                fam.add_metric((name, kind), value)
-        yield requests
-        yield nbytes
-        yield errors
-        yield size
-        yield from extra_c.values()
-        yield from extra_g.values()
-        peers = s.get("peers", [])
-        if peers:
-            up = GaugeMetricFamily("ramster_peer_connected", "1 while the peer connection is up", labels=("peer",))
-            rtt = GaugeMetricFamily("ramster_peer_rtt_seconds", "Keepalive round trip to the peer", labels=("peer",))
-            held = GaugeMetricFamily("ramster_peer_pages_held", "This node's pages the peer holds", labels=("peer",))
-            alone = GaugeMetricFamily("ramster_peer_pages_only_copy",
-                                      "This node's pages whose only copy the peer holds", labels=("peer",))
-            free = GaugeMetricFamily("ramster_peer_free_frames", "Free frames the peer last reported",
-                                     labels=("peer",))
-            for p in peers:
-                up.add_metric((p["name"],), 1 if p["connected"] else 0)
-                if p.get("rtt_seconds") is not None:
-                    rtt.add_metric((p["name"],), p["rtt_seconds"])
-                held.add_metric((p["name"],), p.get("pages_held", 0))
-                alone.add_metric((p["name"],), p.get("pages_only_copy", 0))
-                if p.get("free_frames") is not None:
-                    free.add_metric((p["name"],), p["free_frames"])
-            yield from (up, rtt, held, alone, free)
-        node = s.get("node", {})
-        if "uptime_seconds" in node:
-            yield GaugeMetricFamily("ramster_uptime_seconds", "Seconds since the node started",
-                                    value=node["uptime_seconds"])
+            st = COUNTERS.get(key)
+            if st is not None:  # an undeclared key: tests/unit/test_counters.py fails on it
+                add(st, (), value)
+        for name, e in s.get("exports", {}).items():
+            head = (name, e.get("kind", ""))
+            for part in ("counters", "gauges"):
+                for field, value in e.get(part, {}).items():
+                    st = EXPORT_STATS.get(f"{part}.{field}")
+                    if st is not None:
+                        add(st, head, value)
+            if "size" in e:
+                add(EXPORT_STATS["size"], head, e["size"])
+        for p in s.get("peers", []):
+            for field, value in p.items():
+                st = PEER_STATS.get(field)
+                if st is not None:
+                    add(st, (p["name"],), int(value) if isinstance(value, bool) else value)
+        build = GaugeMetricFamily(BUILD_INFO.name, BUILD_INFO.help, labels=BUILD_INFO.labels)
+        build.add_metric((__version__,), 1)
+        families[BUILD_INFO] = build
+        for m in METRICS:  # declaration order: a layer's families stay together
+            if m in families:
+                yield families[m]
 
 
 class MetricsServer:
@@ -135,6 +91,8 @@ class MetricsServer:
         self._stats = stats
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(NodeCollector(stats))
+        self._registry.register(ProcessCollector(registry=None))
+        self._registry.register(PlatformCollector(registry=None))
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task] = set()
         self.address: str | None = None  # "HOST:PORT" actually bound

@@ -270,7 +270,7 @@ def test_metrics_endpoint(node):
     with urllib.request.urlopen(node.url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     assert "ramster_zcache_writtenback_pages_total" in text
-    assert 'ramster_export_requests_total{command="reads",export="swap",kind="swap"}' in text
+    assert 'ramster_export_requests_total{command="read",export="swap",kind="swap"}' in text
 
 
 def test_sigterm_exits_zero_and_syncs(node):
