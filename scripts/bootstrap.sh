@@ -4,7 +4,8 @@
 # drive) and the Python package itself in editable mode.
 #
 #   --test   also what only the test suite needs: QEMU, a Debian kernel,
-#            busybox-static, musl-tools and gcc, for the Linux guest of tests/guest
+#            busybox-static, musl-tools and gcc, for the Linux guest of tests/guest;
+#            prometheus for promtool, which checks a node's /metrics
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,8 @@ if [[ $py == /usr/bin/python3 ]]; then
 fi
 test_debs=()
 if ((with_tests)); then
-    test_debs=(qemu-system-x86 linux-image-cloud-amd64 busybox-static musl-tools gcc)  # musl-gcc runs gcc
+    test_debs=(qemu-system-x86 linux-image-cloud-amd64 busybox-static musl-tools gcc  # musl-gcc runs gcc
+               prometheus)  # Debian ships promtool only in the server's package
 fi
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"

@@ -8,14 +8,14 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ramster import __version__
 from ramster.cli import stats as stats_cli
 from ramster.config import build
-from ramster import __version__
 from ramster.counters import (BUILD_INFO, BYTES, COUNTER, COUNTERS, EXPORT_STATS, FRAMES, GAUGE,
                               METRICS, NUMBER, PEER_STATS, SECONDS, undeclared)
 from ramster.metrics import MetricsServer
-from ramster.units import PAGE_SIZE
 from ramster.node import Node
+from ramster.units import PAGE_SIZE
 
 PAGE = 4096
 
