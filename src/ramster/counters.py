@@ -15,7 +15,7 @@ A /stats document has four parts, and each is declared here:
                                                           EXPORT_STATS, by "size",
                                                           "counters.FIELD", "gauges.FIELD"
     "peers"     one dict per other node, by field         PEER_STATS, by field
-    "node"      this process: version, pid, uptime, ...    NODE_INFO (and BUILD_INFO)
+    "node"      this process: version, pid, uptime, ...    DESCRIPTIVE, and BUILD_INFO
 
 Fields that describe rather than measure (an export's kind and backing file,
 a peer's name and number, the node's pid) become labels or stay in /stats
@@ -44,7 +44,11 @@ From a seed name to a Prometheus name:
   a gauge (a level now, or the highest level so far, "_max") does not.
   Seed names that say "count" of a level (obj_count, zbud's buddied_count)
   lose the word, which Prometheus keeps for histograms: ramster_zcache_objects.
-  "cumul" (ever added) becomes "_added" with _total.
+  "cumul" (ever added) becomes "_added" with _total, and "zbytes"
+  (compressed bytes) "compressed" with _bytes.
+- eph_ate_tail and pers_ate_eph are one act, a put of either kind eating the
+  least recently used ephemeral frame: ramster_zcache_ouroboros_total, with
+  the put's kind as the pool label.
 - Help text is a sentence about what is counted; it says "gauge" of a
   gauge, never "counter", and does not repeat the name.
 """
@@ -123,16 +127,16 @@ def _declare(table: dict[str, Stat], key: str, metric: Metric, *labels: str) -> 
     table[key] = Stat(key, metric, labels)
 
 
-def counter(key: str, base: str, help: str, unit: str = NUMBER) -> None:
+def _counter(key: str, base: str, help: str, unit: str = NUMBER) -> None:
     """A /stats counter with no label."""
     _declare(COUNTERS, key, _metric(base, COUNTER, unit, help))
 
 
-def gauge(key: str, base: str, help: str, unit: str = NUMBER) -> None:
+def _gauge(key: str, base: str, help: str, unit: str = NUMBER) -> None:
     _declare(COUNTERS, key, _metric(base, GAUGE, unit, help))
 
 
-def per_pool(pattern: str, base: str, kind: str, help: str, unit: str = NUMBER,
+def _per_pool(pattern: str, base: str, kind: str, help: str, unit: str = NUMBER,
              pools: tuple[str, ...] = POOLS) -> None:
     """One family for the seed's eph_/pers_ pair: `pattern` holds "{pool}"."""
     m = _metric(base, kind, unit, help, ("pool",))
@@ -142,26 +146,26 @@ def per_pool(pattern: str, base: str, kind: str, help: str, unit: str = NUMBER,
 
 # ---- zcache (SPEC §4.8) -------------------------------------------------------------------
 
-gauge("zcache.obj_count", "zcache_objects", "Objects (files, swap areas' object ids) tmem indexes now, a gauge.")
-gauge("zcache.obj_count_max", "zcache_objects_max", "The most objects tmem has indexed at once, a gauge.")
-gauge("zcache.objnode_count", "zcache_objnodes",
-      "Radix-tree nodes tmem's objects use now to index their pages, a gauge.")
-gauge("zcache.objnode_count_max", "zcache_objnodes_max",
-      "The most radix-tree nodes tmem has used at once, a gauge.")
-counter("zcache.flush_total", "zcache_flush", "Flush-page calls, whether or not the page was there.")
-counter("zcache.flush_found", "zcache_flush_found", "Flush-page calls that found the page and dropped it.")
-counter("zcache.flobj_total", "zcache_flobj", "Flush-object calls, whether or not the object was there.")
-counter("zcache.flobj_found", "zcache_flobj_found", "Flush-object calls that found the object and dropped it.")
-per_pool("zcache.failed_{pool}_puts", "zcache_failed_puts", COUNTER,
-         "Puts refused for lack of memory (nothing stored, any older copy flushed), by pool kind.")
-counter("zcache.failed_get_free_pages", "zcache_failed_get_free_pages",
-        "Puts that found the memory budget spent and had to take a frame from elsewhere.")
-counter("zcache.failed_alloc", "zcache_failed_alloc", "Puts that failed to allocate a tmem object or radix-tree node.")
-counter("zcache.put_to_flush", "zcache_put_to_flush", "Puts turned into flushes because zcache was frozen.")
-counter("zcache.compress_poor", "zcache_compress_poor",
-        "Puts rejected because the page compressed to more than the class's size limit.")
-counter("zcache.mean_compress_poor", "zcache_mean_compress_poor",
-        "Persistent puts rejected because the mean compressed size stored is already too high.")
+_gauge("zcache.obj_count", "zcache_objects", "Objects (files, swap areas' object ids) tmem indexes now, a gauge.")
+_gauge("zcache.obj_count_max", "zcache_objects_max", "The most objects tmem has indexed at once, a gauge.")
+_gauge("zcache.objnode_count", "zcache_objnodes",
+       "Radix-tree nodes tmem's objects use now to index their pages, a gauge.")
+_gauge("zcache.objnode_count_max", "zcache_objnodes_max",
+       "The most radix-tree nodes tmem has used at once, a gauge.")
+_counter("zcache.flush_total", "zcache_flush", "Flush-page calls, whether or not the page was there.")
+_counter("zcache.flush_found", "zcache_flush_found", "Flush-page calls that found the page and dropped it.")
+_counter("zcache.flobj_total", "zcache_flobj", "Flush-object calls, whether or not the object was there.")
+_counter("zcache.flobj_found", "zcache_flobj_found", "Flush-object calls that found the object and dropped it.")
+_per_pool("zcache.failed_{pool}_puts", "zcache_failed_puts", COUNTER,
+          "Puts refused for lack of memory (nothing stored, any older copy flushed), by pool kind.")
+_counter("zcache.failed_get_free_pages", "zcache_failed_get_free_pages",
+         "Puts that found the memory budget spent and had to take a frame from elsewhere.")
+_counter("zcache.failed_alloc", "zcache_failed_alloc", "Puts that failed to allocate a tmem object or radix-tree node.")
+_counter("zcache.put_to_flush", "zcache_put_to_flush", "Puts turned into flushes because zcache was frozen.")
+_counter("zcache.compress_poor", "zcache_compress_poor",
+         "Puts rejected because the page compressed to more than the class's size limit.")
+_counter("zcache.mean_compress_poor", "zcache_mean_compress_poor",
+         "Persistent puts rejected because the mean compressed size stored is already too high.")
 ate = _metric("zcache_ouroboros", COUNTER, NUMBER,
               "Puts that found no free frame and reused the least recently used ephemeral frame, "
               "by the pool kind of the put.", ("pool",))
@@ -173,119 +177,119 @@ ate = _metric("zcache_ouroboros_failed", COUNTER, NUMBER,
 _declare(COUNTERS, "zcache.eph_ate_tail_failed", ate, "eph")
 _declare(COUNTERS, "zcache.pers_ate_eph_failed", ate, "pers")
 del ate
-per_pool("zcache.evicted_{pool}_zpages", "zcache_evicted_zpages", COUNTER,
-         "Compressed pages dropped with the ephemeral frames evicted to make room.", pools=("eph",))
-per_pool("zcache.evicted_{pool}_pageframes", "zcache_evicted_pageframes", COUNTER,
-         "Ephemeral page frames evicted to make room, each with the pages it held.", pools=("eph",))
-per_pool("zcache.{pool}_pageframes", "zcache_pageframes", GAUGE,
-         "Memory zcache holds now in page frames, by pool kind, a gauge.", FRAMES)
-per_pool("zcache.{pool}_pageframes_max", "zcache_pageframes_max", GAUGE,
-         "The most memory zcache has held at once in page frames, by pool kind, a gauge.", FRAMES)
-per_pool("zcache.{pool}_zpages", "zcache_zpages", GAUGE,
-         "Compressed pages stored now, by pool kind, a gauge.")
-per_pool("zcache.{pool}_zpages_max", "zcache_zpages_max", GAUGE,
-         "The most compressed pages stored at once, by pool kind, a gauge.")
-per_pool("zcache.{pool}_zbytes", "zcache_compressed", GAUGE,
-         "Compressed payload stored now, handles not counted, by pool kind, a gauge.", BYTES)
-per_pool("zcache.{pool}_zbytes_max", "zcache_compressed_max", GAUGE,
-         "The most compressed payload stored at once, by pool kind, a gauge.", BYTES)
+_per_pool("zcache.evicted_{pool}_zpages", "zcache_evicted_zpages", COUNTER,
+          "Compressed pages dropped with the ephemeral frames evicted to make room.", pools=("eph",))
+_per_pool("zcache.evicted_{pool}_pageframes", "zcache_evicted_pageframes", COUNTER,
+          "Ephemeral page frames evicted to make room, each with the pages it held.", pools=("eph",))
+_per_pool("zcache.{pool}_pageframes", "zcache_pageframes", GAUGE,
+          "Memory zcache holds now in page frames, by pool kind, a gauge.", FRAMES)
+_per_pool("zcache.{pool}_pageframes_max", "zcache_pageframes_max", GAUGE,
+          "The most memory zcache has held at once in page frames, by pool kind, a gauge.", FRAMES)
+_per_pool("zcache.{pool}_zpages", "zcache_zpages", GAUGE,
+          "Compressed pages stored now, by pool kind, a gauge.")
+_per_pool("zcache.{pool}_zpages_max", "zcache_zpages_max", GAUGE,
+          "The most compressed pages stored at once, by pool kind, a gauge.")
+_per_pool("zcache.{pool}_zbytes", "zcache_compressed", GAUGE,
+          "Compressed payload stored now, handles not counted, by pool kind, a gauge.", BYTES)
+_per_pool("zcache.{pool}_zbytes_max", "zcache_compressed_max", GAUGE,
+          "The most compressed payload stored at once, by pool kind, a gauge.", BYTES)
 last_lru = _metric("zcache_last_lru", GAUGE, FRAMES,
                    "Size of each page LRU list the shrinker was last told about, which sets how much "
                    "it evicts and writes back, a gauge.", ("lru",))
 for _lru in ("active_file", "inactive_file", "active_anon", "inactive_anon"):
     _declare(COUNTERS, f"zcache.last_{_lru}_pageframes", last_lru, _lru)
 del last_lru, _lru
-per_pool("zcache.{pool}_nonactive_puts_ignored", "zcache_nonactive_puts_ignored", COUNTER,
-         "Puts skipped because the page was never active (the WasActive filter), by pool kind.")
-gauge("zcache.outstanding_writeback_pages", "zcache_outstanding_writeback_pages",
-      "Persistent pages on their way to a backing file now, a gauge.")
-counter("zcache.writtenback_pages", "zcache_writtenback_pages",
-        "Persistent pages moved from memory to a backing file to make room.")
-gauge("zcache.zero_filled_pages", "zcache_zero_filled_pages",
-      "Pages stored now as all zeros, taking no frame, a gauge.")
-gauge("zcache.same_filled_pages", "zcache_same_filled_pages",
-      "Pages stored now as one repeated 8-byte word, taking no frame, a gauge.")
-gauge("zcache.huge_pages", "zcache_huge_pages",
-      "Pages stored now uncompressed, a whole frame each, because they do not compress, a gauge.")
-gauge("zcache.huge_pages_max", "zcache_huge_pages_max", "The most uncompressed pages stored at once, a gauge.")
-counter("zcache.pageframes_alloced", "zcache_pageframes_alloced", "Page frames taken from the frame arena.")
-counter("zcache.pageframes_freed", "zcache_pageframes_freed", "Page frames given back to the frame arena.")
-gauge("zcache.max_pageframes", "zcache_pageframes_limit",
-      "The memory budget: the most memory zcache may hold in page frames, a gauge.", FRAMES)
+_per_pool("zcache.{pool}_nonactive_puts_ignored", "zcache_nonactive_puts_ignored", COUNTER,
+          "Puts skipped because the page was never active (the WasActive filter), by pool kind.")
+_gauge("zcache.outstanding_writeback_pages", "zcache_outstanding_writeback_pages",
+       "Persistent pages on their way to a backing file now, a gauge.")
+_counter("zcache.writtenback_pages", "zcache_writtenback_pages",
+         "Persistent pages moved from memory to a backing file to make room.")
+_gauge("zcache.zero_filled_pages", "zcache_zero_filled_pages",
+       "Pages stored now as all zeros, taking no frame, a gauge.")
+_gauge("zcache.same_filled_pages", "zcache_same_filled_pages",
+       "Pages stored now as one repeated 8-byte word, taking no frame, a gauge.")
+_gauge("zcache.huge_pages", "zcache_huge_pages",
+       "Pages stored now uncompressed, a whole frame each, because they do not compress, a gauge.")
+_gauge("zcache.huge_pages_max", "zcache_huge_pages_max", "The most uncompressed pages stored at once, a gauge.")
+_counter("zcache.pageframes_alloced", "zcache_pageframes_alloced", "Page frames taken from the frame arena.")
+_counter("zcache.pageframes_freed", "zcache_pageframes_freed", "Page frames given back to the frame arena.")
+_gauge("zcache.max_pageframes", "zcache_pageframes_limit",
+       "The memory budget: the most memory zcache may hold in page frames, a gauge.", FRAMES)
 
 # ---- zbud (SPEC §3.9) ---------------------------------------------------------------------
 
-per_pool("zbud.{pool}_zbytes", "zbud_compressed", GAUGE,
-         "Compressed data zbud stores now, its handles included, by pool kind, a gauge.", BYTES)
-per_pool("zbud.{pool}_cumul_zbytes", "zbud_compressed_added", COUNTER,
-         "Compressed data ever stored in zbud, handles included, by pool kind.", BYTES)
-per_pool("zbud.{pool}_zpages", "zbud_zpages", GAUGE, "Zbuds (compressed pages) stored now, by pool kind, a gauge.")
-per_pool("zbud.{pool}_cumul_zpages", "zbud_zpages_added", COUNTER, "Zbuds ever stored, by pool kind.")
-per_pool("zbud.{pool}_pageframes", "zbud_pageframes", GAUGE,
-         "Memory zbud holds now in page frames, by pool kind, a gauge.", FRAMES)
-per_pool("zbud.{pool}_evicted_pageframes", "zbud_evicted_pageframes", COUNTER,
-         "Page frames evicted from the tail of zbud's LRU, by pool kind.")
-per_pool("zbud.{pool}_buddied_count", "zbud_buddied_pageframes", GAUGE,
-         "Memory in page frames that hold two zbuds now, by pool kind, a gauge.", FRAMES)
-per_pool("zbud.{pool}_unbuddied_count", "zbud_unbuddied_pageframes", GAUGE,
-         "Memory in page frames that hold one zbud and room for a buddy now, by pool kind, a gauge.", FRAMES)
-per_pool("zbud.{pool}_zombie_count", "zbud_zombie_pageframes", GAUGE,
-         "Memory in page frames taken off the LRU (zombies) and not yet freed, by pool kind, a gauge.", FRAMES)
+_per_pool("zbud.{pool}_zbytes", "zbud_compressed", GAUGE,
+          "Compressed data zbud stores now, its handles included, by pool kind, a gauge.", BYTES)
+_per_pool("zbud.{pool}_cumul_zbytes", "zbud_compressed_added", COUNTER,
+          "Compressed data ever stored in zbud, handles included, by pool kind.", BYTES)
+_per_pool("zbud.{pool}_zpages", "zbud_zpages", GAUGE, "Zbuds (compressed pages) stored now, by pool kind, a gauge.")
+_per_pool("zbud.{pool}_cumul_zpages", "zbud_zpages_added", COUNTER, "Zbuds ever stored, by pool kind.")
+_per_pool("zbud.{pool}_pageframes", "zbud_pageframes", GAUGE,
+          "Memory zbud holds now in page frames, by pool kind, a gauge.", FRAMES)
+_per_pool("zbud.{pool}_evicted_pageframes", "zbud_evicted_pageframes", COUNTER,
+          "Page frames evicted from the tail of zbud's LRU, by pool kind.")
+_per_pool("zbud.{pool}_buddied_count", "zbud_buddied_pageframes", GAUGE,
+          "Memory in page frames that hold two zbuds now, by pool kind, a gauge.", FRAMES)
+_per_pool("zbud.{pool}_unbuddied_count", "zbud_unbuddied_pageframes", GAUGE,
+          "Memory in page frames that hold one zbud and room for a buddy now, by pool kind, a gauge.", FRAMES)
+_per_pool("zbud.{pool}_zombie_count", "zbud_zombie_pageframes", GAUGE,
+          "Memory in page frames taken off the LRU (zombies) and not yet freed, by pool kind, a gauge.", FRAMES)
 
 # ---- the front-ends -----------------------------------------------------------------------
 
-counter("frontswap.loads", "frontswap_loads", "Frontswap loads that found the page.")
-counter("frontswap.succ_stores", "frontswap_succ_stores", "Frontswap stores that kept the page.")
-counter("frontswap.failed_stores", "frontswap_failed_stores",
-        "Frontswap stores refused (the page must go to the swap device).")
-counter("frontswap.invalidates", "frontswap_invalidates", "Frontswap page invalidations that dropped a page.")
-counter("cleancache.succ_gets", "cleancache_succ_gets", "Cleancache gets that found the page.")
-counter("cleancache.failed_gets", "cleancache_failed_gets", "Cleancache gets that missed.")
-counter("cleancache.puts", "cleancache_puts", "Cleancache puts offered, kept or not.")
-counter("cleancache.invalidates", "cleancache_invalidates",
-        "Cleancache invalidations of a page, an inode or a whole filesystem.")
+_counter("frontswap.loads", "frontswap_loads", "Frontswap loads that found the page.")
+_counter("frontswap.succ_stores", "frontswap_succ_stores", "Frontswap stores that kept the page.")
+_counter("frontswap.failed_stores", "frontswap_failed_stores",
+         "Frontswap stores refused (the page must go to the swap device).")
+_counter("frontswap.invalidates", "frontswap_invalidates", "Frontswap page invalidations that dropped a page.")
+_counter("cleancache.succ_gets", "cleancache_succ_gets", "Cleancache gets that found the page.")
+_counter("cleancache.failed_gets", "cleancache_failed_gets", "Cleancache gets that missed.")
+_counter("cleancache.puts", "cleancache_puts", "Cleancache puts offered, kept or not.")
+_counter("cleancache.invalidates", "cleancache_invalidates",
+         "Cleancache invalidations of a page, an inode or a whole filesystem.")
 
 # ---- RAMster (SPEC §5.11, and what this implementation adds) ------------------------------
 
-per_pool("ramster.{pool}_pages_remoted", "pages_remoted", COUNTER,
-         "Pages moved to a peer by the remotify worker, by pool kind.")
-per_pool("ramster.{pool}_pages_remote_failed", "pages_remote_failed", COUNTER,
-         "Pages the remotify worker failed to put on a peer, by pool kind.")
-per_pool("ramster.remote_{pool}_pages_succ_get", "remote_pages_succ_get", COUNTER,
-         "Gets of pages held by a peer that brought the data back, by pool kind.")
-per_pool("ramster.remote_{pool}_pages_unsucc_get", "remote_pages_unsucc_get", COUNTER,
-         "Gets of pages held by a peer that brought no data back, by pool kind.")
-per_pool("ramster.{pool}_pages_remote_nomem", "pages_remote_nomem", COUNTER,
-         "Pages fetched from a peer that found no local memory to land in.", pools=("pers",))
-counter("ramster.remote_objects_flushed", "remote_objects_flushed", "Object flushes sent to peers.")
-counter("ramster.remote_pages_flushed", "remote_pages_flushed", "Page flushes sent to peers.")
-counter("ramster.remote_object_flushes_failed", "remote_object_flushes_failed",
-        "Object flushes a peer did not acknowledge.")
-counter("ramster.remote_page_flushes_failed", "remote_page_flushes_failed",
-        "Page flushes a peer did not acknowledge.")
-counter("ramster.remote_pools_destroyed", "remote_pools_destroyed", "Pool destructions sent to peers.")
-counter("ramster.remote_pool_destroys_failed", "remote_pool_destroys_failed",
-        "Pool destructions a peer did not acknowledge.")
-per_pool("ramster.remote_{pool}_pages_lost", "remote_pages_lost", COUNTER,
-         "Pages whose every copy was on peers that lost them, read back as errors.", pools=("pers",))
-counter("ramster.remote_checksum_errors", "remote_checksum_errors",
-        "Pages a peer returned whose checksum did not match what was sent.")
-counter("ramster.pages_rereplicated", "pages_rereplicated",
-        "Copies of pages made again on another peer after a peer holding one went away.")
-gauge("ramster.remote_pages_short", "remote_pages_short",
-      "Pages held by peers with fewer copies than configured, waiting for repair, a gauge.")
-per_pool("ramster.remote_{pool}_pages", "remote_pages", GAUGE,
-         "This node's pages that live on peers now, by pool kind, a gauge.")
-per_pool("ramster.foreign_{pool}_pages", "foreign_pages", GAUGE,
-         "Pages this node stores for peers now, by pool kind, a gauge.")
-per_pool("ramster.foreign_{pool}_pages_max", "foreign_pages_max", GAUGE,
-         "The most pages this node has stored for peers at once, by pool kind, a gauge.")
-counter("ramster.auth_failures", "auth_failures",
-        "Peer connections refused because the node's signature did not verify.")
-counter("ramster.compressor_mismatches", "compressor_mismatches",
-        "Peer connections refused because the node compresses with another codec.")
-counter("ramster.handshakes_refused", "handshakes_refused",
-        "Peer connections refused during the handshake, for any reason.")
+_per_pool("ramster.{pool}_pages_remoted", "pages_remoted", COUNTER,
+          "Pages moved to a peer by the remotify worker, by pool kind.")
+_per_pool("ramster.{pool}_pages_remote_failed", "pages_remote_failed", COUNTER,
+          "Pages the remotify worker failed to put on a peer, by pool kind.")
+_per_pool("ramster.remote_{pool}_pages_succ_get", "remote_pages_succ_get", COUNTER,
+          "Gets of pages held by a peer that brought the data back, by pool kind.")
+_per_pool("ramster.remote_{pool}_pages_unsucc_get", "remote_pages_unsucc_get", COUNTER,
+          "Gets of pages held by a peer that brought no data back, by pool kind.")
+_per_pool("ramster.{pool}_pages_remote_nomem", "pages_remote_nomem", COUNTER,
+          "Pages fetched from a peer that found no local memory to land in.", pools=("pers",))
+_counter("ramster.remote_objects_flushed", "remote_objects_flushed", "Object flushes sent to peers.")
+_counter("ramster.remote_pages_flushed", "remote_pages_flushed", "Page flushes sent to peers.")
+_counter("ramster.remote_object_flushes_failed", "remote_object_flushes_failed",
+         "Object flushes a peer did not acknowledge.")
+_counter("ramster.remote_page_flushes_failed", "remote_page_flushes_failed",
+         "Page flushes a peer did not acknowledge.")
+_counter("ramster.remote_pools_destroyed", "remote_pools_destroyed", "Pool destructions sent to peers.")
+_counter("ramster.remote_pool_destroys_failed", "remote_pool_destroys_failed",
+         "Pool destructions a peer did not acknowledge.")
+_per_pool("ramster.remote_{pool}_pages_lost", "remote_pages_lost", COUNTER,
+          "Pages whose every copy was on peers that lost them, read back as errors.", pools=("pers",))
+_counter("ramster.remote_checksum_errors", "remote_checksum_errors",
+         "Pages a peer returned whose checksum did not match what was sent.")
+_counter("ramster.pages_rereplicated", "pages_rereplicated",
+         "Copies of pages made again on another peer after a peer holding one went away.")
+_gauge("ramster.remote_pages_short", "remote_pages_short",
+       "Pages held by peers with fewer copies than configured, waiting for repair, a gauge.")
+_per_pool("ramster.remote_{pool}_pages", "remote_pages", GAUGE,
+          "This node's pages that live on peers now, by pool kind, a gauge.")
+_per_pool("ramster.foreign_{pool}_pages", "foreign_pages", GAUGE,
+          "Pages this node stores for peers now, by pool kind, a gauge.")
+_per_pool("ramster.foreign_{pool}_pages_max", "foreign_pages_max", GAUGE,
+          "The most pages this node has stored for peers at once, by pool kind, a gauge.")
+_counter("ramster.auth_failures", "auth_failures",
+         "Peer connections refused because the node's signature did not verify.")
+_counter("ramster.compressor_mismatches", "compressor_mismatches",
+         "Peer connections refused because the node compresses with another codec.")
+_counter("ramster.handshakes_refused", "handshakes_refused",
+         "Peer connections refused during the handshake, for any reason.")
 
 # ---- NBD exports: labels export and kind, then the metric's own ---------------------------
 
@@ -342,8 +346,6 @@ _peer("pages_only_copy", "peer_pages_only_copy", GAUGE,
 
 BUILD_INFO = _metric("build_info", GAUGE, NUMBER, "Always 1; the label says which ramster version runs.",
                      ("version",))
-NODE_INFO = "node"  # the /stats part that describes the process
-
 # What /stats shows that is no sample of its own, and why.
 DESCRIPTIVE: dict[str, str] = {
     "node.version": "the version label of ramster_build_info",
@@ -381,7 +383,7 @@ def undeclared(stats: dict) -> list[str]:
         elif part == "peers":
             for p in value:
                 out.update(f"peers.{k}" for k in p if k not in PEER_STATS and f"peers.{k}" not in DESCRIPTIVE)
-        elif part == NODE_INFO:
+        elif part == "node":
             out.update(f"node.{k}" for k in value if f"node.{k}" not in DESCRIPTIVE)
         else:
             out.add(part)
