@@ -98,6 +98,7 @@ def test_metrics_and_stats(tmp_path):
         (value,) = [s.value for s in fams[name].samples if s.labels == labels and not s.name.endswith("_created")]
         return value
 
+    assert undeclared(stats) == []  # tests/interop/test_node_metrics.py checks a cluster node too
     # every engine counter is there under its declared name, kind, labels and unit
     for key, value in stats["counters"].items():
         st = COUNTERS[key]
