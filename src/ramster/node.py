@@ -169,17 +169,15 @@ class Node:
                                 targets=tuple(t.number for t in cl.targets),
                                 replicas=min(cl.replicas, len(cl.targets)),
                                 selfshrink=cl.selfshrink)
-        self.net = PeerNetwork(cl, handler=None, compressor=self.config.compressor)
+        self.net = PeerNetwork(cl, compressor=self.config.compressor)
         self.ramster = Ramster(self.zc, self.net, policy)
-        self.net.handler = self.ramster.handle
-        self.net.free_frames = self.ramster.free_frames
-        self.net.on_peer_change = self.ramster.peer_changed
         for e in self.exports.values():
             if isinstance(e, SwapExport):
                 e.remote = self.ramster
                 e.room_timeout = cl.request_timeout
         try:
-            await self.net.start()
+            await self.net.start(self.ramster.handle, free_frames=self.ramster.free_frames,
+                                 on_peer_change=self.ramster.peer_changed)
         except OSError as err:
             raise ConfigError(f"cannot listen for peers on {cl.local.host}:{cl.local.port}: "
                               f"{_oserror_text(err)}") from None

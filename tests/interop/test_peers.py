@@ -1,7 +1,7 @@
 """RAMster peers over real sockets on 127.0.0.1.
 
 In-process PeerNetworks share one event loop; a peer that must be paused or
-killed is a real `python -m ramster.remote.peer` process. Nothing waits by
+killed is a real tests/memory_peer.py process. Nothing waits by
 sleeping: tests wait on peer-state changes or replies, each with a deadline.
 """
 from __future__ import annotations
@@ -16,15 +16,18 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from memory_peer import MemoryStore
 from support import free_port
 
 from ramster.remote import keys, session, wire
 from ramster.remote.clusterconf import load_cluster
-from ramster.remote.peer import MemoryStore, PeerNetwork, PeerTimeout, PeerUnavailable
+from ramster.remote.peer import PeerNetwork, PeerTimeout, PeerUnavailable
 from ramster.remote.wire import Get, GetReply, PutPage, PutPages
 
+MEMORY_PEER = str(Path(__file__).resolve().parents[1] / "memory_peer.py")
 FAST = {"request_timeout": 0.5, "keepalive": 0.2, "idle_timeout": 1.5,
         "reconnect_delay": 0.05, "reconnect_max": 0.3}
 
@@ -54,12 +57,13 @@ def run(coro, timeout: float = 30):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def start_net(doc, name, handler=None, frames=1000, compressor="lz4") -> PeerNetwork:
+async def start_net(doc, name, handler=None, frames=1000, compressor="lz4", free_frames=None,
+                    on_peer_change=None) -> PeerNetwork:
     store = handler or MemoryStore(frames)
-    net = PeerNetwork(load_cluster(doc, name), store, compressor=compressor)
-    if isinstance(store, MemoryStore):
-        net.free_frames = store.free
-    await net.start()
+    if free_frames is None and isinstance(store, MemoryStore):
+        free_frames = store.free
+    net = PeerNetwork(load_cluster(doc, name), compressor=compressor)
+    await net.start(store, free_frames=free_frames, on_peer_change=on_peer_change)
     return net
 
 
@@ -79,7 +83,7 @@ def page(i: int) -> bytes:
 
 
 class PeerProcess:
-    """`python -m ramster.remote.peer` as a child process."""
+    """tests/memory_peer.py as a child process."""
 
     def __init__(self, proc: asyncio.subprocess.Process):
         self.proc = proc
@@ -87,7 +91,7 @@ class PeerProcess:
     @classmethod
     async def start(cls, config_path, name) -> PeerProcess:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ramster.remote.peer", "--config", str(config_path), "--name", name,
+            sys.executable, MEMORY_PEER, "--config", str(config_path), "--name", name,
             stdout=subprocess.PIPE)
         self = cls(proc)
         while True:
@@ -218,8 +222,8 @@ def test_handler_errors_become_error_replies(tmp_path):
 
 
 def test_incoming_requests_are_bounded(tmp_path, monkeypatch):
-    from ramster.remote import peer
-    monkeypatch.setattr(peer, "MAX_HANDLERS", 4)
+    from ramster.remote import connection
+    monkeypatch.setattr(connection, "MAX_HANDLERS", 4)
     running = []
 
     async def main():
@@ -280,9 +284,8 @@ def test_not_connected_and_bad_requests(tmp_path):
 def test_keepalive_measures_rtt_and_reports_free_frames(tmp_path):
     async def main():
         doc = cluster_doc(tmp_path, "ab")
-        a = await start_net(doc, "a")
+        a = await start_net(doc, "a", free_frames=lambda: 4321)
         b = await start_net(doc, "b")
-        a.free_frames = lambda: 4321
         try:
             await all_connected([a, b])
             ok = await b.wait_until(lambda: b.peers()[0].rtt is not None and b.peers()[0].free_frames == 4321, 5)
@@ -312,11 +315,12 @@ def test_connection_loss_fails_waiting_requests_at_once(tmp_path):
 
         doc = cluster_doc(tmp_path, "ab")
         a = await start_net(doc, "a")
-        b = await start_net(doc, "b", handler)
         changes = []
-        b.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        b = await start_net(doc, "b", handler, on_peer_change=lambda n, c, r: changes.append((n, c, r)))
         try:
             await all_connected([a, b])
+            assert changes == [(0, True, False)]
+            del changes[:]
             pending = [asyncio.create_task(a.request(1, wire.FlushPage(0, True, 1, i), timeout=10))
                        for i in range(5)]
             await asyncio.wait_for(entered.wait(), 5)
@@ -494,10 +498,9 @@ def test_impostor_cannot_evict_or_restart_a_connected_node(tmp_path, caplog):
     """c holds only its own key and claims to be b (with another boot id) while b is connected."""
     async def main():
         doc = cluster_doc(tmp_path, "abc")
-        a = await start_net(doc, "a")
-        b = await start_net(doc, "b")
         changes = []
-        a.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        a = await start_net(doc, "a", on_peer_change=lambda n, c, r: changes.append((n, c, r)))
+        b = await start_net(doc, "b")
         try:
             await a.wait_until(lambda: a.connected(1), 5)
             real = a._conns[1]
@@ -576,12 +579,13 @@ def test_paused_peer_times_out_and_recovers(tmp_path):
         doc = cluster_doc(tmp_path, ["m", "a", "b"])
         write_toml(tmp_path / "cluster.toml", doc)
         m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
-        a = await start_net(doc, "a")
-        b = await start_net(doc, "b")
         changes = []
-        a.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        a = await start_net(doc, "a", on_peer_change=lambda n, c, r: changes.append((n, c, r)))
+        b = await start_net(doc, "b")
         try:
             await all_connected([a, b])
+            assert sorted(changes) == [(0, True, False), (2, True, False)]
+            del changes[:]
             r = await a.request(0, PutPages(3, True, [PutPage(1, 1, 11, b"kept")]))
             assert r.statuses == [0]
 
@@ -620,11 +624,11 @@ def test_restarted_peer_reported_with_new_boot_id(tmp_path):
         doc = cluster_doc(tmp_path, ["m", "a"])
         write_toml(tmp_path / "cluster.toml", doc)
         m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
-        a = await start_net(doc, "a")
         changes = []
-        a.on_peer_change = lambda n, c, r: changes.append((n, c, r))
+        a = await start_net(doc, "a", on_peer_change=lambda n, c, r: changes.append((n, c, r)))
         try:
             await all_connected([a])
+            assert changes == [(0, True, False)]
             boot1 = a.peers()[0].boot_id
             r = await a.request(0, PutPages(0, True, [PutPage(5, 5, 5, b"gone soon")]))
             assert r.statuses == [0]

@@ -186,3 +186,107 @@ def test_what_the_peer_says_is_one_printable_line_in_our_log(cluster):
     d, _ = pair(cluster)
     r = d.receive(ErrorReply(wire.EINVAL, "no\nFAKE LOG LINE\x1b[31m" + "x" * 2000))
     assert "\n" not in r.reason and "\x1b" not in r.reason and len(r.reason) < 500
+
+
+# --- Session: the whole byte stream, still without sockets -------------------------------------------
+def sessions(cluster, dialler="b", acceptor="a", *, dcomp="lz4", acomp="lz4", dconf=None):
+    d = session.Session(dconf or cluster[dialler], compressor=dcomp, boot_id=111,
+                        expect=cluster[acceptor].local.number)
+    a = session.Session(cluster[acceptor], compressor=acomp, boot_id=222)
+    return d, a
+
+
+def pump(x: session.Session, y: session.Session, chunk: int | None = None, extra: dict | None = None):
+    """Move bytes both ways (in `chunk`-byte pieces if given) until neither has more to say; the
+    events each side saw. `extra[side]` is appended to that side's bytes once it is accepted."""
+    seen = {"x": [], "y": []}
+    extra = dict(extra or {})
+    while True:
+        moved = False
+        for me, other, who, to in ((x, y, "x", "y"), (y, x, "y", "x")):
+            data = me.data_to_send()
+            if type(me.result) is Accepted and who in extra:
+                data += extra.pop(who)
+            if not data:
+                continue
+            moved = True
+            pieces = [data] if chunk is None else [data[i:i + chunk] for i in range(0, len(data), chunk)]
+            for p in pieces:
+                seen[to] += other.receive_data(p)
+        if not moved:
+            return seen["x"], seen["y"]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+def test_sessions_meet_over_bytes_alone(cluster, chunk):
+    d, a = sessions(cluster)
+    ed, ea = pump(d, a, chunk)
+    assert ed == [session.Claimed(0), session.Proven(0), Accepted(peer=0, boot_id=222, compressor="lz4")]
+    assert ea == [session.Claimed(1), session.Proven(1), Accepted(peer=1, boot_id=111, compressor="lz4")]
+    assert d.result == ed[-1] and a.result == ea[-1]
+
+
+def test_requests_in_the_same_read_as_the_welcome_are_not_lost(cluster):
+    d, a = sessions(cluster)
+    # the dialler's first requests follow its Welcome in one write
+    first = wire.encode(wire.Keepalive(), 1) + wire.encode(wire.FlushPage(0, True, 1, 2), 2)
+    _, ea = pump(d, a, extra={"x": first})
+    i = ea.index(Accepted(peer=1, boot_id=111, compressor="lz4"))
+    assert [type(m) for m in ea[i + 1:]] == [wire.Keepalive, wire.FlushPage]
+    assert [m.msg_id for m in ea[i + 1:]] == [1, 2]
+
+
+def test_after_the_handshake_only_messages_come_out(cluster):
+    d, a = sessions(cluster)
+    pump(d, a)
+    data = wire.encode(wire.Keepalive(), 9)
+    assert a.receive_data(data[:5]) == []
+    [m] = a.receive_data(data[5:])
+    assert type(m) is wire.Keepalive and m.msg_id == 9
+    assert a.data_to_send() == b""  # what to answer is the transport's business now
+    with pytest.raises(wire.WireError, match="bad magic"):
+        a.receive_data(b"\0" * wire.HEADER_SIZE)
+
+
+def test_a_refusal_is_sent_as_bytes_and_read_as_the_peers_refusal(cluster):
+    d, a = sessions(cluster, dcomp="zstd", acomp="lz4")
+    ed, ea = pump(d, a)
+    ra, rd = ea[-1], ed[-1]
+    assert type(ra) is Refused and ra.kind == session.COMPRESSOR and ra.tell
+    # each side told the other why; a side refused by the peer has nothing to add
+    assert type(rd) is Refused and rd.kind == session.COMPRESSOR
+    assert d.data_to_send() == b"" and a.data_to_send() == b""
+    # a refused session reads nothing more
+    assert a.receive_data(wire.encode(wire.Keepalive(), 1)) == []
+
+
+def test_the_peer_told_us_why_it_refused(cluster):
+    d, a = sessions(cluster, dconf=dataclasses.replace(cluster["b"], private_key=cluster["c"].private_key))
+    ed, ea = pump(d, a)
+    assert type(ea[-1]) is Refused and ea[-1].kind == session.AUTH
+    assert type(ed[-1]) is Refused and not ed[-1].tell and "saying: authentication failed" in ed[-1].reason
+    assert session.Accepted not in map(type, ed + ea)
+
+
+@pytest.mark.parametrize("garbage, words", [
+    (b"GET / HTTP/1.1\r\n\r\n", "protocol error: bad magic"),
+    (wire.HEADER.pack(wire.MAGIC, 1, 1, 0, 0, 0), "protocol error: unsupported protocol version 1"),
+])
+def test_garbage_before_the_handshake_is_refused_and_answered(cluster, garbage, words):
+    a = session.Session(cluster["a"], compressor="lz4", boot_id=1)
+    hello = a.data_to_send()
+    assert [type(m) for m in wire.Decoder().feed(hello)] == [Hello]
+    [r] = a.receive_data(garbage)
+    assert type(r) is Refused and r.tell and r.reason.startswith(words)
+    [reply] = wire.Decoder().feed(a.data_to_send())
+    assert type(reply) is ErrorReply and reply.message == r.reason
+    assert a.receive_data(b"more") == []
+
+
+def test_a_hello_split_anywhere_is_the_same_hello(cluster):
+    d, _ = sessions(cluster)
+    raw = d.data_to_send()
+    for cut in range(1, len(raw)):
+        a = session.Session(cluster["a"], compressor="lz4", boot_id=2)
+        assert a.receive_data(raw[:cut]) == []
+        assert a.receive_data(raw[cut:]) == [session.Claimed(1)]

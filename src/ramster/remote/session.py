@@ -10,6 +10,17 @@ A side is connected only once it has checked the other's Auth *and* received
 its Welcome: a node whose key the other side does not accept never looks
 connected, not even for a moment, to either side.
 
+Two layers, neither of which touches a socket or a clock. `Handshake` turns
+one received message into the message to answer with (or a verdict).
+`Session` is the connection's whole byte stream: `receive_data(bytes)`
+returns events (Claimed, Proven, then Accepted or Refused) and, once
+accepted, the decoded messages that follow, including any that arrived in
+the same read as the peer's Welcome; `data_to_send()` returns the bytes owed
+to the peer (our Hello, Auth, Welcome, or the ErrorReply saying why we
+refuse). The transport (ramster.remote.connection) only moves bytes between
+the socket and the Session and acts on the events, so every handshake rule
+is tested without sockets (tests/unit/test_session.py).
+
 A side's transcript is everything the other side acts on, bound to this one
 connection:
 
@@ -200,3 +211,75 @@ class Handshake:
         if m.nonce == self.nonce:
             return "the peer echoed our nonce"
         return ""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The peer's Hello is acceptable and says it is node `peer`: a claim, not proven yet."""
+
+    peer: int
+
+
+@dataclass(frozen=True)
+class Proven:
+    """The peer's signature checked out: it is node `peer`. Our Welcome is on its way; its is awaited."""
+
+    peer: int
+
+
+class Session:
+    """One peer connection's byte stream, sans-I/O: the handshake, then framed messages.
+
+    Before the handshake ends, `receive_data` returns handshake events; the
+    one that ends it is Accepted (the messages after it in the same list are
+    the peer's first requests) or Refused (the connection must close once
+    `data_to_send()` is written; nothing more is read). Afterwards it returns
+    only messages, and a framing error raises wire.WireError.
+    """
+
+    def __init__(self, config: ClusterConfig, *, compressor: str, boot_id: int, expect: int | None = None,
+                 nonce: bytes | None = None):
+        self.handshake = Handshake(config, compressor=compressor, boot_id=boot_id, expect=expect, nonce=nonce)
+        self._decoder = wire.Decoder()
+        self._out = bytearray(wire.encode(self.handshake.hello()))
+        self.result: Accepted | Refused | None = None
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def receive_data(self, data) -> list:
+        if type(self.result) is Accepted:
+            return self._decoder.feed(data)
+        if self.result is not None:
+            return []
+        try:
+            msgs = self._decoder.feed(data)
+        except wire.WireError as e:  # e.g. a node of another protocol version: refused, counted
+            return [self._refuse(Refused(f"protocol error: {e}", peer=self.handshake.claimed))]
+        events: list = []
+        for i, m in enumerate(msgs):
+            out = self.handshake.receive(m)
+            t = type(out)
+            if t is Auth:
+                self._out += wire.encode(out)
+                events.append(Claimed(self.handshake.claimed))
+            elif t is Welcome:
+                self._out += wire.encode(out)
+                events.append(Proven(self.handshake.verified))
+            elif t is Accepted:
+                self.result = out
+                events.append(out)
+                events.extend(msgs[i + 1:])
+                return events
+            else:
+                events.append(self._refuse(out))
+                return events
+        return events
+
+    def _refuse(self, r: Refused) -> Refused:
+        self.result = r
+        if r.tell:
+            self._out += wire.encode(r.reply())
+        return r
