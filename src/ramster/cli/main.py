@@ -33,8 +33,8 @@ EPILOG = """\
 sizes: bytes, or with a K, M, G or T suffix (also KB/KiB, ...; always binary).
 addresses: HOST:PORT, [IPV6]:PORT, *:PORT (every interface), and unix:PATH where a
 Unix socket makes sense (NBD listen addresses).
-exit status: 0 done, 2 a mistake in the command line or the configuration (one line on
-stderr), 130 interrupted.
+exit status: 0 done; 1 it could not be done (e.g. no node answering `ramster stats`);
+2 a mistake in the command line or the configuration (one line on stderr); 130 interrupted.
 """
 
 

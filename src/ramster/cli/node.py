@@ -1,4 +1,12 @@
-"""`ramster node`: run a node (compressed memory served as NBD swap and cache exports)."""
+"""`ramster node`: run a node (compressed memory served as NBD swap and cache exports).
+
+The flags mirror the [node] table of the config file (ramster.config has
+the grammar) and override it; with --name the same file's [cluster] table
+makes the node one of a RAMster cluster (ramster.remote.clusterconf). Every
+mistake found while reading them is a ConfigError, reported as one line and
+exit status 2 before anything is bound or allocated; what the running node
+composes is ramster.node's business.
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,20 @@
-"""`ramster stats`: a running node's counters, summarised like zramctl."""
+"""`ramster stats`: a running node's counters, summarised like zramctl.
+
+It reads the node's /stats document (JSON, served beside /metrics on the
+metrics address) and never the node's memory: a node is a separate process,
+possibly on another machine. The summary follows zramctl's columns:
+
+    original data  (eph_zpages + pers_zpages + huge_pages) x PAGE_SIZE  -- DATA
+    compressed     eph_zbytes + pers_zbytes + huge_pages x PAGE_SIZE    -- COMPR
+    memory used    (eph_pageframes + pers_pageframes + huge_pages) x PAGE_SIZE -- TOTAL
+    ratio          original data / memory used (what the budget really buys;
+                   zbud's two-per-frame packing is why it is below the codec's ratio)
+
+then the exports' I/O counters and, in a cluster, each peer's state. The
+counter names are the seed's debugfs names (SPEC), so a number here can be
+looked up there. `--json` prints the document as it came; an unreachable
+node is one line on stderr and exit status 1.
+"""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,26 @@
-"""Boot the guest under QEMU with one disk, and read the hog's verdict off the serial console."""
+"""Boot the guest under QEMU with one disk, and read the hog's verdict off the serial console.
+
+The guest has no network and no shared folder: its only way to report is
+ttyS0, which QEMU writes to our pipe. /init (guest/initramfs.py) and the hog
+print one marked line per fact, and this file reads the console as it comes:
+
+    GUEST SWAPON ...     swapon on /dev/vda worked (MemTotal, SwapTotal)
+    HOG START            the hog begins filling memory (host clock starts)
+    HOG PASS | HOG FAIL  every page read back twice, in two orders, matched (or did not)
+    HOG TIME ...         the guest's own timings of fill / verify / total (host clock stops)
+    GUEST HOG EXIT n     the hog's exit status
+    GUEST VMSTAT ...     pswpin / pswpout: proof that the guest really swapped
+    GUEST FAIL ...       /init gave up (no disk, mkswap or swapon failed)
+
+A run passes only with HOG PASS, no kernel I/O error line on the swap device
+(IO_ERRORS) and a clean QEMU exit: a hog that "passes" on a disk that
+returned errors would mean the kernel retried around a wrong answer. With
+stop_on_io_error the run ends STOP_GRACE seconds after the first such line,
+so a broken export fails in seconds, not at the timeout.
+
+The disk is a -blockdev given as JSON (an NBD export on a Unix socket, or a
+raw file for the baseline), so any socket path reaches QEMU unmangled.
+"""
 from __future__ import annotations
 
 import json

@@ -16,6 +16,31 @@ cannot make the decoder hold more than one capped message. Anything that
 breaks framing raises `WireError`; the connection answers that by closing.
 A well-framed message of a type this node does not know decodes to
 `Unknown`, which the connection answers with an `ErrorReply`, not a close.
+
+The messages (type number: body, all big-endian, oids as 24 bytes):
+
+    handshake (ramster.remote.session)
+      1 Hello       version u16, node u8, nonce[32], boot id u64, cluster name, compressor name
+      2 Auth        Ed25519 signature[64] over the handshake transcript
+      3 Welcome     (empty)
+    requests -> replies; every reply carries the sender's free page frames
+     10 PutPages    pool u16, persistent u8, count u16, count x (oid, index u32,
+                    checksum u64, length u16, data)                   -> 11 PutReply (status per page)
+     12 Get         pool, persistent, oid, index, free u8            -> 13 GetReply (found, checksum, data)
+     14 FlushPage   pool, persistent, oid, index                     -> 17 Ack
+     15 FlushObject pool, persistent, oid                            -> 17 Ack
+     16 DestroyPool pool, persistent                                 -> 17 Ack
+     20 Keepalive   (empty)                                          -> 21 KeepaliveReply
+      any request may instead be answered by 30 ErrorReply (negative errno in the header's
+      status, a bounded UTF-8 message)
+
+A page travels as zcache stores it (a zbud payload of at most 4000 bytes,
+or a whole page that did not compress), never recompressed on the way; the
+checksum lets the receiver of a Get tell a page that was damaged on a peer
+from the one it sent. Encoding, decoding and each type's size cap are kept
+in this one file, a little over 500 lines, because they must change
+together: a field added to one and not the others is exactly the bug a
+hostile peer would find.
 """
 from __future__ import annotations
 
