@@ -21,10 +21,10 @@ import time
 from . import __version__
 from .config import DEFAULT_METRICS, ConfigError, NodeConfig
 from .frontends import Cleancache, Frontswap
-from .nbd.export import Export
-from .nbd.exports import CacheExport, SwapExport
-from .storage import BackingFile, PageMapError
-from .writeback import SwapWriteback
+from .nbd.base import Export
+from .nbd.cache import CacheExport
+from .nbd.swap import SwapExport
+from .storage import BackingFile, PageMapError, SwapWriteback
 from .units import PAGE_SIZE, format_address, format_size, parse_address
 from .zcache import Zcache
 

@@ -14,7 +14,7 @@ import pytest
 from support import need
 
 from ramster.nbd import protocol as P
-from ramster.nbd.memory import MemoryExport
+from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.server import MAX_INFLIGHT, NbdServer
 
 pytestmark = pytest.mark.interop

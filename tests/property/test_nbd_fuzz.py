@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ramster.nbd import protocol as P
-from ramster.nbd.export import ExportError
-from ramster.nbd.memory import MemoryExport
+from ramster.nbd.base import ExportError
+from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.protocol import Close, NbdConnection, ProtocolError, Request
 
 SIZE = 64 * 1024

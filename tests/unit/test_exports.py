@@ -10,9 +10,10 @@ import pytest
 from pages import corpus_files, synthetic_pages
 
 from ramster import Cleancache, Frontswap, Zcache
-from ramster.nbd.export import STATE_HOLE, STATE_ZERO, ExportError
-from ramster.nbd.exports import CacheExport, SwapExport
-from ramster.writeback import BackingFile, SwapWriteback
+from ramster.nbd.base import STATE_HOLE, STATE_ZERO, ExportError
+from ramster.nbd.cache import CacheExport
+from ramster.nbd.swap import SwapExport
+from ramster.storage import BackingFile, SwapWriteback
 
 PAGE = 4096
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ramster.nbd import protocol as P
-from ramster.nbd.memory import MemoryExport
+from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.protocol import NbdConnection, Request
 
 SIZE = 1 << 20

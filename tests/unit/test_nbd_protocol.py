@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from ramster.nbd import protocol as P
-from ramster.nbd.export import STATE_HOLE, STATE_ZERO, Export, ExportError
-from ramster.nbd.memory import MemoryExport
+from ramster.nbd.base import STATE_HOLE, STATE_ZERO, Export, ExportError
+from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.protocol import Close, NbdConnection, Negotiated, Request
 
 SIZE = 1 << 20

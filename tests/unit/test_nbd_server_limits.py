@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from ramster.nbd import protocol as P
-from ramster.nbd.memory import MemoryExport
+from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.server import NbdServer
 
 MiB = 1 << 20

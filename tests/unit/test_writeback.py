@@ -7,8 +7,8 @@ import pytest
 
 from ramster import Frontswap, Zcache
 from ramster.frontends.frontswap import swiz
-from ramster.nbd.exports import SwapExport
-from ramster.writeback import BackingFile, SwapWriteback
+from ramster.nbd.swap import SwapExport
+from ramster.storage import BackingFile, SwapWriteback
 
 PAGE = 4096
 

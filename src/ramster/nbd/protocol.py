@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Union
 
-from .export import Export
+from .base import Export
 
 # --- magics -----------------------------------------------------------------
 NBDMAGIC = 0x4E42444D41474943

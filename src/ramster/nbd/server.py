@@ -70,7 +70,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 
 from ..units import format_address, parse_address, parse_size
-from .export import Export, ExportError
+from .base import Export, ExportError
 from .protocol import (
     CMD_BLOCK_STATUS,
     CMD_CACHE,
@@ -848,7 +848,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def _amain(args: argparse.Namespace) -> None:
-    from .memory import MemoryExport
+    from .ramdisk import MemoryExport
 
     exports: dict[str, Export] = {}
     for spec in args.memory:

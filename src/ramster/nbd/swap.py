@@ -1,11 +1,24 @@
-"""The node's NBD exports: a swap device over frontswap and a cached disk over cleancache.
+"""The swap export: an NBD block device whose pages live in frontswap's pool.
 
-Both work in 4 KiB pages. Requests that do not cover whole pages are
-read-modify-write on the partial pages at either end. Everything here runs
-on the node's one event loop and touches zcache synchronously (no await
-between looking at a page and changing it), so requests never see each
-other's half-done pages. Only fsync leaves the loop, for a thread: it may
-take long and the loop must keep serving.
+One export is one swap type: page p of the device is frontswap slot
+(swap_type, p), which frontswap swizzles into tmem's (oid, index). A page's
+current version is in exactly one of three places, and the export always
+knows which:
+
+    memory     frontswap holds it (compressed, zero-filled, huge, or on a peer)
+    the file   the backing file (the swap disk) holds it at p * PAGE_SIZE
+    nowhere    its last write failed: `lost`, reads fail with EIO
+
+With a backing file, the page-state map (storage/pagemap.py) records the
+same thing in the file itself, so that a restart reads each page from the
+file only if the file's copy is current.
+
+Requests work in 4 KiB pages; a request that does not cover whole pages is
+a read-modify-write on the partial pages at either end, under the page's
+write lock (`_busy`) when it must wait on the network. Everything runs on the
+node's one event loop and touches zcache synchronously (no await between
+looking at a page and changing it), so requests never see each other's
+half-done pages. Only fsync leaves the loop, for a thread.
 """
 from __future__ import annotations
 
@@ -14,26 +27,18 @@ import errno
 import logging
 from dataclasses import dataclass
 
-from ..frontends.cleancache import Cleancache
 from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap, swiz
 from ..lograte import Throttled
 from ..storage.backing import BackingFile
 from ..storage.pagemap import FILE, LOST, MEMORY, PageStateMap
 from ..tmem import RemotePage
-from ..zcache import ZERO_FILLED
-from .export import STATE_HOLE, STATE_ZERO, Export, ExportCounters, ExportError
 from ..units import PAGE_SHIFT, PAGE_SIZE
+from ..zcache import ZERO_FILLED
+from .base import HOLE, PAGE_MASK, STATE_ZERO, YIELD_EVERY, Export, ExportCounters, ExportError, sync_backing
 
-PAGE_MASK = PAGE_SIZE - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 # Pages looked at by one BLOCK_STATUS call; the reply may cover less than asked (proto.md).
 STATUS_SCAN_PAGES = 8192
-# Pages invalidated between two yields to the loop during a long TRIM/WRITE_ZEROES.
-YIELD_EVERY = 16384
-_HOLE = STATE_HOLE | STATE_ZERO
-# cleancache indexes are 32-bit: page p of a cache export is (inode p >> 32, index p & 0xFFFFFFFF)
-_CC_SHIFT = 32
-_CC_MASK = (1 << _CC_SHIFT) - 1
 
 log = logging.getLogger("ramster.exports")
 
@@ -46,26 +51,6 @@ class SwapCounters(ExportCounters):
     # pages neither tmem nor a backing file took (now "lost"); a page is counted
     # once however often the client retries it, the requests in `errors`
     failed_writes: int = 0
-
-
-@dataclass
-class CacheCounters(ExportCounters):
-    cache_hits: int = 0  # pages read from memory
-    cache_misses: int = 0  # pages read from the backing file (and then cached)
-
-
-async def _fsync(backing: BackingFile, states: PageStateMap | None = None) -> None:
-    # the file first, then the map: the map must never claim FILE for bytes not yet on disk
-    loop = asyncio.get_running_loop()
-    if backing.dirty:
-        await loop.run_in_executor(None, backing.fsync)
-    if states is not None:
-        await loop.run_in_executor(None, states.sync)
-
-
-def _err(counters: ExportCounters, err: int, message: str) -> ExportError:
-    # the server counts the error when it sends the reply
-    return ExportError(err, message)
 
 
 class SwapExport(Export):
@@ -151,7 +136,7 @@ class SwapExport(Export):
     def _read_page(self, p: int):
         page = self._page(p)
         if page is None:
-            raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed")
+            raise ExportError(errno.EIO, f"page {p} was lost: its last write failed")
         return page
 
     async def _remote_page(self, p: int):
@@ -167,7 +152,7 @@ class SwapExport(Export):
                 return self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE)
             why = "" if self._states is None else f" (the swap disk's copy is {'stale' if self._states[p] == MEMORY else 'lost'})"
             self._read_errors("%s: reading page %d failed: %s%s", self.name, p, e, why)
-            raise _err(self.counters, errno.EIO, f"page {p}: {e}") from None
+            raise ExportError(errno.EIO, f"page {p}: {e}") from None
 
     async def _page_async(self, p: int):
         while True:
@@ -315,7 +300,7 @@ class SwapExport(Export):
                 failed = True
             p += 1
         if failed:
-            raise _err(self.counters, errno.ENOSPC, self._no_room())
+            raise ExportError(errno.ENOSPC, self._no_room())
         return True
 
     async def read(self, offset: int, length: int):
@@ -325,7 +310,7 @@ class SwapExport(Export):
         except RemotePage:
             page = await self._page_async(offset >> PAGE_SHIFT)
             if page is None:
-                raise _err(self.counters, errno.EIO, f"page {offset >> PAGE_SHIFT} was lost: its last write failed")
+                raise ExportError(errno.EIO, f"page {offset >> PAGE_SHIFT} was lost: its last write failed")
             return page
         first = offset >> PAGE_SHIFT
         last = (offset + length - 1) >> PAGE_SHIFT
@@ -333,7 +318,7 @@ class SwapExport(Export):
         if first == last:
             page = await self._page_async(first)
             if page is None:
-                raise _err(self.counters, errno.EIO, f"page {first} was lost: its last write failed")
+                raise ExportError(errno.EIO, f"page {first} was lost: its last write failed")
             return page[start:start + length]
         buf = bytearray((last - first + 1) << PAGE_SHIFT)
         load = self.frontswap.load
@@ -347,7 +332,7 @@ class SwapExport(Export):
             except RemotePage:
                 page = await self._page_async(p)
                 if page is None:
-                    raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed") from None
+                    raise ExportError(errno.EIO, f"page {p} was lost: its last write failed") from None
             if page is not None:
                 if run >= 0:
                     self._read_run(buf, first, run, p)
@@ -355,7 +340,7 @@ class SwapExport(Export):
                 i = (p - first) << PAGE_SHIFT
                 buf[i:i + PAGE_SIZE] = page
             elif p in lost:
-                raise _err(self.counters, errno.EIO, f"page {p} was lost: its last write failed")
+                raise ExportError(errno.EIO, f"page {p} was lost: its last write failed")
             elif backing is not None and run < 0:
                 run = p
         if run >= 0:
@@ -381,11 +366,11 @@ class SwapExport(Export):
             finally:
                 self._unlock_page(p)
             if not ok:
-                raise _err(self.counters, errno.ENOSPC, self._no_room())
+                raise ExportError(errno.ENOSPC, self._no_room())
         else:
             await self._write_span(offset, data)
         if fua and self.backing is not None:
-            await _fsync(self.backing, self.pagemap)
+            await sync_backing(self.backing, self.pagemap)
 
     async def _write_span(self, offset: int, data) -> None:
         # zcache takes pages as bytes: slicing bytes copies once, a view is copied explicitly
@@ -419,7 +404,7 @@ class SwapExport(Export):
             pos += n
             p += 1
         if failed:
-            raise _err(self.counters, failed,
+            raise ExportError(failed,
                        self._no_room() if failed == errno.ENOSPC else "a partial write hit a page that was lost")
 
     async def trim(self, offset: int, length: int, fua: bool = False) -> None:
@@ -431,7 +416,7 @@ class SwapExport(Export):
         if first < stop:
             await self._drop(first, stop)
         if fua and self.backing is not None:
-            await _fsync(self.backing, self.pagemap)
+            await sync_backing(self.backing, self.pagemap)
 
     async def zero(self, offset: int, length: int, fua: bool = False, fast: bool = False) -> None:
         end = offset + length
@@ -447,7 +432,7 @@ class SwapExport(Export):
             # a dropped page reads as zeros: from the file's new hole, or from nothing
             await self._drop(first, stop)
         if fua and self.backing is not None:
-            await _fsync(self.backing, self.pagemap)
+            await sync_backing(self.backing, self.pagemap)
 
     async def _drop(self, first: int, stop: int) -> None:
         fs = self.frontswap
@@ -480,7 +465,7 @@ class SwapExport(Export):
                 # the file may still hold the old bytes: they must not be read as current
                 self.pagemap.set_range(first, stop, LOST)
                 self.lost.update(range(first, stop))
-                raise _err(self.counters, errno.EIO, f"punching a hole in {self.backing.path}: {e.strerror}") from None
+                raise ExportError(errno.EIO, f"punching a hole in {self.backing.path}: {e.strerror}") from None
             self.pagemap.set_range(first, stop, FILE)  # the hole is the current version
 
     async def cache(self, offset: int, length: int) -> None:
@@ -488,7 +473,7 @@ class SwapExport(Export):
 
     async def flush(self) -> None:
         if self.backing is not None:
-            await _fsync(self.backing, self.pagemap)
+            await sync_backing(self.backing, self.pagemap)
 
     async def close(self) -> None:
         """A clean stop: every page whose current version is in memory goes to the
@@ -526,7 +511,7 @@ class SwapExport(Export):
         lost = self.lost
         runs = self.backing.data_runs(first << PAGE_SHIFT, stop << PAGE_SHIFT) if self.backing else None
         run_stop = -1
-        run_state = _HOLE
+        run_state = HOLE
         extents: list[list[int]] = []
         for p in range(first, stop):
             pd = lookup(pool, type_bits | (p & SWIZ_MASK), p >> SWIZ_BITS)
@@ -537,10 +522,10 @@ class SwapExport(Export):
             elif runs is not None:
                 while (p << PAGE_SHIFT) >= run_stop:
                     _, run_stop, is_data = next(runs)
-                    run_state = 0 if is_data else _HOLE
+                    run_state = 0 if is_data else HOLE
                 st = run_state
             else:
-                st = _HOLE
+                st = HOLE
             if extents and extents[-1][1] == st:
                 extents[-1][0] += PAGE_SIZE
             else:
@@ -551,203 +536,3 @@ class SwapExport(Export):
     def gauges(self) -> dict[str, int]:
         """Current values the metrics show beside the counters."""
         return {"lost_pages": len(self.lost)}
-
-
-class CacheExport(Export):
-    """A disk image behind a cleancache pool: reads are cached, writes go through to the file.
-
-    Memory only ever holds clean copies of what the file says, so the cache can
-    lose any page at any time (ephemeral frames are the first to be eaten
-    when swap exports need room) without losing data.
-    """
-
-    def __init__(self, name: str, size: int, cleancache: Cleancache, backing: BackingFile, description: str = ""):
-        super().__init__()
-        self.counters = CacheCounters()
-        self.name = name
-        self.size = size
-        self.description = description or f"ramster cache over {backing.path}"
-        self.kind = "cache"
-        self.cleancache = cleancache
-        self.backing = backing
-        self.can_fast_zero = backing.punch_supported
-        self.fsid = cleancache.init_fs()
-
-    # ---- pages in memory ---------------------------------------------------------------
-
-    def _cached(self, p: int):
-        """The cached copy of page p, kept cached, or None."""
-        cc = self.cleancache
-        page = cc.get_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
-        if page is not None:
-            # Cleancache gets are exclusive; a block device must keep serving
-            # hits, so the page goes back in, which also makes it the most
-            # recently used frame (the LRU then evicts cold pages first).
-            cc.put_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK, page)
-        return page
-
-    def _fill(self, p: int, page) -> None:
-        if type(page) is not bytes:  # zcache takes pages as bytes
-            page = bytes(page)
-        self.cleancache.put_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK, page)
-
-    def _forget(self, p: int) -> None:
-        self.cleancache.invalidate_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
-
-    # ---- requests ----------------------------------------------------------------------
-
-    async def read(self, offset: int, length: int):
-        first = offset >> PAGE_SHIFT
-        last = (offset + length - 1) >> PAGE_SHIFT
-        counters = self.counters
-        if first == last:
-            page = self._cached(first)
-            if page is None:
-                counters.cache_misses += 1
-                page = self.backing.pread(first << PAGE_SHIFT, PAGE_SIZE)
-                self._fill(first, page)
-            else:
-                counters.cache_hits += 1
-            if length == PAGE_SIZE:
-                return page
-            s = offset & PAGE_MASK
-            return page[s:s + length]
-        buf = bytearray((last - first + 1) << PAGE_SHIFT)
-        mv = memoryview(buf)
-        run = -1
-        for p in range(first, last + 2):
-            page = self._cached(p) if p <= last else None
-            if page is not None:
-                counters.cache_hits += 1
-                i = (p - first) << PAGE_SHIFT
-                buf[i:i + PAGE_SIZE] = page
-            if (page is not None or p > last) and run >= 0:
-                self._read_run(mv, first, run, p)
-                run = -1
-            elif page is None and run < 0 and p <= last:
-                run = p
-        s = offset & PAGE_MASK
-        if s == 0 and len(buf) == length:
-            return buf
-        return mv[s:s + length]
-
-    def _read_run(self, mv: memoryview, first: int, p: int, stop: int) -> None:
-        i = (p - first) << PAGE_SHIFT
-        self.backing.preadinto(mv[i:(stop - first) << PAGE_SHIFT], p << PAGE_SHIFT)
-        self.counters.cache_misses += stop - p
-        for q in range(p, stop):
-            j = (q - first) << PAGE_SHIFT
-            self._fill(q, mv[j:j + PAGE_SIZE])
-
-    async def write(self, offset: int, data, fua: bool = False) -> None:
-        try:
-            self.backing.pwrite(offset, data)
-        except OSError as e:
-            # the file may hold part of the write now; cached copies of it would be stale
-            self._forget_span(offset, offset + len(data))
-            raise _err(self.counters, errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO,
-                       f"writing {self.backing.path}: {e.strerror}") from None
-        mv = memoryview(data)
-        end = offset + len(mv)
-        p = offset >> PAGE_SHIFT
-        pos = 0
-        while offset < end:
-            s = offset & PAGE_MASK
-            n = min(PAGE_SIZE - s, end - offset)
-            if n == PAGE_SIZE:
-                self._fill(p, mv[pos:pos + PAGE_SIZE])
-            else:
-                old = self.cleancache.get_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
-                if old is not None:
-                    page = bytearray(old)
-                    page[s:s + n] = mv[pos:pos + n]
-                    self._fill(p, page)
-            offset += n
-            pos += n
-            p += 1
-        if fua:
-            await _fsync(self.backing)
-
-    def _forget_span(self, offset: int, end: int) -> None:
-        for p in range(offset >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
-            self._forget(p)
-
-    async def trim(self, offset: int, length: int, fua: bool = False) -> None:
-        first = (offset + PAGE_MASK) >> PAGE_SHIFT
-        stop = (offset + length) >> PAGE_SHIFT
-        if offset + length == self.size:
-            stop = (self.size + PAGE_MASK) >> PAGE_SHIFT
-        if first < stop:
-            await self._drop(first, stop)
-        if fua:
-            await _fsync(self.backing)
-
-    async def zero(self, offset: int, length: int, fua: bool = False, fast: bool = False) -> None:
-        if fast and not self.backing.punch_supported:
-            raise ExportError(errno.ENOTSUP, "zeroing would write every byte")
-        end = offset + length
-        first = (offset + PAGE_MASK) >> PAGE_SHIFT
-        stop = end >> PAGE_SHIFT
-        if end == self.size:
-            stop = (self.size + PAGE_MASK) >> PAGE_SHIFT
-        if first >= stop:
-            await self.write(offset, bytes(length))
-        else:
-            if offset < first << PAGE_SHIFT:
-                await self.write(offset, bytes((first << PAGE_SHIFT) - offset))
-            if end > stop << PAGE_SHIFT:
-                await self.write(stop << PAGE_SHIFT, bytes(end - (stop << PAGE_SHIFT)))
-            await self._drop(first, stop)
-        if fua:
-            await _fsync(self.backing)
-
-    async def _drop(self, first: int, stop: int) -> None:
-        """Pages [first, stop) become a hole in the file and leave memory."""
-        try:
-            self.backing.punch_hole(first << PAGE_SHIFT, min(stop << PAGE_SHIFT, self.size) - (first << PAGE_SHIFT))
-        except OSError as e:
-            raise _err(self.counters, errno.EIO, f"punching a hole in {self.backing.path}: {e.strerror}") from None
-        npages = (self.size + PAGE_MASK) >> PAGE_SHIFT
-        cc = self.cleancache
-        if first == 0 and stop >= npages:
-            cc.invalidate_fs(self.fsid)
-            self.fsid = cc.init_fs()
-            return
-        for chunk in range(first, stop, YIELD_EVERY):
-            for p in range(chunk, min(chunk + YIELD_EVERY, stop)):
-                self._forget(p)
-            if chunk + YIELD_EVERY < stop:
-                await asyncio.sleep(0)
-
-    async def cache(self, offset: int, length: int) -> None:
-        """Prefetch: bring pages that are not in memory into the cache."""
-        zc = self.cleancache.zc
-        lookup = zc.tmem.lookup
-        first = offset >> PAGE_SHIFT
-        # more than twice the budget would only evict what this very request brought in
-        stop = min(((offset + length - 1) >> PAGE_SHIFT) + 1, first + 2 * zc.max_pageframes)
-        for p in range(first, stop):
-            if not lookup(zc.pool(self.fsid), p >> _CC_SHIFT, p & _CC_MASK):
-                self._fill(p, self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE))
-            if not (p - first + 1) % 1024:
-                await asyncio.sleep(0)  # the pool may be replaced meanwhile: looked up per page
-
-    async def flush(self) -> None:
-        await _fsync(self.backing)
-
-    async def close(self) -> None:
-        if self.backing.dirty:
-            self.backing.fsync()
-
-    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
-        # memory holds only copies of the file, so the file alone says where data is
-        end = min(offset + length, self.size)
-        out = []
-        for start, stop, is_data in self.backing.data_runs(offset, end):
-            out.append((stop - start, 0 if is_data else _HOLE))
-            if len(out) >= 1024:
-                break
-        return out
-
-    def gauges(self) -> dict[str, int]:
-        return {}

@@ -7,12 +7,19 @@ Offsets and lengths reaching an export are already checked against `size`.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 from dataclasses import dataclass
+
+from ..units import PAGE_SIZE
 
 # base:allocation flags (NBD proto.md)
 STATE_HOLE = 1
 STATE_ZERO = 2
+HOLE = STATE_HOLE | STATE_ZERO  # never written or trimmed: reads as zeros, nothing allocated
+PAGE_MASK = PAGE_SIZE - 1
+# Pages invalidated between two yields to the loop during a long TRIM/WRITE_ZEROES.
+YIELD_EVERY = 16384
 
 
 class ExportError(Exception):
@@ -102,3 +109,14 @@ class Export:
     async def close(self) -> None:
         """Flush what must be durable; called once at server shutdown."""
         await self.flush()
+
+
+async def sync_backing(backing, pagemap=None) -> None:
+    """FLUSH/FUA for an export with a backing file: fsync in a thread, as it may take long
+    and the loop must keep serving. The file first, then its page map: the map must never
+    claim FILE for bytes not yet on disk."""
+    loop = asyncio.get_running_loop()
+    if backing.dirty:
+        await loop.run_in_executor(None, backing.fsync)
+    if pagemap is not None:
+        await loop.run_in_executor(None, pagemap.sync)

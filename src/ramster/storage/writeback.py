@@ -1,6 +1,6 @@
 """The writeback tier (SPEC §6.3): the "swap disk" behind a swap export.
 
-The swap disk is the export's BackingFile (storage/backing.py). SwapWriteback is the sink
+The swap disk is the export's BackingFile (backing.py). SwapWriteback is the sink
 that Zcache.writeback_lru hands each page to when the budget runs short:
 where the kernel's 3.9 writeback did `__frontswap_load` + `__swap_writepage`,
 this un-swizzles the handle back to (swap type, offset) and writes the page
@@ -9,8 +9,7 @@ disk only; the export reads it from there after the tmem copy is gone.
 """
 from __future__ import annotations
 
-from .frontends.frontswap import SWIZ_BITS, unswiz
-from .storage.backing import BackingFile  # noqa: F401  (re-exported: where it used to live)
+from ..frontends.frontswap import SWIZ_BITS, unswiz
 
 
 class SwapWriteback:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .export import STATE_HOLE, STATE_ZERO, Export
+from .base import STATE_HOLE, STATE_ZERO, Export
 
 BLOCK = 4096
 # Per-block state byte, using the base:allocation flag values directly.
