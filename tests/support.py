@@ -1,7 +1,15 @@
-"""Helpers shared by the tests that start real processes."""
+"""Helpers shared by the tests that start real processes.
+
+A test that drives a real client (nbdinfo, fio, qemu-img, libnbd's binding, ...)
+asks for it with need()/need_nbd(). Outside CI a missing one skips the test, so
+a laptop without QEMU can still run the rest; with CI=true it fails the test and
+names the Debian package, because a CI run that silently skipped every
+real-client test would pass while proving nothing.
+"""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -10,17 +18,56 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 RAMSTER = [sys.executable, "-m", "ramster.cli"]
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# command -> the Debian package that provides it (scripts/bootstrap.sh installs them;
+# --test adds QEMU and the guest's kernel and tools)
+PACKAGES = {
+    "nbdkit": "nbdkit",
+    "nbdinfo": "libnbd-bin",
+    "nbdcopy": "libnbd-bin",
+    "nbdsh": "libnbd-bin",
+    "fio": "fio",
+    "qemu-img": "qemu-utils",
+    "qemu-io": "qemu-utils",
+    "qemu-nbd": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "redis-server": "redis-server",
+    "taskset": "util-linux",
+    "openssl": "openssl",
+}
+
+
+def missing(what: str, packages: list[str] | tuple[str, ...]) -> NoReturn:
+    """Something the test needs is not on this machine: skip, or with CI=true fail, naming the packages."""
+    pkgs = " ".join(sorted(set(packages)))
+    why = f"{what} (Debian package {pkgs}: apt-get install {pkgs}, or run scripts/bootstrap.sh --test)"
+    if IN_CI:
+        pytest.fail(f"CI=true and {why}", pytrace=False)
+    pytest.skip(why)
+
+
 def need(*tools: str) -> None:
-    """Skip the test when a client it drives is not installed (scripts/bootstrap.sh installs them all)."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"not installed: {', '.join(missing)}")
+    """The test drives these commands: each must be on PATH (see missing())."""
+    absent = [t for t in tools if shutil.which(t) is None]
+    if absent:
+        missing(f"not installed: {', '.join(absent)}", [PACKAGES.get(t, t) for t in absent])
+
+
+def need_nbd():
+    """libnbd's Python binding: Debian's python3-libnbd, which bootstrap.sh links into the venv."""
+    try:
+        import nbd
+    except ImportError as e:
+        missing(f"libnbd's Python binding is not importable ({e})", ["python3-libnbd"])
+    return nbd
 
 
 _GIVEN: set[int] = set()

@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from pages import corpus_path
+from support import need
 
 pytestmark = pytest.mark.interop
 
 def test_bench_cluster_json(tmp_path):
-    if shutil.which("redis-server") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        pytest.skip("redis-server is not installed and cannot be installed here")
+    need("redis-server")
     work = tmp_path / "tmp"
     work.mkdir()
     env = dict(os.environ, TMPDIR=str(work))

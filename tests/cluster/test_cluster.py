@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, need
+from support import free_port, need, need_nbd
 from pages import image
 
 pytestmark = pytest.mark.interop
@@ -148,7 +148,7 @@ def test_three_times_one_nodes_memory_round_trips_through_a_peer(tmp_path, nodes
     peer = [p for p in a.stats()["peers"] if p["name"] == "b"][0]
     assert peer["connected"] and peer["pages_held"] > 0
     # discarding the whole device (swapon --discard) reaches the remote copies
-    import nbd
+    nbd = need_nbd()
 
     h = nbd.NBD()
     h.connect_uri(a.uri("swap"))
@@ -183,7 +183,7 @@ def test_node_with_a_key_the_cluster_does_not_list_is_refused(tmp_path, nodes):
 
 
 def _read_all(uri: str, size: int) -> bytes:
-    import nbd
+    nbd = need_nbd()
 
     h = nbd.NBD()
     h.connect_uri(uri)
@@ -212,7 +212,7 @@ def test_kill_one_replica_during_load_loses_nothing_and_rereplicates(tmp_path, n
     need("nbdcopy")
     import threading
 
-    import nbd
+    nbd = need_nbd()
 
     cfg = write_config(tmp_path, ["a", "b", "c", "d"], replicas=2)
     a = Node(tmp_path, cfg, "a", "4M", "swap:swap:12M")
@@ -265,7 +265,7 @@ def test_kill_one_replica_during_load_loses_nothing_and_rereplicates(tmp_path, n
 
 def test_paused_peer_times_out_and_recovers(tmp_path, nodes):
     need("nbdcopy")
-    import nbd
+    nbd = need_nbd()
 
     cfg = write_config(tmp_path, ["a", "b"])
     a = Node(tmp_path, cfg, "a", "4M", "swap:swap:12M")
@@ -314,7 +314,7 @@ def test_paused_peer_times_out_and_recovers(tmp_path, nodes):
 
 def test_restarted_peer_lost_pages_are_eio_or_come_from_the_swap_disk(tmp_path, nodes):
     need("nbdcopy")
-    import nbd
+    nbd = need_nbd()
 
     cfg = write_config(tmp_path, ["a", "b"])
     disk = tmp_path / "a-swap.img"

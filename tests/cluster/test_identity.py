@@ -10,7 +10,6 @@ Nothing waits by sleeping: each test polls /stats (or a log) against a deadline.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -20,24 +19,13 @@ from pathlib import Path
 
 import pytest
 from pages import image
-from support import RAMSTER, NodeProcess, free_port
+from support import RAMSTER, NodeProcess, free_port, need_nbd
 
 from ramster.remote import keys
 
 pytestmark = pytest.mark.interop
 
 MiB = 1 << 20
-
-
-def need_nbd():
-    """libnbd's Python binding (python3-libnbd, which scripts/bootstrap.sh installs)."""
-    try:
-        import nbd
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("python3-libnbd is not installed (scripts/bootstrap.sh installs it)")
-        pytest.skip("python3-libnbd is not installed")
-    return nbd
 
 
 def write_config(tmp: Path, names: list[str], **cluster) -> tuple[Path, dict[str, str]]:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import pytest
+import support
 from support import free_port, stop_process
 
 from ramster.guest import tools
@@ -17,21 +16,12 @@ from ramster.guest import tools
 RAMSTER = [sys.executable, "-m", "ramster.cli"]
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
 def require(*extra: str) -> None:
     """Skip when something the guest needs is missing; in CI, fail and name the Debian package instead."""
     missing = tools.check_all(extra)
     if not missing:
         return
-    msg = "; ".join(str(m) for m in missing)
-    packages = " ".join(sorted({m.package for m in missing}))
-    if in_ci():
-        pytest.fail(f"the guest tests need Debian packages {packages} (scripts/test.sh installs them): {msg}",
-                    pytrace=False)
-    pytest.skip(f"needs Debian packages {packages}: {msg}")
+    support.missing("the guest cannot boot: " + "; ".join(m.what for m in missing), [m.package for m in missing])
 
 
 class Node:

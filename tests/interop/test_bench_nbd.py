@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from pages import corpus_path
+from support import need
 
 from ramster.bench.nbd import TARGETS, WORKLOADS
 from ramster.bench.runners import fio_json
@@ -23,9 +23,7 @@ def bench(*args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedPr
 
 
 def test_bench_nbd_json(tmp_path):
-    for tool in ("nbdkit", "nbdcopy", "fio", "taskset"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
+    need("nbdkit", "nbdcopy", "fio", "taskset")
     work = tmp_path / "tmp"
     work.mkdir()
     r = bench("--image-size", "4M", "--runtime", "1", "--json", "--no-chart", "--corpus", str(corpus_path(tmp_path)),

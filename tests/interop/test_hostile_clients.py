@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import RAMSTER, stop_process
+from support import RAMSTER, need_nbd, stop_process
 
 from ramster.nbd import protocol as P
 
@@ -188,7 +188,7 @@ class RssSampler(threading.Thread):
 
 def served_meanwhile(srv: Server, rounds: int = 40, timeout: float = 60.0) -> None:
     """A well-behaved client writes and reads back `rounds` pieces of random data, verified."""
-    nbd = pytest.importorskip("nbd", reason="python3-libnbd not linked into the venv")
+    nbd = need_nbd()
     h = nbd.NBD()
     h.connect_uri(srv.uri)
     rng = random.Random(7)

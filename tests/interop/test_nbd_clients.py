@@ -11,7 +11,7 @@ import struct
 import subprocess
 
 import pytest
-from support import need
+from support import need, need_nbd
 
 from ramster.nbd import protocol as P
 from ramster.nbd.ramdisk import MemoryExport
@@ -31,7 +31,7 @@ def run(*cmd: str, check: bool = True, timeout: float = 60) -> subprocess.Comple
 
 @pytest.fixture
 def nbd():
-    return pytest.importorskip("nbd", reason="python3-libnbd not linked into the venv (run scripts/bootstrap.sh)")
+    return need_nbd()
 
 
 # --- nbdinfo -------------------------------------------------------------------------------

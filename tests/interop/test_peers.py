@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from memory_peer import MemoryStore
-from support import free_port
+from support import free_port, need
 
 from ramster.remote import keys, session, wire
 from ramster.remote.clusterconf import load_cluster
@@ -658,8 +657,8 @@ def test_restarted_peer_reported_with_new_boot_id(tmp_path):
 
 
 # --- TLS -----------------------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_tls_round_trip(tmp_path):
+    need("openssl")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(tmp_path / "node.key"), "-out", str(tmp_path / "node.pem"),
                     "-days", "1", "-subj", "/CN=ramster-test"],

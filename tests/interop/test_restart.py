@@ -11,7 +11,7 @@ import signal
 import subprocess
 
 import pytest
-from support import RAMSTER, NodeProcess, need
+from support import RAMSTER, NodeProcess, need, need_nbd
 
 pytestmark = pytest.mark.interop
 
@@ -31,7 +31,7 @@ def start(tmp, backing, *extra) -> NodeProcess:
 
 
 def write_two_versions(node: NodeProcess) -> tuple[list[bytes], list[bytes]]:
-    import nbd
+    nbd = need_nbd()
 
     h = nbd.NBD()
     h.connect_uri(node.uri("swap"))
@@ -47,7 +47,7 @@ def write_two_versions(node: NodeProcess) -> tuple[list[bytes], list[bytes]]:
 
 def read_back(node: NodeProcess) -> list[bytes | None]:
     """Every page, None where the read failed with EIO."""
-    import nbd
+    nbd = need_nbd()
 
     h = nbd.NBD()
     h.connect_uri(node.uri("swap"))
@@ -97,7 +97,7 @@ def test_kill9_then_restart_reads_last_version_or_eio(tmp_path):
         assert 0 < len(eio) < PAGES  # the pages in memory at the kill, and only those
         assert node.stats()["exports"]["swap"]["gauges"]["lost_pages"] == len(eio)
         # a page that read EIO is whole again once written
-        import nbd
+        nbd = need_nbd()
 
         h = nbd.NBD()
         h.connect_uri(node.uri("swap"))
