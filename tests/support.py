@@ -42,6 +42,7 @@ PACKAGES = {
     "redis-server": "redis-server",
     "taskset": "util-linux",
     "openssl": "openssl",
+    "promtool": "prometheus",
 }
 
 
