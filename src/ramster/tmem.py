@@ -1,8 +1,11 @@
 """tmem: the transcendent-memory index (SPEC §1–2). It knows nothing of bytes.
 
 clients → pools (16 per client) → objects (oid) → index → pampd. A pampd is an
-opaque non-zero int that only the backend's pamops interpret; tmem stores it,
-hands it back, and tells the backend when to free it.
+opaque non-zero int that only the backend's pamops interpret (pampd.py says
+what zcache's mean); tmem stores it, hands it back, and tells the backend when
+to free it. The one thing a pamop tells tmem back: a get the backend cannot
+serve here (a page that lives on another node) returns a falsy outcome, and
+tmem then leaves the slot as it is and passes the outcome up.
 
 An object is a dict {index >> 6: leaf}; a leaf is an array of 64 pampd slots
 (the seed's objnode). One leaf per 64 consecutive indices keeps dense objects
@@ -33,26 +36,17 @@ class TmemError(Exception):
     """An unknown pool, or no pool id left."""
 
 
-class RemotePage(TmemError):
-    """The page under the handle lives on another node (RAMster): the
-    synchronous get cannot fetch it; the cluster's asynchronous get can."""
-
-    def __init__(self, pampd: int):
-        super().__init__("the page is held by a remote node; use the cluster's asynchronous get")
-        self.pampd = pampd
-
-
 class Pamops(Protocol):
     """What tmem needs from a backend (the seed's pamops)."""
 
-    def get_data(self, pampd: int, pool: "Pool") -> bytes | None: ...
-    def get_data_and_free(self, pampd: int, pool: "Pool") -> bytes | None: ...
+    def get_data(self, pampd: int, pool: "Pool"): ...
+    # falsy (not bytes): the page is not here; tmem leaves the slot and returns the outcome
+    def get_data_and_free(self, pampd: int, pool: "Pool"): ...
     def free(self, pampd: int, pool: "Pool", oid: int | None, index: int) -> None: ...
-    # RAMster adds new_obj/free_obj/is_remote/repatriate/replace_in_obj through
-    # the same object; plain zcache leaves free_obj as a no-op.
+    # told after an object's (or pool's) last page went, for backends that keep
+    # copies elsewhere (RAMster); plain zcache has nothing to do
     def free_obj(self, pool: "Pool", oid: int, pool_destroy: bool) -> None: ...
     def free_pool(self, pool: "Pool") -> None: ...
-    def is_remote(self, pampd: int) -> bool: ...
 
 
 class Pool:
@@ -157,7 +151,8 @@ class Tmem:
             return 0
         return leaf[index & OBJNODE_MASK]
 
-    def get(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
+    def get(self, pool: Pool, oid: int, index: int, free: bool):
+        """The page (what the pamops return), or None if the slot is empty."""
         # lookup() and delete() inlined: a get is one walk down the index, not two
         obj = pool.objs.get(oid)
         if obj is None:
@@ -169,13 +164,13 @@ class Tmem:
         p = leaf[slot]
         if not p:
             return None
-        if p < 0 and self.pamops.is_remote(p):
-            raise RemotePage(p)
         if free:
-            leaf[slot] = 0
-            if leaf == _EMPTY_LEAF:
-                self._drop_leaf(pool, obj, oid, index)
-            return self.pamops.get_data_and_free(p, pool)
+            data = self.pamops.get_data_and_free(p, pool)
+            if data:  # falsy: not served here, the page stays where it is
+                leaf[slot] = 0
+                if leaf == _EMPTY_LEAF:
+                    self._drop_leaf(pool, obj, oid, index)
+            return data
         return self.pamops.get_data(p, pool)
 
     def delete(self, pool: Pool, oid: int, index: int) -> int:
@@ -202,7 +197,7 @@ class Tmem:
         return True
 
     def replace(self, pool: Pool, oid: int, index: int, new: int) -> bool:
-        """Overwrite an existing slot in place (RAMster); the old pampd is freed as by a destroy."""
+        """Overwrite an existing slot in place; the old pampd is freed as by a destroy."""
         obj = pool.objs.get(oid)
         leaf = obj.get(index >> OBJNODE_SHIFT) if obj is not None else None
         if leaf is None or not leaf[index & OBJNODE_MASK]:
@@ -229,6 +224,38 @@ class Tmem:
             base = key << OBJNODE_SHIFT
             out.extend(base + i for i in range(OBJNODE_SLOTS) if leaf[i])
         return out
+
+    def scan_below(self, pool: Pool, limit: int, oid: int | None = None):
+        """(oid, index, pampd) of every slot of the pool (or of one object) whose pampd
+        is at most `limit`, ascending by index within an object: a walk of the whole
+        index, for the backend's slow paths (a leaf with none is skipped at C speed)."""
+        objs = pool.objs
+        oids = list(objs) if oid is None else ([oid] if oid in objs else [])
+        for o in oids:
+            obj = objs.get(o)
+            if obj is None:
+                continue
+            for key in sorted(obj):
+                leaf = obj.get(key)
+                if leaf is None or min(leaf) > limit:
+                    continue
+                base = key << OBJNODE_SHIFT
+                for slot in range(OBJNODE_SLOTS):
+                    p = leaf[slot]
+                    if p and p <= limit:
+                        yield o, base | slot, p
+
+    def check(self) -> None:
+        """Assert the index's structure (tests): no empty object or leaf is kept, counts agree."""
+        objs = leaves = 0
+        for pool in self.pools():
+            for obj in pool.objs.values():
+                assert obj, "empty object kept"
+                objs += 1
+                for leaf in obj.values():
+                    assert len(leaf) == OBJNODE_SLOTS and leaf != _EMPTY_LEAF, "empty leaf kept"
+                    leaves += 1
+        assert objs == self.obj_count and leaves == self.objnode_count
 
     # ---- internals -----------------------------------------------------------------
 

@@ -201,6 +201,14 @@ class Zbud:
             self._lru_compact(c)
         return 0
 
+    def touch(self, p: int) -> None:
+        """The page of zbudref p was read and kept (a cache hit): its frame moves to
+        the LRU tail, unless it is off the LRU (a zombie) and must stay so."""
+        n = p >> 1
+        st = self.state[n]
+        if st & LIVE and not st & (ZOMBIE | DYING):
+            self._lru_add_tail(st >> CLASS_SHIFT, n)
+
     def lru_frames(self, c: int) -> list[int]:
         """Live frames of class c, LRU end first (for tests and tools)."""
         q = self.lru[c]
@@ -324,12 +332,10 @@ class Zbud:
 
     def free_and_delist(self, p: int) -> int:
         """Free zbudref p. Returns its stored size; negated when the frame became empty
-        (the caller frees frame `(p >> 1) - NSENTINELS`); 0 if the frame is dying
-        (the evictor owns it and has done the accounting)."""
+        (the caller frees frame `(p >> 1) - NSENTINELS`). Never called for a dying
+        frame's zbuds: the evictor unlinks them and accounts for the frame as a whole."""
         n = p >> 1
         st = self.state[n]
-        if st & DYING:
-            return 0
         sizes = self.sizes
         s = sizes[p]
         sizes[p] = 0
@@ -370,8 +376,8 @@ class Zbud:
 
         Returns (node, buds, stored_bytes, zpages) where buds are
         (zbudref, client_id, pool_id, oid, index, None); node 0 if nothing is
-        evictable. The caller flushes each bud's tmem entry (whose free is
-        ignored while dying), then calls `finish_evict`.
+        evictable. The caller unlinks each bud's tmem entry without freeing it
+        (this accounts for them), then calls `finish_evict`.
         """
         n = self._lru_first_evictable(EPH)
         if not n:

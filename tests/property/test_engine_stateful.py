@@ -33,6 +33,9 @@ class ZcacheMachine(RuleBasedStateMachine):
         self.eph = self.zc.new_pool(persistent=False)
         self.model = {}  # (pool, oid, index) -> page: persistent exact, ephemeral "latest or gone"
         self.disk = {}
+        # frames in use may exceed the budget only after a shrink left persistent
+        # pages above it; this is the most that may be in use then (0: none over)
+        self.over_budget = 0
         if writeback:
             self.zc.writeback_sink = self._sink
 
@@ -47,7 +50,7 @@ class ZcacheMachine(RuleBasedStateMachine):
     def put(self, persistent, oid, index, data, huge):
         h = (self._pool(persistent), oid, index)
         self.disk.pop(h, None)
-        full = self.zc.arena.in_use >= self.zc.max_pageframes
+        full = self.zc.pageframes_in_use >= self.zc.max_pageframes
         if self.zc.put_page(*h, data, huge):
             self.model[h] = data
         else:
@@ -104,7 +107,8 @@ class ZcacheMachine(RuleBasedStateMachine):
     @rule(frames=st.integers(0, 12))
     def resize(self, frames):
         left = self.zc.set_max_pageframes(frames)
-        assert left == max(0, self.zc.arena.in_use - frames)
+        assert left == max(0, self.zc.pageframes_in_use - frames)
+        self.over_budget = self.zc.pageframes_in_use if left else 0
         if self.zc.writeback_sink is None:
             # only ephemeral frames may go: every persistent page must still be there
             for h, want in self.model.items():
@@ -114,8 +118,17 @@ class ZcacheMachine(RuleBasedStateMachine):
     @invariant()
     def structure(self):
         self.zc.check()
-        assert self.zc.arena.in_use <= max(self.zc.max_pageframes, self.zc.arena.in_use)
         s = self.zc.stats()
+        # SPEC §4.6: a frame is taken only within the budget. Only a shrink leaves more
+        # in use, all of it persistent (every ephemeral frame was evicted first), and
+        # from then on the count can only fall until it is back within the budget.
+        in_use, budget = self.zc.pageframes_in_use, self.zc.max_pageframes
+        if in_use > budget:
+            assert in_use <= self.over_budget, "a frame was taken beyond the budget"
+            assert s["zcache.eph_pageframes"] == 0, "an ephemeral frame kept above the budget"
+            self.over_budget = in_use
+        else:
+            self.over_budget = 0
         assert s["zbud.eph_zpages"] <= 2 * s["zbud.eph_pageframes"]
         assert s["zbud.pers_zpages"] <= 2 * s["zbud.pers_pageframes"]
 

@@ -13,7 +13,7 @@ from pages import page, sized_page
 from ramster import Frontswap, Zcache
 from ramster.remote import wire
 from ramster.remote.ramster import Ramster, RemoteError, RemotifyPolicy
-from ramster.zcache import REMOTE_BASE
+from ramster.zcache import ON_PEER
 
 
 @dataclass
@@ -71,6 +71,11 @@ def cluster(n: int, frames: int = 64, replicas: int = 1, ephemeral: bool = True)
     return ln
 
 
+def local(zc: Zcache, pool, oid: int, index: int) -> bool:
+    """The page is in this node's memory (not on a peer)."""
+    return zc.contains(pool.pool_id, oid, index) and not zc.on_peer(pool.pool_id, oid, index)
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -88,7 +93,7 @@ async def remotified(ln: LoopbackNet, count: int, frames: int = 20):
     fill(a.zc, pid, count)
     await a.remotify_batch(frames=frames)
     pool = a.zc.pool(pid)
-    return a, pool, [i for i in range(count) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+    return a, pool, [i for i in range(count) if a.zc.on_peer(pool.pool_id, i & 255, i >> 8)]
 
 
 def test_remotify_moves_frames_and_remote_gets_return_the_pages():
@@ -104,17 +109,16 @@ def test_remotify_moves_frames_and_remote_gets_return_the_pages():
         assert a.zc.zbud.pageframes[1] == frames_before - 10
         s = a.stats()
         assert s["ramster.pers_pages_remoted"] == s["ramster.remote_pers_pages"] >= 19
-        assert b.stats()["ramster.foreign_pers_pages"] == s["ramster.remote_pers_pages"]
+        assert b.zc.stats()["ramster.foreign_pers_pages"] == s["ramster.remote_pers_pages"]
         a.zc.check()
         b.zc.check()
         pool = a.zc.pool(pid)
         # the sync API says clearly that a page is remote
-        remote = [i for i in range(100) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        remote = [i for i in range(100) if a.zc.on_peer(pool.pool_id, i & 255, i >> 8)]
         assert len(remote) == s["ramster.remote_pers_pages"]
-        from ramster import TmemError
-
-        with pytest.raises(TmemError, match="remote"):
-            a.zc.get_page(pid, remote[0] & 255, remote[0] >> 8)
+        assert a.zc.get_page(pid, remote[0] & 255, remote[0] >> 8) is ON_PEER
+        assert a.zc.get_page(pid, remote[0] & 255, remote[0] >> 8, free=True) is ON_PEER  # left in place
+        assert a.zc.peek_page(pid, remote[0] & 255, remote[0] >> 8) is None
         for i in range(100):
             assert await a.get(pool, i & 255, i >> 8) == page(i)
         assert a.stats()["ramster.remote_pers_pages_succ_get"] >= len(remote)
@@ -131,7 +135,7 @@ def test_non_freeing_get_repatriates_when_there_is_room():
         a, pool, remote = await remotified(ln, 20, frames=5)
         i = remote[0]
         assert await a.get(pool, i & 255, i >> 8) == page(i)
-        assert 0 < a.zc.tmem.lookup(pool, i & 255, i >> 8)  # local again
+        assert local(a.zc, pool, i & 255, i >> 8)  # local again
         await asyncio.sleep(0.01)  # let the queued flush reach b
         assert a.stats()["ramster.remote_pages_flushed"] >= 1
         assert b.zc.foreign_pages[1] == len(remote) - 1
@@ -149,7 +153,7 @@ def test_exclusive_get_deletes_slot_and_remote_copy():
         pool = a.zc.pool(pid)
         for i in range(10):
             assert await a.get(pool, i & 255, i >> 8, free=True) == page(i)
-            assert a.zc.tmem.lookup(pool, i & 255, i >> 8) == 0
+            assert not a.zc.contains(pool.pool_id, i & 255, i >> 8)
         assert b.zc.foreign_pages[1] == 0
         assert a.stats()["ramster.remote_pers_pages"] == 0 and a.table.live == 0
 
@@ -174,7 +178,7 @@ def test_flushes_and_pool_destroy_reach_the_remote_side():
         a.zc.destroy_pool(pid)
         await asyncio.sleep(0.01)
         assert b.zc.foreign_pages[1] == 0
-        assert b.zc.tmem.get_pool(0, pool.pool_id) is None  # the foreign pool itself is gone
+        assert b.zc.find_foreign_pool(0, pool.pool_id) is None  # the foreign pool itself is gone
         assert a.stats()["ramster.remote_pools_destroyed"] == 1
         b.zc.check()
 
@@ -207,8 +211,8 @@ def test_two_replicas_survive_one_node_down_and_checksum_is_verified():
         assert remote and ln.nodes[1].zc.foreign_pages[1] == ln.nodes[2].zc.foreign_pages[1] == len(remote)
         # corrupt node 1's copy of one page: the get must notice and use node 2's
         i = remote[0]
-        fpool = ln.nodes[1].zc.tmem.get_pool(0, pool.pool_id)
-        p = ln.nodes[1].zc.tmem.lookup(fpool, i & 255, i >> 8)
+        fpool = ln.nodes[1].zc.find_foreign_pool(0, pool.pool_id)
+        p = ln.nodes[1].zc.lookup(fpool, i & 255, i >> 8)
         mv = ln.nodes[1].zc.zbud.payload(p)
         mv[5] ^= 0xFF
         ln.down.add(2)
@@ -249,7 +253,7 @@ def test_ephemeral_remote_miss_is_a_miss():
         fill(a.zc, eid, 10)
         await a.remotify_batch(frames=5)
         pool = a.zc.pool(eid)
-        remote = [i for i in range(10) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        remote = [i for i in range(10) if a.zc.on_peer(pool.pool_id, i & 255, i >> 8)]
         assert remote and a.stats()["ramster.eph_pages_remoted"] == len(remote)
         # b evicts its foreign ephemeral pages under its own pressure
         b.zc.set_max_pageframes(0)
@@ -270,7 +274,7 @@ def test_concurrent_gets_share_one_fetch():
         a.zc.set_max_pageframes(64)
         await a.remotify_batch(frames=2)
         pool = a.zc.pool(pid)
-        remote = [i for i in range(4) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        remote = [i for i in range(4) if a.zc.on_peer(pool.pool_id, i & 255, i >> 8)]
         i = remote[0]
         ln.requests.clear()
         got = await asyncio.gather(*(a.get(pool, i & 255, i >> 8) for _ in range(5)))
@@ -389,7 +393,7 @@ def test_flushes_a_peer_missed_reach_it_when_it_is_back():
         fill(a.zc, pid, 40)
         await a.remotify_batch(frames=20)
         pool = a.zc.pool(pid)
-        remote = [i for i in range(40) if a.zc.tmem.lookup(pool, i & 255, i >> 8) <= REMOTE_BASE]
+        remote = [i for i in range(40) if a.zc.on_peer(pool.pool_id, i & 255, i >> 8)]
         assert b.zc.foreign_pages[1] == len(remote) > 2
         ln.down.add(1)
         a.zc.flush_page(pid, remote[0] & 255, remote[0] >> 8)  # missed by b
@@ -456,7 +460,7 @@ def test_selfshrink_brings_pages_home_when_idle():
         assert a.stats()["ramster.remote_pers_pages"] == 0
         pool = a.zc.pool(pid)
         for i in range(30):
-            assert 0 < a.zc.tmem.lookup(pool, i & 255, i >> 8)
+            assert local(a.zc, pool, i & 255, i >> 8)
 
     run(go())
 
@@ -475,7 +479,7 @@ def test_cleancache_remote_page_is_a_miss_and_its_copy_goes():
         held = b.zc.foreign_pages[0]
         assert held
         pool = a.zc.pool(fsid)
-        remote = [i for i in range(20) if a.zc.tmem.lookup(pool, 7, i) <= REMOTE_BASE]
+        remote = [i for i in range(20) if a.zc.on_peer(pool.pool_id, 7, i)]
         assert cc.get_page(fsid, 7, remote[0]) is None
         assert cc.get_page(fsid, 7, remote[0]) is None  # and stays a miss
         await asyncio.sleep(0.01)
@@ -493,16 +497,16 @@ def test_refused_repatriation_keeps_the_remote_copy():
         assert a.zc.put_page(pid, 1, 0, big)
         await a.remotify_batch(frames=1)
         pool = a.zc.pool(pid)
-        assert a.zc.tmem.lookup(pool, 1, 0) <= REMOTE_BASE
+        assert a.zc.on_peer(pool.pool_id, 1, 0)
         # room in the budget, but the persistent policy refuses the page (mean size rule)
         fill(a.zc, pid, 4, oid_of=lambda i: 2, index_of=lambda i: i)
         a.zc.zbytes[1] = 10**9
         assert await a.get(pool, 1, 0) == big
-        assert a.zc.tmem.lookup(pool, 1, 0) <= REMOTE_BASE  # still remote, not lost
+        assert a.zc.on_peer(pool.pool_id, 1, 0)  # still remote, not lost
         assert a.stats()["ramster.pers_pages_remote_nomem"] == 1
         a.zc.zbytes[1] = 0
         assert await a.get(pool, 1, 0) == big
-        assert 0 < a.zc.tmem.lookup(pool, 1, 0)  # now it came home
+        assert local(a.zc, pool, 1, 0)  # now it came home
 
     run(go())
 

@@ -16,6 +16,8 @@ class Recorder:
 
     def get_data_and_free(self, p, pool):
         self.calls.append(("getfree", p))
+        if p <= -1000:  # "held elsewhere": not served here
+            return None
         return f"data{p}"
 
     def free(self, p, pool, oid, index):
@@ -26,9 +28,6 @@ class Recorder:
 
     def free_pool(self, pool):
         self.calls.append(("free_pool", pool.pool_id))
-
-    def is_remote(self, p):
-        return p <= -1000
 
 
 @pytest.fixture
@@ -91,14 +90,24 @@ def test_foreign_clients_have_their_own_pools(t):
         t.new_pool(99, True)
 
 
-def test_remote_pampd_is_not_got_synchronously(t):
-    from ramster.tmem import RemotePage
-
+def test_a_get_the_backend_declines_leaves_the_slot(t):
     pool = t.new_pool(LOCAL_CLIENT, True)
     t.put(pool, 1, 1, -5000)
-    with pytest.raises(RemotePage) as info:
-        t.get(pool, 1, 1, free=True)
-    assert info.value.pampd == -5000 and t.lookup(pool, 1, 1) == -5000  # still there
+    assert t.get(pool, 1, 1, free=True) is None  # the pamops' falsy outcome, passed up
+    assert t.lookup(pool, 1, 1) == -5000 and t.obj_count == 1  # still there, nothing freed
+    assert not [c for c in t.pamops.calls if c[0] == "free"]
+    t.check()
+
+
+def test_scan_below_finds_slots_at_or_below_a_limit(t):
+    pool = t.new_pool(LOCAL_CLIENT, True)
+    for i, p in ((0, 5), (1, -3), (64, -7), (200, 9)):
+        t.put(pool, 1, i, p)
+    t.put(pool, 2, 3, -1)
+    assert sorted(t.scan_below(pool, -1)) == [(1, 1, -3), (1, 64, -7), (2, 3, -1)]
+    assert list(t.scan_below(pool, -5, oid=1)) == [(1, 64, -7)]
+    assert list(t.scan_below(pool, 100, oid=3)) == []
+    t.check()
 
 
 def test_replace_frees_old_as_destroy(t):

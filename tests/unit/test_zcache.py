@@ -383,3 +383,129 @@ def test_refused_put_with_keep_old_leaves_the_older_copy():
     assert not zc.put_page(pid, 1, 0, new, True)  # without keep_old the old copy goes
     assert zc.get_page(pid, 1, 0) is None
     zc.check()
+
+
+# ---- the door's other operations (DESIGN.md, "Layout") ------------------------------------------
+
+
+def test_contains_peek_and_on_peer_have_no_side_effects():
+    zc = zc_()
+    eid = zc.new_pool(persistent=False)
+    assert zc.put_page(eid, 1, 2, page(7))
+    before = zc.stats()
+    assert zc.contains(eid, 1, 2) and not zc.contains(eid, 1, 3) and not zc.on_peer(eid, 1, 2)
+    # an ephemeral pool's get is exclusive; a peek leaves the page for the next reader
+    assert zc.peek_page(eid, 1, 2) == page(7) and zc.peek_page(eid, 1, 2) == page(7)
+    assert zc.peek_page(eid, 1, 3) is None
+    assert zc.stats() == before
+    assert zc.get_page(eid, 1, 2) == page(7) and not zc.contains(eid, 1, 2)
+    zc.check()
+
+
+def test_peek_makes_the_frame_the_most_recently_used():
+    zc = zc_(frames=2)
+    eid = zc.new_pool(persistent=False)
+    assert zc.put_page(eid, 1, 0, sized_page(0, 3000))
+    assert zc.put_page(eid, 1, 1, sized_page(1, 3000))
+    assert zc.peek_page(eid, 1, 0) == sized_page(0, 3000)  # page 0's frame is no longer the LRU one
+    assert zc.put_page(eid, 1, 2, sized_page(2, 3000))  # eats one frame
+    assert zc.contains(eid, 1, 0) and not zc.contains(eid, 1, 1)
+    zc.check()
+
+
+def test_nonactive_put_is_counted_by_zcache_and_flushes_the_old_copy():
+    zc = zc_()
+    pid, eid = zc.new_pool(persistent=True), zc.new_pool(persistent=False)
+    for p in (pid, eid):
+        assert zc.put_page(p, 1, 1, page(1))
+        zc.nonactive_put(p, 1, 1)
+        assert not zc.contains(p, 1, 1)
+    s = zc.stats()
+    assert s["zcache.pers_nonactive_puts_ignored"] == 1 and s["zcache.eph_nonactive_puts_ignored"] == 1
+    zc.check()
+
+
+def test_writeback_sink_at_construction_and_frames_in_use():
+    disk = {}
+    zc = Zcache(2, writeback_sink=lambda pool, oid, index, data: disk.__setitem__((oid, index), data) or True)
+    pid = zc.new_pool(persistent=True)
+    for i in range(4):
+        assert zc.put_page(pid, 1, i, sized_page(i, 2400))
+    assert len(disk) == 2 and zc.pageframes_in_use == 2
+    zc.close()
+
+
+class RecordingRemote:
+    """What RAMster's hooks are told (attach_remote's contract)."""
+
+    def __init__(self):
+        self.freed = []
+
+    def free_remote(self, r, pool, oid, index):
+        self.freed.append((r, oid, index))
+
+    def free_obj(self, pool, oid, pool_destroy):
+        pass
+
+    def free_pool(self, pool):
+        pass
+
+    def stats(self):
+        return {"ramster.test": 1}
+
+
+def test_remotify_protocol_take_commit_release():
+    zc = zc_(frames=8)
+    remote = RecordingRemote()
+    zc.attach_remote(remote)
+    pid = zc.new_pool(persistent=True)
+    for i in range(6):
+        assert zc.put_page(pid, 1, i, sized_page(i, 1500))  # two per frame
+    assert zc.put_page(pid, 2, 0, random_page(3), huge=True)  # a huge frame goes first
+    pool = zc.pool(pid)
+    pages, taken = zc.take_lru(True, 2)
+    assert len(taken) == 2 and [(pg[2], pg[3]) for pg in pages] == [(2, 0), (1, 0), (1, 1)]
+    assert pages[0][4] == random_page(3)  # a huge page's payload is the page
+    assert all(zc.decode(pg[4]) == sized_page(pg[3], 1500) for pg in pages[1:])
+    assert zc.get_page(pid, 1, 0) == sized_page(0, 1500)  # readable while taken
+    assert zc.put_page(pid, 1, 1, page(9))  # overwritten while on the wire: it wins
+    for r, (p, pl, oid, index, _) in enumerate(pages):
+        assert zc.commit_remote(p, pl, oid, index, r) == (index != 1)
+    assert zc.release_taken(taken) == 2  # the huge frame and the zbud frame are free
+    assert zc.on_peer(pid, 1, 0) and zc.on_peer(pid, 2, 0) and not zc.on_peer(pid, 1, 1)
+    assert zc.remote_entry(pool, 1, 0) == 1 and zc.remote_entry(pool, 1, 1) == -1
+    assert sorted((o, i, r) for _, o, i, r in zc.remote_slots()) == [(1, 0, 1), (2, 0, 0)]
+    from ramster.zcache import ON_PEER
+
+    assert not ON_PEER and zc.get_page(pid, 1, 0, free=True) is ON_PEER and zc.on_peer(pid, 1, 0)
+    assert zc.peek_page(pid, 1, 0) is None and zc.contains(pid, 1, 0)
+    assert zc.stats()["ramster.test"] == 1
+    zc.check()
+    assert zc.flush_page(pid, 1, 0) and remote.freed == [(1, 1, 0)]
+    zc.flush_object(pid, 2)
+    assert remote.freed[-1] == (0, None, 0)  # an object-wide destroy: no per-page flush
+    zc.check()
+
+
+def test_take_lru_leaves_frames_with_foreign_pages_and_release_revives():
+    zc = zc_(frames=4)
+    fpool = zc.foreign_pool(3, 0, True)
+    assert zc.put_raw(fpool, 1, 0, b"\x01" * 3000)  # a frame of its own
+    pid = zc.new_pool(persistent=True)
+    assert zc.put_page(pid, 1, 0, sized_page(0, 2000))
+    pages, taken = zc.take_lru(True, 4)
+    assert [(pg[2], pg[3]) for pg in pages] == [(1, 0)] and len(taken) == 1
+    assert zc.release_taken(taken) == 0  # nothing left: the frame is back on its LRU
+    assert zc.stats()["zbud.pers_zombie_count"] == 0 and zc.get_page(pid, 1, 0) == sized_page(0, 2000)
+    assert zc.find_foreign_pool(3, 0) is fpool and zc.get_raw(fpool, 1, 0, free=True) == b"\x01" * 3000
+    assert zc.destroy_foreign_pool(fpool) and zc.find_foreign_pool(3, 0) is None
+    zc.check()
+
+
+def test_attach_remote_once():
+    zc = zc_()
+    r = RecordingRemote()
+    zc.attach_remote(r)
+    zc.attach_remote(r)
+    with pytest.raises(ValueError):
+        zc.attach_remote(RecordingRemote())

@@ -6,9 +6,8 @@ pools are ephemeral.
 """
 from __future__ import annotations
 
-from ..tmem import INDEX_LIMIT, RemotePage, TmemError
 from ..units import PAGE_SIZE
-from ..zcache import Zcache, check_page, normalize_oid
+from ..zcache import INDEX_LIMIT, ON_PEER, TmemError, Zcache, check_page, normalize_oid
 
 
 class Cleancache:
@@ -59,8 +58,7 @@ class Cleancache:
             return
         self.puts += 1
         if not was_active and self.ignore_nonactive:
-            self.zc.eph_nonactive_puts_ignored += 1
-            self.zc.flush_page(fsid, oid, index)  # the caller's page is newer than ours
+            self.zc.nonactive_put(fsid, oid, index)  # counted; the caller's page is newer than ours
             return
         self.zc.put_page(fsid, oid, index, page)
 
@@ -68,14 +66,27 @@ class Cleancache:
         pool = self._pool(fsid)
         oid = normalize_oid(inode)
         index = self._index(index)
-        try:
-            page = self.zc.get_page(fsid, oid, index) if index < INDEX_LIMIT else None
-        except RemotePage:
+        page = self.zc.get_page(fsid, oid, index) if index < INDEX_LIMIT else None
+        if page is ON_PEER:
             # A peer holds it (RAMster) and this call cannot wait for the network.
             # An ephemeral page may vanish at any time, so this is a miss; the
             # flush drops the remote copy too.
             self.zc.flush_page(fsid, oid, index)
             page = None
+        if page is None:
+            self.failed_gets += 1
+        else:
+            self.succ_gets += 1
+        return page
+
+    def peek_page(self, fsid: int, inode, index: int) -> bytes | None:
+        """get_page that leaves the page cached (a block device's cache hit: it must keep
+        serving the page, and putting it back would compress it again). A page that
+        lives on a peer is a miss here, and stays where it is."""
+        self._pool(fsid)
+        oid = normalize_oid(inode)
+        index = self._index(index)
+        page = self.zc.peek_page(fsid, oid, index) if index < INDEX_LIMIT else None
         if page is None:
             self.failed_gets += 1
         else:

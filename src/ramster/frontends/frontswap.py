@@ -6,9 +6,8 @@ oid = type << 8 | (offset & 0xFF), index = offset >> 8.
 """
 from __future__ import annotations
 
-from ..tmem import INDEX_LIMIT
 from ..units import PAGE_SIZE
-from ..zcache import Zcache, check_page
+from ..zcache import INDEX_LIMIT, Zcache, check_page
 
 SWIZ_BITS = 8
 SWIZ_MASK = (1 << SWIZ_BITS) - 1
@@ -93,10 +92,9 @@ class Frontswap:
             self.failed_stores += 1
             return False
         if not was_active and self.ignore_nonactive:
-            self.zc.pers_nonactive_puts_ignored += 1
             self.failed_stores += 1
-            # the page goes to disk, so an older copy here would be stale
-            self.zc.flush_page(self.pool_id, oid, index)
+            # the page goes to disk, so an older copy here would be stale: zcache flushes it
+            self.zc.nonactive_put(self.pool_id, oid, index)
             return False
         if self.zc.put_page(self.pool_id, oid, index, page, huge, keep_old):
             self.succ_stores += 1
@@ -104,16 +102,17 @@ class Frontswap:
         self.failed_stores += 1
         return False
 
-    def load(self, type_: int, offset: int) -> bytes | None:
+    def load(self, type_: int, offset: int):
         """The page, or None: a miss, also for a type that is not initialised (as in the seed).
-        With exclusive gets the copy leaves tmem (§6.2)."""
+        With exclusive gets the copy leaves tmem (§6.2). In a RAMster cluster, ON_PEER
+        (falsy) for a page that lives on a peer: RAMster's asynchronous get reads it."""
         if (type_ not in self._types or type(offset) is not int or offset < 0) and not self._known(type_, offset):
             return None
         oid, index = swiz(type_, offset)
         if index >= INDEX_LIMIT:
             return None
         page = self.zc.get_pool_page(self._pool, oid, index, self.exclusive_gets)
-        if page is not None:
+        if page:  # neither a miss nor ON_PEER
             self.loads += 1
         return page
 

@@ -55,14 +55,10 @@ class CacheExport(Export):
 
     def _cached(self, p: int):
         """The cached copy of page p, kept cached, or None."""
-        cc = self.cleancache
-        page = cc.get_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
-        if page is not None:
-            # Cleancache gets are exclusive; a block device must keep serving
-            # hits, so the page goes back in, which also makes it the most
-            # recently used frame (the LRU then evicts cold pages first).
-            cc.put_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK, page)
-        return page
+        # Cleancache gets are exclusive; a block device must keep serving hits, so
+        # the page is peeked at, left in place (its frame becomes the most recently
+        # used: the LRU then evicts cold pages first).
+        return self.cleancache.peek_page(self.fsid, p >> _CC_SHIFT, p & _CC_MASK)
 
     def _fill(self, p: int, page) -> None:
         if type(page) is not bytes:  # zcache takes pages as bytes
@@ -200,12 +196,11 @@ class CacheExport(Export):
     async def cache(self, offset: int, length: int) -> None:
         """Prefetch: bring pages that are not in memory into the cache."""
         zc = self.cleancache.zc
-        lookup = zc.tmem.lookup
         first = offset >> PAGE_SHIFT
         # more than twice the budget would only evict what this very request brought in
         stop = min(((offset + length - 1) >> PAGE_SHIFT) + 1, first + 2 * zc.max_pageframes)
         for p in range(first, stop):
-            if not lookup(zc.pool(self.fsid), p >> _CC_SHIFT, p & _CC_MASK):
+            if not zc.contains(self.fsid, p >> _CC_SHIFT, p & _CC_MASK):
                 self._fill(p, self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE))
             if not (p - first + 1) % 1024:
                 await asyncio.sleep(0)  # the pool may be replaced meanwhile: looked up per page

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 
 from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap, swiz
 from ..lograte import Throttled
+from ..pampd import ON_PEER, ZERO_FILLED
 from ..storage.backing import BackingFile
 from ..storage.pagemap import FILE, LOST, MEMORY, PageStateMap
-from ..tmem import RemotePage
 from ..units import PAGE_SHIFT, PAGE_SIZE
-from ..zcache import ZERO_FILLED
 from .base import HOLE, PAGE_MASK, STATE_ZERO, YIELD_EVERY, Export, ExportCounters, ExportError, sync_backing
 
 ZERO_PAGE = bytes(PAGE_SIZE)
@@ -156,13 +155,13 @@ class SwapExport(Export):
 
     async def _page_async(self, p: int):
         while True:
-            try:
-                return self._page(p)
-            except RemotePage:
-                page = await self._remote_page(p)
-                if page is not None:
-                    return page
-                # the slot changed while the fetch was on the wire: look again
+            page = self._page(p)
+            if page is not ON_PEER:
+                return page
+            page = await self._remote_page(p)
+            if page is not None:
+                return page
+            # the slot changed while the fetch was on the wire: look again
 
     async def _lock_page(self, p: int) -> None:
         """Hold page p against other writes while this one waits on the network.
@@ -261,10 +260,8 @@ class SwapExport(Export):
     def read_now(self, offset: int, length: int):
         if length != PAGE_SIZE or offset & PAGE_MASK:
             return None
-        try:
-            return self._read_page(offset >> PAGE_SHIFT)
-        except RemotePage:
-            return None
+        page = self._read_page(offset >> PAGE_SHIFT)
+        return None if page is ON_PEER else page
 
     def write_now(self, offset: int, data) -> bool:
         # whole pages only; partial ones may need a remote page first
@@ -304,10 +301,10 @@ class SwapExport(Export):
         return True
 
     async def read(self, offset: int, length: int):
-        try:
-            if length == PAGE_SIZE and not offset & PAGE_MASK:
-                return self._read_page(offset >> PAGE_SHIFT)
-        except RemotePage:
+        if length == PAGE_SIZE and not offset & PAGE_MASK:
+            page = self._read_page(offset >> PAGE_SHIFT)
+            if page is not ON_PEER:
+                return page
             page = await self._page_async(offset >> PAGE_SHIFT)
             if page is None:
                 raise ExportError(errno.EIO, f"page {offset >> PAGE_SHIFT} was lost: its last write failed")
@@ -327,12 +324,11 @@ class SwapExport(Export):
         backing = self.backing
         run = -1  # first page of a run of pages to read from the file
         for p in range(first, last + 1):
-            try:
-                page = load(swap_type, p)
-            except RemotePage:
+            page = load(swap_type, p)
+            if page is ON_PEER:
                 page = await self._page_async(p)
                 if page is None:
-                    raise ExportError(errno.EIO, f"page {p} was lost: its last write failed") from None
+                    raise ExportError(errno.EIO, f"page {p} was lost: its last write failed")
             if page is not None:
                 if run >= 0:
                     self._read_run(buf, first, run, p)
@@ -485,9 +481,8 @@ class SwapExport(Export):
         for p in self.pagemap.not_current():
             if states[p] != MEMORY:
                 continue
-            try:
-                page = self.frontswap.load(self.swap_type, p)
-            except RemotePage:
+            page = self.frontswap.load(self.swap_type, p)
+            if page is ON_PEER:
                 try:
                     page = await self._remote_page(p)
                 except ExportError:
@@ -505,7 +500,7 @@ class SwapExport(Export):
         end = min(offset + length, self.size)
         first = offset >> PAGE_SHIFT
         stop = min(((end - 1) >> PAGE_SHIFT) + 1, first + STATUS_SCAN_PAGES)
-        lookup = self._zc.tmem.lookup
+        lookup = self._zc.lookup
         pool = self._pool
         type_bits = self._type_bits
         lost = self.lost

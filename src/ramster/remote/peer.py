@@ -44,8 +44,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import compress
 from ..lograte import Throttled
+from ..zcache import DEFAULT_COMPRESSOR
 from . import session, tls, wire
 from .clusterconf import ClusterConfig, NodeSpec
 from .connection import Handler, PeerConnection, PeerTimeout, PeerUnavailable
@@ -77,7 +77,7 @@ class PeerState:
 class PeerNetwork:
     """This node's connections to every other node of the cluster."""
 
-    def __init__(self, config: ClusterConfig, compressor: str = compress.DEFAULT):
+    def __init__(self, config: ClusterConfig, compressor: str = DEFAULT_COMPRESSOR):
         """`compressor` names the codec of the pages this node sends; a peer with another is refused."""
         self.config = config
         self.compressor = compressor

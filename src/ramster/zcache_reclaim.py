@@ -1,0 +1,187 @@
+"""How zcache makes room (SPEC §4.4, §4.7, §6.3): ouroboros, shrinking, writeback.
+
+A part of Zcache (it is one of its bases): the methods that take frames away
+from pages rather than give frames to them. Three ways, cheapest first:
+
+- evict the LRU ephemeral frame (ouroboros): its pages were only a cache, so
+  they are unlinked from tmem all at once and the frame goes back to the put
+  that needed it. The pages are not freed one by one through the pamops: the
+  frame dies as a whole (zbud marks it DYING), and the evictor does the
+  accounting for both its pages in one step;
+- write the LRU persistent frames back to the writeback sink (the node's swap
+  disk): each page is decompressed and handed to the sink, and only a page the
+  sink took is flushed; a frame whose pages it refused goes back to the LRU
+  tail with them. Huge frames go first: no decompression, a frame per page;
+- shrink the budget (`set_max_pageframes`) or follow the caller's LRU sizes
+  (`shrink`, the seed's shrinker) with the two above.
+
+It works on Zcache's arena, zbud, tmem, huge_lru/huge_taken and counters;
+nothing outside Zcache calls the private methods here.
+"""
+from __future__ import annotations
+
+from .pampd import HUGE_BASE
+from .tmem import LOCAL_CLIENT, Pool
+from .zbud import EPH, HANDLE_SIZE, PERS
+
+
+class Reclaim:
+    # ---- the budget (SPEC §4.7) ----------------------------------------------------------
+
+    def set_max_pageframes(self, n: int) -> int:
+        """Change the budget. Shrinking evicts ephemeral frames down to `n`;
+        returns how many frames above `n` are still in use (persistent ones,
+        until a writeback tier takes them)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"max_pageframes must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"max_pageframes must be >= 0, got {n}")
+        self.arena.set_budget(n)
+        self.zbud.ensure_frames(n)
+        over = self.arena.in_use - n
+        over -= self._reclaim(over)
+        if over > 0 and self.writeback_sink is not None:
+            self.writeback_lru(over, self.writeback_sink)
+        self.arena.release_free_frames()
+        return max(0, self.arena.in_use - n)
+
+    def shrink(self, active_file: int = 0, inactive_file: int = 0, active_anon: int = 0, inactive_anon: int = 0) -> int:
+        """The seed's shrinker (SPEC §4.7) with caller-supplied LRU sizes (in pages).
+
+        Keeps ephemeral frames near the file LRU size and, through the writeback
+        tier, persistent frames near the anon LRU size. Uses the 3.9 arithmetic
+        (max(0, frames - (active + inactive))): the seed's `- active + inactive`
+        was a typo. Returns the reclaimable estimate.
+        """
+        self.last_active_file_pageframes = active_file
+        self.last_inactive_file_pageframes = inactive_file
+        self.last_active_anon_pageframes = active_anon
+        self.last_inactive_anon_pageframes = inactive_anon
+        for _ in range(max(0, self.zbud.pageframes[EPH] - (active_file + inactive_file))):
+            f = self._evict_eph_frame()
+            if f < 0:
+                break
+            self.arena.free(f)
+        nr_writeback = max(0, self.zbud.pageframes[PERS] + self.huge_pages - (active_anon + inactive_anon))
+        if nr_writeback and self.writeback_sink is not None:
+            self.writeback_lru(nr_writeback, self.writeback_sink)
+        return max(0, self.zbud.pageframes[EPH] - (active_file + inactive_file))
+
+    # ---- ouroboros (SPEC §4.4) --------------------------------------------------------------
+
+    def _ouroboros(self, c: int) -> int:
+        """No frame left: eat the LRU ephemeral frame. Its arena frame, or -1."""
+        self.failed_get_free_pages += 1
+        f = self._evict_eph_frame()
+        if f < 0 and c and self.writeback_sink is not None:
+            # no ephemeral frame left to eat: make room by writing back the LRU persistent frame
+            if self.writeback_lru(1, self.writeback_sink):
+                f = self.arena.alloc()
+        if c:
+            if f < 0:
+                self.pers_ate_eph_failed += 1
+            else:
+                self.pers_ate_eph += 1
+        elif f < 0:
+            self.eph_ate_tail_failed += 1
+        else:
+            self.eph_ate_tail += 1
+        return f
+
+    # ---- eviction and writeback -----------------------------------------------------------
+
+    def _evict_eph_frame(self) -> int:
+        """Evict the LRU ephemeral frame; its arena frame, or -1. Its pages are
+        unlinked from tmem, not freed one by one: the frame goes as a whole, and
+        the evictor does the accounting for all its pages at once."""
+        n, buds, stored, zpages = self.zbud.evict_pageframe_lru()
+        if not n:
+            return -1
+        tmem = self.tmem
+        for p, client_id, pool_id, oid, index, _ in buds:
+            pool = tmem.get_pool(client_id, pool_id)
+            if pool is not None and tmem.lookup(pool, oid, index) == p:
+                tmem.delete(pool, oid, index)
+                if client_id != LOCAL_CLIENT:
+                    self.foreign_pages[EPH] -= 1
+        self.zbytes[EPH] -= stored - HANDLE_SIZE * zpages
+        self.zpages[EPH] -= zpages
+        self.evicted_eph_pageframes += 1
+        # the seed commit added 1 per frame here; 3.9 fixed it to count zpages
+        self.evicted_eph_zpages += zpages
+        return self.zbud.finish_evict(n)
+
+    def writeback_lru(self, nframes: int, sink) -> int:
+        """Ouroboros writeback (SPEC §6.3): move up to `nframes` LRU persistent
+        frames out of memory. Each page is decompressed and handed to
+        `sink(pool, oid, index, page)`; only when the sink returns True is the
+        tmem copy dropped. A frame whose pages the sink refuses goes back to the
+        LRU tail instead of leaking as a zombie. A sink with an `accepts(pool,
+        oid, index)` method is asked first, so pages it has no place for are not
+        decompressed. At most 2 * nframes + 64 frames are looked at: a call made
+        for one store must not walk (and decompress) the whole budget when most
+        pages have nowhere to go. Returns frames freed."""
+        freed = 0
+        accepts = getattr(sink, "accepts", None)
+        window = 2 * nframes + 64
+        # Huge frames first: each frees a frame per page written and costs no
+        # decompression (zram too writes back huge pages first).
+        tries = min(len(self.huge_lru), window)
+        while freed < nframes and tries > 0 and self.huge_lru:
+            tries -= 1
+            f, (pool, oid, index) = next(iter(self.huge_lru.items()))
+            if pool.client_id != LOCAL_CLIENT or (accepts is not None and not accepts(pool, oid, index)):
+                self.huge_lru[f] = self.huge_lru.pop(f)  # to the tail: not ours to move
+                continue
+            p = HUGE_BASE - f
+            self.huge_taken[f] = self.huge_lru.pop(f)
+            if self._write_back_page(sink, p, pool, oid, index):
+                freed += 1
+            else:
+                self._revive_huge(p)
+        tries = min(self.zbud.pageframes[PERS], window)
+        while freed < nframes and tries > 0:
+            tries -= 1
+            buds = self.zbud.make_zombie_lru(PERS, with_data=False)
+            if not buds:
+                break
+            kept = False
+            for p, client_id, pool_id, oid, index, _ in buds:
+                pool = self.tmem.get_pool(client_id, pool_id)
+                if (pool is None or client_id != LOCAL_CLIENT or self.tmem.lookup(pool, oid, index) != p
+                        or (accepts is not None and not accepts(pool, oid, index))):
+                    # not ours to move (a foreign page is compressed with its owner's codec,
+                    # and no sink of ours could take it), or nowhere to go: leave the frame
+                    kept = True
+                    continue
+                if not self._write_back_page(sink, p, pool, oid, index):
+                    kept = True
+            if kept:
+                self.zbud.revive_zombie(buds[0][0] >> 1)
+            else:
+                freed += 1
+        return freed
+
+    def _write_back_page(self, sink, p: int, pool: Pool, oid: int, index: int) -> bool:
+        page = self.get_data(p, pool)
+        self.outstanding_writeback_pages += 1
+        try:
+            ok = sink(pool, oid, index, page)
+        finally:
+            self.outstanding_writeback_pages -= 1
+        if ok:
+            self.writtenback_pages += 1
+            self.tmem.flush_page(pool, oid, index)  # frees the page (and a zombie frame with its last page)
+        return ok
+
+    def _reclaim(self, frames: int) -> int:
+        """Free up to `frames` frames by evicting ephemeral ones; returns how many."""
+        done = 0
+        while done < frames:
+            f = self._evict_eph_frame()
+            if f < 0:
+                break
+            self.arena.free(f)
+            done += 1
+        return done
+
