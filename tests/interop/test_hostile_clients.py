@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import RAMSTER, need_nbd, stop_process
 
-from ramster.nbd import protocol as P
+from ramster.nbd import wire as P
 
 pytestmark = pytest.mark.interop
 

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from support import need, need_nbd
 
-from ramster.nbd import protocol as P
+from ramster.nbd import wire as P
 from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.server import MAX_INFLIGHT, NbdServer
 

@@ -11,10 +11,11 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ramster.nbd import protocol as P
+from ramster.nbd import wire as P
+from ramster.nbd.handshake import MAX_OPTION_DATA
 from ramster.nbd.base import ExportError
 from ramster.nbd.ramdisk import MemoryExport
-from ramster.nbd.protocol import Close, NbdConnection, ProtocolError, Request
+from ramster.nbd.protocol import Close, NbdConnection, ProtocolError, REQUEST_COST, Request, UNLIMITED
 
 SIZE = 64 * 1024
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -178,7 +179,7 @@ def drive(data: bytes, chunks: list[int], credits: list[int] | None = None) -> t
         pos += n
         # Only a partial message may be held: never a whole payload or option
         # (or, while parsing is stopped for credit, the input not parsed yet).
-        assert len(conn._buf) < P.MAX_OPTION_DATA + 16 or (conn.blocked and len(conn._buf) <= len(data))
+        assert conn.buffered < MAX_OPTION_DATA + 16 or (conn.blocked and conn.buffered <= len(data))
         for ev in new:
             if isinstance(ev, Request):
                 check_request(conn, ev)
@@ -245,8 +246,8 @@ def test_mutated_sessions(data, chunks):
 
 @SETTINGS
 @given(mutated(sessions()), chunkings(),
-       st.lists(st.sampled_from([0, 1, P.REQUEST_COST, P.REQUEST_COST + 4096, P.UNLIMITED]), min_size=1, max_size=5)
-       .filter(lambda c: 0 in c or P.UNLIMITED in c))
+       st.lists(st.sampled_from([0, 1, REQUEST_COST, REQUEST_COST + 4096, UNLIMITED]), min_size=1, max_size=5)
+       .filter(lambda c: 0 in c or UNLIMITED in c))
 def test_mutated_sessions_with_little_credit(data, chunks, credits):
     conn, out, events = drive(data, chunks, credits)
     check_output(conn, out)

@@ -11,13 +11,14 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ramster.nbd import protocol as P
+from ramster.nbd import wire as P
+from ramster.nbd.handshake import MAX_HANDSHAKE_OUTPUT
 from ramster.nbd.ramdisk import MemoryExport
-from ramster.nbd.protocol import NbdConnection, Request
+from ramster.nbd.protocol import NbdConnection, REQUEST_COST, Request, UNLIMITED
 
 SIZE = 1 << 20
 MAX = 64 * 1024
-COST = P.REQUEST_COST
+COST = REQUEST_COST
 
 
 def request(cmd: int, offset: int = 0, length: int = 0, cookie: int = 1, data: bytes = b"") -> bytes:
@@ -46,13 +47,13 @@ def test_credit_stops_parsing_at_a_header_and_resumes():
     assert [r.cookie for r in got] == [0, 1]
     assert conn.blocked and not conn.mid_request
     assert conn.admitted == 2 * (COST + 4096)
-    assert len(conn._buf) == 3 * 28  # the rest waits, unparsed
+    assert conn.buffered == 3 * 28  # the rest waits, unparsed
     # No credit: still blocked, nothing parsed.
     conn.credit = 0
     assert conn.feed(b"") == [] and conn.blocked
     conn.credit = 10 * (COST + 4096)
     assert [r.cookie for r in requests_of(conn.feed(b""))] == [2, 3, 4]
-    assert not conn.blocked and len(conn._buf) == 0
+    assert not conn.blocked and conn.buffered == 0
 
 
 def test_overdraw_admits_exactly_one_request():
@@ -161,12 +162,12 @@ def _run(stream: bytes, chunks: list[int], credits: list[int] | None):
         else:
             break
         i += 1
-        assert len(conn._buf) <= max(chunks) + 28 + len(stream) * (credits is not None)
+        assert conn.buffered <= max(chunks) + 28 + len(stream) * (credits is not None)
         admitted += conn.admitted
         conn.admitted = 0
         for req in requests_of(events):
             length = req.length if req.command <= P.CMD_WRITE else 0
-            admitted -= P.REQUEST_COST + length
+            admitted -= REQUEST_COST + length
             seen.append((req.cookie, req.command, req.offset, req.length,
                          bytes(req.data) if req.data is not None else None))
             if req.command == P.CMD_WRITE:
@@ -182,8 +183,8 @@ def _run(stream: bytes, chunks: list[int], credits: list[int] | None):
 def test_any_credit_schedule_gives_the_same_session(data):
     stream = _stream(data.draw)
     chunks = data.draw(st.lists(st.sampled_from([3, 28, 29, 1000, 9000]), min_size=1, max_size=8))
-    credits = data.draw(st.lists(st.sampled_from([0, 1, COST, COST + 4096, 3 * (COST + SMALL_MAX), P.UNLIMITED]),
-                                 min_size=1, max_size=6).filter(lambda c: 0 in c or P.UNLIMITED in c))
+    credits = data.draw(st.lists(st.sampled_from([0, 1, COST, COST + 4096, 3 * (COST + SMALL_MAX), UNLIMITED]),
+                                 min_size=1, max_size=6).filter(lambda c: 0 in c or UNLIMITED in c))
     seen, out = _run(stream, chunks, credits)
     want_seen, want_out = _run(stream, chunks, None)
     assert seen == want_seen
@@ -204,7 +205,7 @@ def test_option_replies_do_not_pile_up_in_the_handshake():
     conn.feed(stream)
     assert conn.blocked
     out = conn.data_to_send()
-    assert P.MAX_HANDSHAKE_OUTPUT < len(out) < P.MAX_HANDSHAKE_OUTPUT + 20_000
+    assert MAX_HANDSHAKE_OUTPUT < len(out) < MAX_HANDSHAKE_OUTPUT + 20_000
     while conn.blocked:
         assert conn.feed(b"") == []
         out += conn.data_to_send()

@@ -6,10 +6,11 @@ import struct
 
 import pytest
 
-from ramster.nbd import protocol as P
+from ramster.nbd import wire as P
 from ramster.nbd.base import STATE_HOLE, STATE_ZERO, Export, ExportError
+from ramster.nbd.handshake import MAX_OPTION_DATA, Handshake
 from ramster.nbd.ramdisk import MemoryExport
-from ramster.nbd.protocol import Close, NbdConnection, Negotiated, Request
+from ramster.nbd.protocol import Close, NbdConnection, Negotiated, ProtocolError, Request
 
 SIZE = 1 << 20
 MAX = Export.max_payload  # the advertised maximum request length (2 MiB)
@@ -225,7 +226,7 @@ def test_export_name_over_long_closes_without_buffering(session):
     session.greeting()
     session.conn.feed(struct.pack(">I", 3) + struct.pack(">QII", P.IHAVEOPT, P.OPT_EXPORT_NAME, 1 << 30))
     assert session.conn.closed
-    assert len(session.conn._buf) == 0
+    assert session.conn.buffered == 0
 
 
 def test_non_fixed_newstyle_client_is_honoured(session):
@@ -354,7 +355,7 @@ def test_over_long_option_is_skipped_not_buffered(session):
     junk = bytes(256 * 1024)
     for _ in range(length // len(junk)):
         conn.feed(junk)
-        assert len(conn._buf) == 0
+        assert conn.buffered == 0
     session.out += conn.data_to_send()
     assert session.opt_reply()[:2] == (P.OPT_INFO, P.REP_ERR_TOO_BIG)
     session.send(option(P.OPT_GO, info_data("disk")))
@@ -468,6 +469,69 @@ def test_capability_flags_follow_export(bytewise):
     s = Session({"plain": Plain()}, bytewise)
     s.go("plain", structured=True)
     assert s.conn._tflags == P.TF_HAS_FLAGS | P.TF_SEND_FUA | P.TF_SEND_WRITE_ZEROES | P.TF_SEND_DF
+
+
+# --- the handshake machine on its own --------------------------------------------------
+def replies_of(out: bytes) -> list[tuple[int, int, bytes]]:
+    """Option replies (option, type, data) parsed from the server's bytes."""
+    replies, pos = [], 0
+    while pos < len(out):
+        magic, opt, rep, length = struct.unpack_from(">QIII", out, pos)
+        assert magic == P.OPT_REPLY_MAGIC
+        replies.append((opt, rep, out[pos + 20:pos + 20 + length]))
+        pos += 20 + length
+    return replies
+
+
+@pytest.mark.parametrize("split", [1, 7, None])
+def test_handshake_hands_on_what_follows_go(disk, split):
+    hs = Handshake({"disk": disk}, max_payload=65536)
+    assert hs.data_to_send() == struct.pack(">QQH", P.NBDMAGIC, P.IHAVEOPT, 3)
+    first_request = request(P.CMD_READ, 0, 4096)
+    stream = (struct.pack(">I", 3) + option(P.OPT_STRUCTURED_REPLY)
+              + option(P.OPT_SET_META_CONTEXT, meta_data("disk", "base:allocation"))
+              + option(P.OPT_GO, info_data("disk")) + first_request)
+    events = []
+    for i in range(0, len(stream), split or len(stream)):
+        events += hs.feed(stream[i:i + (split or len(stream))])
+        if hs.done:
+            rest = hs.rest + stream[i + (split or len(stream)):]
+            break
+    assert rest == first_request  # the first request is not the handshake's to parse
+    [ev] = events
+    assert isinstance(ev, Negotiated) and ev.export is disk and ev.structured_replies and ev.meta_context
+    replies = replies_of(hs.data_to_send())
+    assert [r[1] for r in replies] == [P.REP_ACK, P.REP_META_CONTEXT, P.REP_ACK, P.REP_INFO, P.REP_INFO, P.REP_ACK]
+    info = {struct.unpack_from(">H", d)[0]: d for _, t, d in replies if t == P.REP_INFO}
+    assert struct.unpack(">HIII", info[P.INFO_BLOCK_SIZE]) == (P.INFO_BLOCK_SIZE, 1, 4096, 65536)
+    assert hs.feed(b"more") == []  # done: nothing more is parsed here
+
+
+def test_handshake_bad_magic_and_unknown_option():
+    hs = Handshake({"disk": MemoryExport("disk", 4096)})
+    hs.take_output()
+    assert hs.feed(struct.pack(">I", 3) + option(99, b"what") + option(P.OPT_STARTTLS)) == []
+    assert [r[:2] for r in replies_of(hs.data_to_send())] == [(99, P.REP_ERR_UNSUP), (P.OPT_STARTTLS, P.REP_ERR_UNSUP)]
+    [ev] = hs.feed(struct.pack(">QII", 0x1234, P.OPT_GO, 0) + b"trailing")
+    assert isinstance(ev, Close) and not ev.graceful and "magic" in ev.reason
+    assert hs.closed and hs.buffered == 0 and hs.data_to_send() == b""
+
+
+def test_handshake_over_long_option_and_output_backpressure():
+    exports = {f"e{i}": MemoryExport(f"e{i}", 4096, description="d" * 1000) for i in range(100)}
+    hs = Handshake(exports)
+    hs.take_output()
+    hs.feed(struct.pack(">I", 3) + struct.pack(">QII", P.IHAVEOPT, P.OPT_INFO, MAX_OPTION_DATA + 1))
+    hs.feed(bytes(MAX_OPTION_DATA + 1))
+    assert hs.buffered == 0
+    assert replies_of(hs.data_to_send()) == [(P.OPT_INFO, P.REP_ERR_TOO_BIG, b"option data too long")]
+    # a LIST answers with ~100 KiB: the next option waits until that is taken
+    hs.feed(option(P.OPT_LIST) + option(P.OPT_LIST))
+    assert hs.blocked and hs.buffered == 16
+    assert len(replies_of(hs.data_to_send())) == 101
+    hs.feed(b"")
+    assert not hs.blocked and hs.buffered == 0
+    assert len(replies_of(hs.data_to_send())) == 101
 
 
 # --- transmission: commands ------------------------------------------------------------
@@ -642,7 +706,7 @@ def test_write_over_max_is_skipped_and_refused(structured):
     s.events += conn.feed(request(P.CMD_WRITE, 0, length, cookie=7))
     for i in range(0, length, 65536):
         s.events += conn.feed(b"\xee" * 65536)
-        assert conn.partial_size == 0 and len(conn._buf) == 0
+        assert conn.partial_size == 0 and conn.buffered == 0
     s.out += conn.data_to_send()
     assert s.reply_error(structured) == P.EINVAL
     s.send(request(P.CMD_WRITE, 0, 2, cookie=8, data=b"ok"))
@@ -678,7 +742,7 @@ def test_write_over_2_to_the_25_closes_without_buffering(session, structured):
     session.out += conn.data_to_send()
     assert session.reply_error(structured) == P.EINVAL
     assert session.closed() is not None and not session.closed().graceful
-    assert conn._payload is None and len(conn._buf) == 0
+    assert conn._payload is None and conn.buffered == 0
 
 
 def test_invalid_write_payload_is_skipped_not_buffered(session):
@@ -688,7 +752,7 @@ def test_invalid_write_payload_is_skipped_not_buffered(session):
     session.events += conn.feed(request(P.CMD_WRITE, SIZE - 10, length))
     for _ in range(length // 65536):
         conn.feed(bytes(65536))
-        assert conn._payload is None and len(conn._buf) == 0
+        assert conn._payload is None and conn.buffered == 0
     session.out += conn.data_to_send()
     assert session.simple_reply()[0] == P.ENOSPC
 
@@ -847,12 +911,12 @@ def test_memory_export_block_status_is_bounded():
 
 def test_replies_before_transmission_are_caller_errors(session):
     req = Request(1, P.CMD_READ, 0, 0, 1)
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(ProtocolError):
         session.conn.reply_read(req, b"x")
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(ProtocolError):
         session.conn.reply_ok(req)
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(ProtocolError):
         session.conn.reply_error(req, errno.EIO)
     session.go()
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(ProtocolError):
         session.conn.reply_block_status(req, [(1, 0)])

@@ -12,7 +12,8 @@ import struct
 
 import pytest
 
-from ramster.nbd import protocol as P
+from ramster.nbd import wire as P
+from ramster.nbd.protocol import REQUEST_COST
 from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.server import NbdServer
 
@@ -56,7 +57,7 @@ async def _reply(r, data_len: int = 0) -> tuple[int, int, bytes]:
 
 
 def _bound(server: NbdServer) -> int:
-    return server.node_cap + server.connections * (server.max_request + P.REQUEST_COST)
+    return server.node_cap + server.connections * (server.max_request + REQUEST_COST)
 
 
 def test_a_pipelining_reader_is_held_at_its_cap_then_gets_every_reply(tmp_path):
@@ -269,7 +270,7 @@ def test_option_flood_without_reading_is_held(tmp_path):
         (conn,) = server._conns
         for _ in range(20):
             await asyncio.sleep(0.01)
-            assert conn._transport.get_write_buffer_size() + len(conn.core._buf) < MiB
+            assert conn._transport.get_write_buffer_size() + conn.core.buffered < MiB
         w.transport.resume_reading()
         acks = 0
         while acks < n:
