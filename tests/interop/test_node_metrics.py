@@ -7,7 +7,6 @@ counters, both kinds of export and a peer (connected, its round trip measured).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -15,26 +14,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import NodeProcess, free_port
+from support import NodeProcess, free_port, need
 
 from ramster.counters import COUNTERS, EXPORT_STATS, PEER_STATS, undeclared
 from ramster.remote.keys import node_keys
 
 pytestmark = pytest.mark.interop
 
-PAGE = 4096
-
 
 @pytest.fixture
 def promtool() -> str:
-    """promtool's path; without it a failure in CI (CI=true), a skip elsewhere."""
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "promtool is not installed: it comes with Debian's prometheus package (scripts/bootstrap.sh --test)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    need("promtool")  # a failure naming Debian's prometheus package in CI, a skip elsewhere
+    return shutil.which("promtool")
 
 
 def cluster_config(tmp: Path, names: list[str]) -> Path:
