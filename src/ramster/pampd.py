@@ -35,6 +35,9 @@ here returns a falsy outcome and the slot stays as it is); RAMster deals in
 remote table entries r and opaque pampds it got from zcache, never in ranges.
 The helpers below are for paths that run per batch or per request; the
 per-page paths in zcache compare with the constants inline.
+
+A synchronous get of a remote page returns ON_PEER: an expected outcome, not
+an error, and not a page (see its class).
 """
 from __future__ import annotations
 
@@ -48,18 +51,7 @@ REMOTE_BASE = HUGE_BASE - (1 << 30)
 MAX_REMOTE = REMOTE_BASE + (1 << 31) + 1
 
 
-def is_zbud(p: int) -> bool:
-    return p > 0
 
-
-def same_filled(k: int) -> int:
-    """The pampd of the k-th fill pattern."""
-    return SAME_FILLED_BASE - k
-
-
-def fill_of(p: int) -> int:
-    """The fill pattern number of a same-filled pampd."""
-    return SAME_FILLED_BASE - p
 
 
 def is_frameless(p: int) -> bool:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from . import compress as _compress
 from .frames import FrameArena
 from .handles import check_index, check_page, normalize_oid
-from .pampd import HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE, ZERO_FILLED
+from .pampd import HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE, ZERO_FILLED, is_frameless, is_huge
 from .tmem import INDEX_LIMIT, LOCAL_CLIENT, MAX_POOLS_PER_CLIENT, OID_LIMIT, Pool, Tmem, TmemError
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, ZOMBIE, Zbud
@@ -535,9 +535,9 @@ class Zcache(Reclaim, RemoteDoor):
         for pool in self.tmem.pools():
             c = pool.cls
             for _, _, p in self.tmem.scan_below(pool, -1):
-                if p > HUGE_BASE:
+                if is_frameless(p):
                     specials[c] += 1
-                elif p > REMOTE_BASE:
+                elif is_huge(p):
                     huge += 1
         for c in (EPH, PERS):
             assert self.zpages[c] == self.zbud.zpages(c) + specials[c]

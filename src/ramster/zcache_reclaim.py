@@ -26,6 +26,8 @@ from .zbud import EPH, HANDLE_SIZE, PERS
 
 
 class Reclaim:
+    """Zcache's ways of making room (see the module comment)."""
+
     # ---- the budget (SPEC §4.7) ----------------------------------------------------------
 
     def set_max_pageframes(self, n: int) -> int:

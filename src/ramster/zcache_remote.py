@@ -26,13 +26,15 @@ budget and policies, counted in foreign_pages, and never remotified again.
 """
 from __future__ import annotations
 
-from .pampd import HUGE_BASE, REMOTE_BASE
+from .pampd import REMOTE_BASE, huge, huge_frame, is_huge, is_remote, remote, remote_entry
 from .tmem import LOCAL_CLIENT, Pool
 from .units import PAGE_SIZE
 from .zbud import EPH, MAX_BUDDY_SIZE, PERS, ZOMBIE
 
 
 class RemoteDoor:
+    """What RAMster asks of Zcache (see the module comment)."""
+
     # ---- RAMster: plugging in, and what it asks of this node ------------------------------
 
     def attach_remote(self, remote) -> None:
@@ -80,7 +82,7 @@ class RemoteDoor:
                     continue
                 del self.huge_lru[f]
                 self.huge_taken[f] = h
-                p = HUGE_BASE - f
+                p = huge(f)
                 taken.append(p)
                 pages.append((p, h[0], h[1], h[2], self._huge_page(p)))
         c = PERS if persistent else EPH
@@ -118,7 +120,7 @@ class RemoteDoor:
         nothing changes) if the handle no longer holds that very page."""
         if not self.still_taken(p, pool, oid, index):
             return False
-        return self.tmem.replace(pool, oid, index, REMOTE_BASE - r)
+        return self.tmem.replace(pool, oid, index, remote(r))
 
     def release_taken(self, taken: list[int]) -> int:
         """End a remotify batch: frames whose pages did not all leave go back to the
@@ -132,7 +134,7 @@ class RemoteDoor:
                     zbud.revive_zombie(n)
                 else:
                     freed += 1
-            elif (HUGE_BASE - p) in self.huge_taken:
+            elif huge_frame(p) in self.huge_taken:
                 self._revive_huge(p)
             else:
                 freed += 1
@@ -143,7 +145,7 @@ class RemoteDoor:
     def remote_entry(self, pool: Pool, oid: int, index: int) -> int:
         """The remote table entry of the page if it lives on a peer, else -1."""
         p = self.tmem.lookup(pool, oid, index)
-        return REMOTE_BASE - p if p <= REMOTE_BASE else -1
+        return remote_entry(p) if is_remote(p) else -1
 
     def remote_slots(self, persistent: bool | None = None, pool: Pool | None = None, oid: int | None = None):
         """(pool, oid, index, r) of every page of the local pools (or of one pool,
@@ -154,7 +156,7 @@ class RemoteDoor:
             if q is None or (persistent is not None and q.persistent != persistent):
                 continue
             for o, index, p in self.tmem.scan_below(q, REMOTE_BASE, oid):
-                yield q, o, index, REMOTE_BASE - p
+                yield q, o, index, remote_entry(p)
 
     def drop_page(self, pool: Pool, oid: int, index: int) -> bool:
         """Flush one page of a Pool, not counted as a caller's flush (RAMster: a remote
@@ -208,7 +210,7 @@ class RemoteDoor:
         p = self.tmem.lookup(pool, oid, index)
         if p > 0:
             data = bytes(self.zbud.payload(p))
-        elif REMOTE_BASE < p <= HUGE_BASE:
+        elif is_huge(p):
             data = self._huge_page(p)
         else:
             return None
