@@ -6,9 +6,8 @@
     zc.put_page(pid, oid=1, index=0, page=b"x" * ramster.PAGE_SIZE)
 """
 from .frontends import Cleancache, Frontswap
-from .tmem import TmemError
 from .units import PAGE_SIZE
-from .zcache import Zcache
+from .zcache import ON_PEER, TmemError, Zcache
 
 __version__ = "0.1.0"
-__all__ = ["PAGE_SIZE", "Cleancache", "Frontswap", "TmemError", "Zcache", "__version__"]
+__all__ = ["ON_PEER", "PAGE_SIZE", "Cleancache", "Frontswap", "TmemError", "Zcache", "__version__"]
