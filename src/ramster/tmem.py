@@ -44,7 +44,7 @@ class Pamops(Protocol):
     def get_data_and_free(self, pampd: int, pool: "Pool"): ...
     def free(self, pampd: int, pool: "Pool", oid: int | None, index: int) -> None: ...
     # told after an object's (or pool's) last page went, for backends that keep
-    # copies elsewhere (RAMster); plain zcache has nothing to do
+    # copies elsewhere; plain zcache has nothing to do
     def free_obj(self, pool: "Pool", oid: int, pool_destroy: bool) -> None: ...
     def free_pool(self, pool: "Pool") -> None: ...
 
@@ -276,6 +276,6 @@ class Tmem:
             for slot in range(OBJNODE_SLOTS):
                 p = leaf[slot]
                 if p:
-                    # oid=None: an object-wide destroy (RAMster skips per-page remote flushes)
+                    # oid=None: an object-wide destroy, so the backend can act once, in free_obj
                     free(p, pool, None, (key << OBJNODE_SHIFT) | slot)
         self.pamops.free_obj(pool, oid, pool_destroy)

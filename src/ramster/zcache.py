@@ -37,7 +37,7 @@ from .handles import check_index, check_page, normalize_oid
 from .pampd import HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE, ZERO_FILLED, is_frameless, is_huge
 from .tmem import INDEX_LIMIT, LOCAL_CLIENT, MAX_POOLS_PER_CLIENT, OID_LIMIT, Pool, Tmem, TmemError
 from .units import PAGE_SHIFT, PAGE_SIZE
-from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, ZOMBIE, Zbud
+from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
 from .zcache_reclaim import Reclaim
 from .zcache_remote import RemoteDoor
 
@@ -425,21 +425,6 @@ class Zcache(Reclaim, RemoteDoor):
         h = self.huge_taken.pop(HUGE_BASE - p, None)
         if h is not None:
             self.huge_lru[HUGE_BASE - p] = h
-
-    def _is_taken(self, p: int) -> bool:
-        """True while the page of pampd p is off its LRU for remotify or writeback."""
-        if p > 0:
-            return bool(self.zbud.state[p >> 1] & ZOMBIE)
-        return (HUGE_BASE - p) in self.huge_taken
-
-    def decode(self, payload) -> bytes:
-        """The page a stored payload (put_raw, get_raw) stands for: a huge page's payload is the page itself."""
-        if len(payload) == PAGE_SIZE:
-            return bytes(payload)
-        data = self._decompress(payload)
-        if len(data) != PAGE_SIZE:
-            raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
-        return data
 
     # ---- pamops (called by tmem) ------------------------------------------------------------
 

@@ -140,6 +140,21 @@ class RemoteDoor:
                 freed += 1
         return freed
 
+    def _is_taken(self, p: int) -> bool:
+        """True while the page of pampd p is off its LRU for remotify or writeback."""
+        if p > 0:
+            return bool(self.zbud.state[p >> 1] & ZOMBIE)
+        return huge_frame(p) in self.huge_taken
+
+    def decode(self, payload) -> bytes:
+        """The page a stored payload (put_raw, get_raw) stands for: a huge page's payload is the page itself."""
+        if len(payload) == PAGE_SIZE:
+            return bytes(payload)
+        data = self._decompress(payload)
+        if len(data) != PAGE_SIZE:
+            raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
+        return data
+
     # ---- RAMster: pages on peers ---------------------------------------------------------
 
     def remote_entry(self, pool: Pool, oid: int, index: int) -> int:
