@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..compress import get_codec
-from ..zcache import PERS_MAX_ZSIZE, REMOTE_BASE
+from ..zcache import PERS_MAX_ZSIZE
 from ..units import PAGE_SIZE
 from .corpus import corpus_files, load_pages
 
@@ -567,7 +567,7 @@ async def _remotify_run(node, pages: list[bytes], frames: int, cap: float) -> tu
     pid, refused = _fill(zc, pages)
     if refused:
         raise RuntimeError(f"node A refused {refused} of {len(pages)} pages; is its budget too small?")
-    stored = zc.zbud.zpages(1)
+    stored = zc.stats()["zbud.pers_zpages"]
     base, failed0 = ram.pers_pages_remoted, ram.pers_pages_remote_failed
     batch = ram.remotify_batch
     idle = 0
@@ -595,7 +595,7 @@ async def _remotify_run(node, pages: list[bytes], frames: int, cap: float) -> tu
     run = {"pages_moved": moved, "pages_in_frames": stored, "seconds": dt, "node_a_cpu_seconds": cpu,
            "pages_per_s": moved / dt if dt else 0.0,
            "failed": ram.pers_pages_remote_failed - failed0, "capped": capped,
-           "frames_left": zc.zbud.pageframes[1]}
+           "frames_left": zc.stats()["zbud.pers_pageframes"]}
     return pid, run
 
 
@@ -621,7 +621,7 @@ async def _get_run(node, pid: int, pages: list[bytes], order: list[int]) -> list
         gc.enable()
     if bad:
         raise RuntimeError(f"{bad} remote get(s) returned a wrong page")
-    still = sum(1 for i in order if zc.tmem.lookup(pool, i & 255, i >> SWIZ) <= REMOTE_BASE)
+    still = sum(1 for i in order if zc.on_peer(pid, i & 255, i >> SWIZ))
     if still != len(order):
         raise RuntimeError(f"{len(order) - still} page(s) were repatriated during the remote get run")
     return samples
@@ -663,9 +663,8 @@ async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int
             if rr["pages_moved"] == 0:
                 raise RuntimeError(f"no page moved to node b ({rr}); see {_tail(b_log)}")
             # no room at home: every get below is a round trip to B, and the page stays remote
-            zc.set_max_pageframes(zc.arena.in_use)
-            pool = zc.pool(pid)
-            remote = [i for i in range(n) if zc.tmem.lookup(pool, i & 255, i >> SWIZ) <= REMOTE_BASE]
+            zc.set_max_pageframes(zc.pageframes_in_use)
+            remote = [i for i in range(n) if zc.on_peer(pid, i & 255, i >> SWIZ)]
             order = [remote[rng.randrange(len(remote))] for _ in range(args.gets)]
             progress(f"run {run + 1}/{args.repeat}: remote gets")
             get_runs.append(await _get_run(node, pid, pages, order))
@@ -683,7 +682,7 @@ async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int
                 "redis_get_runs": redis_get_runs}
     finally:
         await node.stop()
-        node.zc.arena.close()
+        node.zc.close()
 
 
 def run(args: argparse.Namespace, progress=lambda msg: None) -> ClusterResult:

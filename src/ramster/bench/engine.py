@@ -107,9 +107,9 @@ def _zcache_runs(pages: list[bytes], name: str, repeat: int, floor) -> tuple[flo
         gc.enable()
         best[2] = min(best[2], t1 - t0)
         best[3] = min(best[3], t2 - t1)
-        stored = zc.zpages[1]
+        stored = zc.zpages_in_memory(True)
         zc.destroy_pool(pid)
-    zc.arena.close()
+    zc.close()
     return best[0], best[1], best[2], best[3], stored
 
 
@@ -132,7 +132,7 @@ def _metadata(pages: list[bytes], name: str) -> tuple[float, int, int, int, floa
     stored = st["zcache.pers_zpages"]
     in_frames = st["zbud.pers_zpages"]
     pf = st["zcache.pers_pageframes"]
-    zc.arena.close()
+    zc.close()
     return used / max(stored, 1), stored, rejected, pf, in_frames / max(pf, 1), stored * PAGE_SIZE / max(pf * PAGE_SIZE, 1)
 
 
