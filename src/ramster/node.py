@@ -21,6 +21,7 @@ import time
 from . import __version__
 from .config import DEFAULT_METRICS, ConfigError, NodeConfig
 from .frontends import Cleancache, Frontswap
+from .frontends.frontswap import unswiz
 from .nbd.base import Export
 from .nbd.cache import CacheExport
 from .nbd.swap import SwapExport
@@ -39,14 +40,16 @@ class Node:
         self.net = None
         self.ramster = None
         self.started = time.time()
+        # the sink first: Zcache hands it the pages it evicts; swap exports register their disks in it
+        self.writeback = SwapWriteback(unswiz)
         try:
-            self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor)
+            self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor,
+                             writeback_sink=self.writeback)
         except ValueError as err:  # e.g. the compressor's library is not installed, or memory > the arena
             raise ConfigError(str(err)) from None
         # Non-exclusive: an NBD client may read a swap block any number of times (see SwapExport).
         self.frontswap = Frontswap(self.zc, exclusive_gets=False)
         self.cleancache = Cleancache(self.zc)
-        self.writeback = SwapWriteback(self.frontswap)
         self.exports: dict[str, Export] = {}
         self._files: list[BackingFile] = []
         self.server = None
@@ -59,18 +62,17 @@ class Node:
                 if e.kind == "swap":
                     # the swap type is the export's number, as a kernel numbers its swap devices
                     try:
-                        exp = SwapExport(e.name, e.size, self.frontswap, number, backing)
+                        exp = SwapExport(e.name, e.size, self.frontswap, number, backing,
+                                         writeback=self.writeback)
                     except (PageMapError, OSError) as err:
                         raise ConfigError(f"export {e.name!r}: cannot use backing file {e.backing}: "
                                           f"{getattr(err, 'strerror', None) or err}") from None
-                    self.writeback.register(number, exp)
                 else:
                     exp = CacheExport(e.name, e.size, self.cleancache, backing)
                 self.exports[e.name] = exp
         except BaseException:
             self._close_files()
             raise
-        self.zc.writeback_sink = self.writeback
 
     def _open_backing(self, e, grow: bool) -> BackingFile:
         try:
@@ -189,6 +191,7 @@ class Node:
         """Stop accepting, let requests in flight finish, fsync and close the backing files."""
         if self.server is not None:
             await self.server.stop()  # also closes (fsyncs) every export
+        self.writeback.close()  # the swap disks' maps are closed: evicted pages stay in memory now
         if self.ramster is not None:
             await self.ramster.stop()
             await self.net.stop()
@@ -197,7 +200,6 @@ class Node:
         for f in self._files:
             log.info("closing %s", f.path)
         self._close_files()  # fsyncs what is still dirty
-        self.zc.writeback_sink = None
 
     async def serve(self, out=sys.stdout) -> int:
         """Start, print how to connect, run until SIGINT/SIGTERM, stop. Returns the exit status."""

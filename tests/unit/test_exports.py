@@ -10,6 +10,7 @@ import pytest
 from pages import corpus_files, synthetic_pages
 
 from ramster import Cleancache, Frontswap, Zcache
+from ramster.frontends.frontswap import unswiz
 from ramster.nbd.base import STATE_HOLE, STATE_ZERO, ExportError
 from ramster.nbd.cache import CacheExport
 from ramster.nbd.swap import SwapExport
@@ -41,11 +42,10 @@ class Node:
     """The node's wiring (Node does the same), small enough to see in a test."""
 
     def __init__(self, frames: int):
-        self.zc = Zcache(max_pageframes=frames)
+        self.sink = SwapWriteback(unswiz)
+        self.zc = Zcache(max_pageframes=frames, writeback_sink=self.sink)
         self.fs = Frontswap(self.zc, exclusive_gets=False)
         self.cc = Cleancache(self.zc)
-        self.sink = SwapWriteback(self.fs)
-        self.zc.writeback_sink = self.sink
         self.files: list[BackingFile] = []
 
     def swap(self, size: int, swap_type: int = 0, backing: Path | None = None) -> SwapExport:
@@ -53,8 +53,7 @@ class Node:
         if backing is not None:
             f = BackingFile(backing, size)
             self.files.append(f)
-        e = SwapExport(f"swap{swap_type}", size, self.fs, swap_type, f)
-        self.sink.register(swap_type, e)
+        e = SwapExport(f"swap{swap_type}", size, self.fs, swap_type, f, writeback=self.sink)
         return e
 
     def cache(self, size: int, backing: Path) -> CacheExport:

@@ -98,3 +98,22 @@ def test_throttled_log_says_how_many_it_held_back(caplog, monkeypatch):
     assert [r.getMessage() for r in caplog.records] == [
         "page 0 failed", "page 1000 failed (999 more like it in the last 10 s)"]
     assert log.count == 1001
+
+
+def test_storage_calls_nothing_above_it():
+    """Storage sits under the exports and under Zcache's writeback: it imports neither them
+    nor the front-ends (the writeback sink is handed frontswap's handle encoding instead)."""
+    import ast
+    import pathlib
+
+    import ramster.storage
+
+    above = ("nbd", "frontends", "zcache", "remote", "node", "tmem")
+    for path in pathlib.Path(ramster.storage.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                top = (node.module or "").split(".")[0]
+                assert top not in above, f"{path.name} imports ..{node.module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not alias.name.startswith("ramster."), f"{path.name} imports {alias.name}"

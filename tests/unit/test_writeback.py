@@ -1,14 +1,16 @@
 """The backing "swap disk" file and the writeback sink, on real files and a real Zcache."""
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 
 from ramster import Frontswap, Zcache
-from ramster.frontends.frontswap import swiz
+from ramster.frontends.frontswap import swiz, unswiz
 from ramster.nbd.swap import SwapExport
 from ramster.storage import BackingFile, SwapWriteback
+from ramster.storage.pagemap import FILE, MEMORY
 
 PAGE = 4096
 
@@ -101,15 +103,12 @@ def test_not_a_file(tmp_path):
 
 
 def test_sink_moves_lru_pages_to_their_offsets(tmp_path):
-    zc = Zcache(max_pageframes=8)
+    sink = SwapWriteback(unswiz)
+    zc = Zcache(max_pageframes=8, writeback_sink=sink)
     fs = Frontswap(zc, exclusive_gets=False)
-    sink = SwapWriteback(fs)
     backing = BackingFile(tmp_path / "swap.img", 256 * PAGE)
-    exp = SwapExport("swap", 256 * PAGE, fs, 3, backing)
-    sink.register(3, exp)
-    bare = SwapExport("bare", 256 * PAGE, fs, 4)  # no backing file: refuses
-    sink.register(4, bare)
-    zc.writeback_sink = sink
+    exp = SwapExport("swap", 256 * PAGE, fs, 3, backing, writeback=sink)
+    SwapExport("bare", 256 * PAGE, fs, 4, writeback=sink)  # no backing file: nothing to register
 
     for off in range(40):
         assert fs.store(3, off, page_of(off))
@@ -133,4 +132,26 @@ def test_sink_moves_lru_pages_to_their_offsets(tmp_path):
     oid, index = swiz(3, 7)
     assert sink(other, oid, index, page_of(7)) is None
     zc.check()
+    backing.close()
+
+
+def test_sink_writes_the_disk_not_the_export(tmp_path):
+    """The sink reaches the swap disk (file + state map) directly; the export only counts."""
+    sink = SwapWriteback(unswiz)
+    zc = Zcache(max_pageframes=64, writeback_sink=sink)
+    fs = Frontswap(zc, exclusive_gets=False)
+    backing = BackingFile(tmp_path / "swap.img", 256 * PAGE)
+    exp = SwapExport("swap", 256 * PAGE, fs, 2, backing, writeback=sink)
+    pool = zc.pool(fs.pool_id)
+    asyncio.run(exp.write(44 * PAGE, page_of(1)))
+    assert exp.disk.states[44] == MEMORY  # the file's copy (a hole) is stale now
+    oid, index = swiz(2, 44)
+    assert sink.accepts(pool, oid, index)
+    assert sink(pool, oid, index, page_of(1)) is True
+    assert backing.pread(44 * PAGE, PAGE) == page_of(1)
+    assert exp.disk.states[44] == FILE and exp.counters.written_back == 1
+    with pytest.raises(ValueError):  # every swap type is frontswap's one pool
+        sink.register(zc.pool(zc.new_pool(persistent=True)), 5, exp.disk)
+    sink.close()  # the node stops: no page has a file to go to any more
+    assert not sink.accepts(pool, oid, index) and sink(pool, oid, index, page_of(1)) is None
     backing.close()

@@ -31,7 +31,9 @@ from ..frontends.frontswap import SWIZ_BITS, SWIZ_MASK, Frontswap, swiz
 from ..lograte import Throttled
 from ..pampd import ON_PEER, ZERO_FILLED
 from ..storage.backing import BackingFile
-from ..storage.pagemap import FILE, LOST, MEMORY, PageStateMap
+from ..storage.pagemap import FILE, LOST, MEMORY
+from ..storage.swapdisk import SwapDisk
+from ..storage.writeback import SwapWriteback
 from ..units import PAGE_SHIFT, PAGE_SIZE
 from .base import HOLE, PAGE_MASK, STATE_ZERO, YIELD_EVERY, Export, ExportCounters, ExportError, sync_backing
 
@@ -86,7 +88,10 @@ class SwapExport(Export):
     can_fast_zero = True
 
     def __init__(self, name: str, size: int, frontswap: Frontswap, swap_type: int,
-                 backing: BackingFile | None = None, description: str = ""):
+                 backing: BackingFile | None = None, description: str = "", *,
+                 writeback: SwapWriteback | None = None):
+        """With a backing file and `writeback`, the node's writeback sink, the export
+        registers its swap disk there: pages Zcache evicts go to the file directly."""
         super().__init__()
         self.counters = SwapCounters()
         self.name = name
@@ -96,9 +101,10 @@ class SwapExport(Export):
         self.frontswap = frontswap
         self.swap_type = swap_type
         self.backing = backing
-        # page -> where its current version is; None without a backing file
-        self.pagemap = PageStateMap(backing, size) if backing is not None else None
-        self._states = self.pagemap.states if self.pagemap is not None else None
+        # the file and the map of where each page's current version is; None without a backing file
+        self.disk = SwapDisk(name, backing, size, self.counters) if backing is not None else None
+        self.pagemap = self.disk.pagemap if self.disk is not None else None
+        self._states = self.disk.states if self.disk is not None else None
         # pages without a current version: reads fail with EIO
         self.lost: set[int] = set(self.pagemap.not_current()) if self.pagemap is not None else set()
         if self.lost:
@@ -108,7 +114,7 @@ class SwapExport(Export):
         self._zc = frontswap.zc
         self._pool = frontswap.zc.pool(frontswap.pool_id)
         self._type_bits = swap_type << SWIZ_BITS
-        self._file_errors = Throttled(log)
+        self._file_errors = self.disk.errors if self.disk is not None else Throttled(log)
         self._refusals = Throttled(log, logging.WARNING)
         self._read_errors = Throttled(log)
         self._busy: dict[int, asyncio.Future] = {}  # pages a write holds across an await
@@ -117,6 +123,8 @@ class SwapExport(Export):
         # to move frames to peers before giving up.
         self.remote = None
         self.room_timeout = 5.0
+        if writeback is not None and self.disk is not None:
+            writeback.register(self._pool, swap_type, self.disk)
 
     # ---- one page -------------------------------------------------------------------
 
@@ -213,14 +221,12 @@ class SwapExport(Export):
 
     def _fall_back(self, p: int, page) -> bool:
         # The failed store flushed any older tmem copy, so the file (or "lost") is now the truth.
-        if self.backing is not None:
-            try:
-                self.backing.pwrite(p << PAGE_SHIFT, page)
-            except OSError as e:
+        if self.disk is not None:
+            e = self.disk.write_page(p, page)
+            if e is not None:
                 self._file_errors("%s: writing page %d to %s failed: %s", self.name, p, self.backing.path,
                                   e.strerror or e)
             else:
-                self._states[p] = FILE
                 self.counters.backing_writes += 1
                 if self.lost:
                     self.lost.discard(p)
@@ -241,19 +247,6 @@ class SwapExport(Export):
         if self.backing is not None:
             return f"{where} and the backing file {self.backing.path} is full or failing"
         return f"{where} and this export has no backing file"
-
-    def write_back(self, p: int, page) -> bool:
-        """The writeback sink's hook: put an evicted page into the file at its offset.
-        False (the page stays in memory) when the file refuses it."""
-        try:
-            self.backing.pwrite(p << PAGE_SHIFT, page)
-        except OSError as e:
-            self._file_errors("%s: writeback to %s failed, keeping pages in memory: %s", self.name,
-                              self.backing.path, e.strerror or e)
-            return False
-        self._states[p] = FILE
-        self.counters.written_back += 1
-        return True
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -487,7 +480,7 @@ class SwapExport(Export):
                     page = await self._remote_page(p)
                 except ExportError:
                     page = None
-            if page is None or not self.write_back(p, page):
+            if page is None or not self.disk.write_back(p, page):
                 kept += 1
         if kept:
             log.error("%s: %d page(s) could not be written to %s at stop; they will read as EIO",
