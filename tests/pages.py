@@ -1,25 +1,28 @@
-"""Test pages: real ones from shared/corpus when it is there, else memory-like pages
-built from this repository's sources (text with a zero tail, compressing about 3x
-as the corpus does: plain source text alone compresses too poorly per page for
-the persistent pool's mean-size rule)."""
+"""Test pages: real ones from shared/corpus (or $RAMSTER_CORPUS) when it is there, else pages of
+ramster.bench.synthetic (seeded: the same on every run and machine, with the
+corpus' mix of zero, same-filled, text, pointer-heavy, binary and random pages,
+and about its lz4 ratio)."""
 from __future__ import annotations
 
 import functools
+import os
 import random
 from pathlib import Path
 
-PAGE_SIZE = 4096
+from ramster.bench import synthetic
+from ramster.units import PAGE_SIZE
+
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS = Path(os.environ.get("RAMSTER_CORPUS") or REPO.parent / "shared" / "corpus")
+# page(i), synthetic_pages() and the one corpus file the tests name (anon-python.pages) are
+# pages zcache stores compressed in a zbud frame: no zero or same-filled page (kept without a
+# frame) and no incompressible one (kept whole; a swap export without a disk refuses it once
+# memory is full). The tests that use them count frames and hits on that.
+COMPRESSIBLE_MIX = {k: v for k, v in synthetic.MIX.items() if k in ("text", "pointer", "binary")}
 
 
 def corpus_files(pattern: str = "*.pages") -> list[Path]:
     return sorted(CORPUS.glob(pattern)) if CORPUS.is_dir() else []
-
-
-@functools.cache
-def _source_text() -> bytes:
-    return b"".join(p.read_bytes() for d in ("src", "tests") for p in sorted((REPO / d).rglob("*.py")))
 
 
 def corpus_path(tmp: Path) -> Path:
@@ -27,42 +30,36 @@ def corpus_path(tmp: Path) -> Path:
     if corpus_files():
         return CORPUS
     path = tmp / "synthetic.pages"
-    path.write_bytes(b"".join(synthetic_pages(1024)))
+    path.write_bytes(b"".join(synthetic_pages(1024, mix=synthetic.MIX)))
     return path
 
 
-def synthetic_pages(count: int, seed: int = 7) -> list[bytes]:
-    text = _source_text()
-    rnd = random.Random(seed)
-    out = []
-    for _ in range(count):
-        start = rnd.randrange(len(text) - 1536)
-        out.append(text[start : start + 1536].ljust(PAGE_SIZE, b"\0"))
-    return out
+def synthetic_pages(count: int, seed: int = 7, mix: dict[str, float] = COMPRESSIBLE_MIX) -> list[bytes]:
+    return synthetic.PageGenerator(seed, mix).pages(count)
 
 
 def image(size: int, pattern: str = "*.pages", which: int = 0) -> bytes:
-    """`size` bytes of whole pages: a corpus file (chosen by `which`), else synthetic pages."""
+    """`size` bytes of whole pages: a corpus file (chosen by `which`), else synthetic pages (seed `which`)."""
     files = corpus_files(pattern)
     if files:
         data = files[which % len(files)].read_bytes()
-        data = (data * (size // len(data) + 1))[:size]
-    else:
-        data = b"".join(synthetic_pages(-(-size // PAGE_SIZE), seed=which))[:size]
-    return data
+        return (data * (size // len(data) + 1))[:size]
+    mix = synthetic.MIX if pattern == "*.pages" else COMPRESSIBLE_MIX
+    return b"".join(synthetic_pages(-(-size // PAGE_SIZE), seed=which, mix=mix))[:size]
 
 
 @functools.cache
 def corpus_pages() -> tuple[bytes, ...]:
     """Real compressible pages (at most 2048), without zero or same-filled ones."""
     files = corpus_files()
+    out = []
     if files:
-        out = []
         for f in files:
             data = f.read_bytes()[: 512 * PAGE_SIZE]
             out += [data[i : i + PAGE_SIZE] for i in range(0, len(data) - PAGE_SIZE + 1, PAGE_SIZE)]
-        return tuple(p for p in out if not _same_filled(p))
-    return tuple(synthetic_pages(512))
+    else:
+        out = synthetic_pages(2048)
+    return tuple(p for p in out if not _same_filled(p))
 
 
 def _same_filled(p: bytes) -> bool:

@@ -25,7 +25,7 @@ RAMSTER = [sys.executable, "-m", "ramster.cli"]
 
 
 def corpus_image(path: Path, size: int, which: int = 0) -> bytes:
-    """`size` bytes of real pages (shared corpus, else this repository's sources) written to `path`."""
+    """`size` bytes of real pages (shared corpus, else synthetic ones) written to `path`."""
     data = image(size, which=which)
     path.write_bytes(data)
     return data

@@ -22,7 +22,7 @@ CORPUS = REPO.parent / "shared" / "corpus"
 
 
 def corpus(npages: int) -> bytes:
-    """`npages` real pages: the shared corpus, else the repository's own source files."""
+    """`npages` real pages: the shared corpus, else synthetic pages with its mix."""
     files = corpus_files()
     if files:
         per = -(-npages // len(files))

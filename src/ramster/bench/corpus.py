@@ -1,10 +1,44 @@
-"""Real 4 KiB pages for benchmarks and tests (shared/corpus beside the repository)."""
+"""Where the benchmarks' pages come from: shared/corpus, or the synthetic generator.
+
+shared/corpus (beside the checkout, or $RAMSTER_CORPUS) holds *.pages files:
+raw 4 KiB pages dumped from real processes and files, one after another. A
+benchmark takes a list of CorpusFile; each reads as whole pages. When no
+corpus is given and none is found, the list is one synthetic "file" of
+SYNTHETIC_PAGES pages from ramster.bench.synthetic (seed 0), which has the
+corpus' mix of page kinds and compresses about as well, so `ramster bench`
+runs on a fresh machine and gives the same pages on every run.
+"""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
-from ..units import PAGE_SIZE
+from typing import BinaryIO
 
+from ..units import PAGE_SIZE
+from . import synthetic
+
+SYNTHETIC_PAGES = 4096  # as many as one corpus file holds (16 MiB)
+
+
+class CorpusFile:
+    """A *.pages file, or (path None) the synthetic pages of `seed`."""
+
+    def __init__(self, path: Path | None, seed: int = 0):
+        self.path = path
+        self.seed = seed
+        self.name = path.name if path is not None else "synthetic.pages"
+        self._data: bytes | None = None
+
+    def open(self) -> BinaryIO:
+        if self.path is not None:
+            return open(self.path, "rb")
+        if self._data is None:
+            self._data = synthetic.image(SYNTHETIC_PAGES * PAGE_SIZE, self.seed)
+        return io.BytesIO(self._data)
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path is not None else f"synthetic pages (seed {self.seed})"
 
 
 def default_corpus_dir() -> Path | None:
@@ -20,26 +54,27 @@ def default_corpus_dir() -> Path | None:
     return None
 
 
-def corpus_files(paths: list[str] | None = None) -> list[Path]:
+def corpus_files(paths: list[str] | None = None) -> list[CorpusFile]:
+    """The given files and directories' *.pages; with none given, shared/corpus, else synthetic pages."""
     if paths:
         files = []
         for p in map(Path, paths):
             if p.is_dir():
-                files += sorted(p.glob("*.pages"))
+                files += [CorpusFile(f) for f in sorted(p.glob("*.pages"))]
             elif p.is_file():
-                files.append(p)
+                files.append(CorpusFile(p))
             else:
                 raise FileNotFoundError(f"no such corpus file or directory: {p}")
         return files
     d = default_corpus_dir()
     if d is None:
-        raise FileNotFoundError("corpus not found: pass --corpus PATH or set RAMSTER_CORPUS")
-    return sorted(d.glob("*.pages"))
+        return [CorpusFile(None)]
+    return [CorpusFile(f) for f in sorted(d.glob("*.pages"))]
 
 
-def load_pages(path: Path, limit: int | None = None) -> list[bytes]:
-    """Whole pages of a file (a trailing partial page is dropped)."""
-    with open(path, "rb") as f:
+def load_pages(source: CorpusFile, limit: int | None = None) -> list[bytes]:
+    """Whole pages of a corpus file (a trailing partial page is dropped)."""
+    with source.open() as f:
         data = f.read(limit * PAGE_SIZE if limit else -1)
     n = len(data) // PAGE_SIZE
     return [data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(n)]

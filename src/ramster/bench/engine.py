@@ -142,8 +142,8 @@ def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | No
     for nm in names:
         get_codec(nm)  # fail early with the list of choices
     results = []
-    for path in files:
-        pages = load_pages(path, limit)
+    for source in files:
+        pages = load_pages(source, limit)
         if not pages:
             continue
         for nm in names:
@@ -153,7 +153,7 @@ def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | No
             n = len(pages)
             results.append(
                 EngineResult(
-                    corpus=Path(path).name,
+                    corpus=source.name,
                     compressor=nm,
                     pages=n,
                     floor_put_pps=n / fp,

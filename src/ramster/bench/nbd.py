@@ -29,7 +29,7 @@ from pathlib import Path
 from .. import __version__
 from . import runners
 from ..units import PAGE_SIZE
-from .corpus import corpus_files
+from .corpus import CorpusFile, corpus_files
 from .runners import Measure, ToolError
 
 TARGETS = ("ramster", "nbdkit-malloc", "nbdkit-zstd", "zram")
@@ -153,7 +153,7 @@ def as_json(b: NbdBench) -> dict:
 
 # ---- the image and fio's data -----------------------------------------------------------------
 
-def build_image(files: list[Path], size: int, path: Path) -> dict:
+def build_image(files: list[CorpusFile], size: int, path: Path) -> dict:
     """`size` bytes of corpus pages (the files one after another, cycled); lz4 figures of what was written."""
     from ..compress import get_codec
 
@@ -165,7 +165,7 @@ def build_image(files: list[Path], size: int, path: Path) -> dict:
         while written < size:
             progressed = False
             for f in files:
-                with open(f, "rb") as src:
+                with f.open() as src:
                     while written < size:
                         chunk = src.read(min(1 << 20, size - written))
                         chunk = chunk[: len(chunk) // PAGE_SIZE * PAGE_SIZE]
