@@ -1,4 +1,4 @@
-"""Run the NBD server as a subprocess (`python -m ramster.nbd.server`) for real clients."""
+"""Run the NBD server as a subprocess (`python -m ramster ramdisk`) for real clients."""
 from __future__ import annotations
 
 import os
@@ -75,7 +75,7 @@ def nbd_server(tmp_path):
     def start(*memory: str, read_only: bool = False, listen: tuple[str, ...] = ()) -> ServerProcess:
         n = len(started)
         sock = tmp_path / f"nbd{n}.sock"
-        cmd = [sys.executable, "-m", "ramster.nbd.server", "--listen", f"unix:{sock}", "-v"]
+        cmd = [sys.executable, "-m", "ramster", "ramdisk", "--listen", f"unix:{sock}", "-v"]
         for addr in listen:
             cmd += ["--listen", addr]
         for spec in memory or ("disk:64M",):

@@ -1,6 +1,6 @@
 """Hostile clients against a real server process: memory stays bounded and others stay served.
 
-Each attack runs against `python -m ramster.nbd.server` (RAM disks, short
+Each attack runs against `python -m ramster ramdisk` (RAM disks, short
 timeouts given on its command line) and against a real `ramster node` (its
 defaults), from raw sockets, while a libnbd client keeps writing and reading
 back verified data. The server's VmRSS is sampled throughout and must stay
@@ -75,7 +75,7 @@ class Server:
 
 def _serve(kind: str, tmp_path):
     if kind == "ramdisk":
-        srv = Server(tmp_path, [sys.executable, "-m", "ramster.nbd.server", "-v", "--memory", f"disk:{BUDGET}",
+        srv = Server(tmp_path, [sys.executable, "-m", "ramster", "ramdisk", "-v", "--memory", f"disk:{BUDGET}",
                                 "--handshake-timeout", str(SLOW_TIMEOUT), "--request-timeout", str(SLOW_TIMEOUT),
                                 "--drain-timeout", str(SLOW_TIMEOUT)], "disk")
     else:
@@ -333,7 +333,7 @@ def test_transmission_slowloris(ramdisk_server):
 
 
 def test_connections_over_the_limit_are_refused(tmp_path):
-    srv = Server(tmp_path, [sys.executable, "-m", "ramster.nbd.server", "--memory", "disk:1M",
+    srv = Server(tmp_path, [sys.executable, "-m", "ramster", "ramdisk", "--memory", "disk:1M",
                             "--max-connections", "4", "--handshake-timeout", "0"], "disk")
     try:
         held = [_go(srv) for _ in range(4)]

@@ -449,7 +449,7 @@ def test_stop_finishes_inflight_and_refuses_new(tmp_path):
         w.write(_req(P.CMD_READ, 0, 512, cookie=1))
         await _until(lambda: export.active == 1)
         stopping = asyncio.create_task(server.stop(timeout=10))
-        await _until(lambda: server._stopping)
+        await _until(lambda: server.stopping)
         assert not (tmp_path / "s.sock").exists()
         w.write(_req(P.CMD_READ, 0, 512, cookie=2))
         assert await _simple_reply(r) == (P.ESHUTDOWN, 2)
@@ -531,7 +531,7 @@ def test_unix_socket_files(tmp_path):
 
 def test_command_line_errors_are_one_line(tmp_path):
     import sys
-    proc = subprocess.run([sys.executable, "-m", "ramster.nbd.server", "--memory", "disk:lots",
+    proc = subprocess.run([sys.executable, "-m", "ramster", "ramdisk", "--memory", "disk:lots",
                            "--listen", f"unix:{tmp_path}/x.sock"], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == "ramster-nbd: invalid --memory size 'lots': expected bytes or a size like 4096, 64M, 1G, 2GiB"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "ramster ramdisk: invalid --memory size 'lots': expected bytes or a size like 4096, 64M, 1G, 2GiB"

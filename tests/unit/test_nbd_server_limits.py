@@ -69,8 +69,8 @@ def test_a_pipelining_reader_is_held_at_its_cap_then_gets_every_reply(tmp_path):
         w.transport.pause_reading()  # the client reads nothing for now
         n = 40
         w.write(b"".join(_req(P.CMD_READ, (i % 8) * MiB, MiB, cookie=i) for i in range(n)))
-        await _until(lambda: server._blocked)
-        (conn,) = server._conns
+        await _until(lambda: server.admission.blocked)
+        (conn,) = server.conns
         assert conn._reading_paused and conn.core.blocked
         assert server.held <= server.connection_cap
         assert export.counters.reads < n
@@ -99,7 +99,7 @@ def test_a_client_holding_nothing_is_served_while_hogs_hold_the_node_cap(tmp_pat
             w.transport.pause_reading()
             w.write(b"".join(_req(P.CMD_READ, 0, MiB, cookie=i) for i in range(30)))
             hogs.append((r, w))
-        await _until(lambda: len(server._blocked) == 4)
+        await _until(lambda: len(server.admission.blocked) == 4)
         assert server.held >= server.node_cap - server.max_request
         r, w = await _go(tmp_path / "s.sock")
         for i in range(20):
@@ -137,12 +137,12 @@ def test_accounting_returns_to_zero_after_abrupt_ends(tmp_path):
         r, w = await _go(tmp_path / "s.sock")
         w.write(_req(P.CMD_WRITE, 0, 3 * MiB) + b"y" * 5000)
         clients.append(w)
-        await _until(lambda: server._blocked and any(c._partial for c in server._conns))
+        await _until(lambda: server.admission.blocked and any(c._partial for c in server.conns))
         assert 0 < server.held <= _bound(server)
         for w in clients:
             w.transport.abort()
         await _until(lambda: server.connections == 0)
-        assert server.held == 0 and not server._blocked
+        assert server.held == 0 and not server.admission.blocked
         await server.stop()
 
     asyncio.run(main())
@@ -156,7 +156,7 @@ def test_stop_answers_what_is_buffered_behind_a_blocked_header(tmp_path):
         r, w = await _go(tmp_path / "s.sock")
         w.transport.pause_reading()
         w.write(b"".join(_req(P.CMD_READ, 0, MiB, cookie=i) for i in range(6)))
-        await _until(lambda: server._blocked)
+        await _until(lambda: server.admission.blocked)
         stopping = asyncio.create_task(server.stop(timeout=10))
         w.transport.resume_reading()
         replies = [await _reply(r, MiB) for _ in range(6)]
@@ -266,8 +266,8 @@ def test_option_flood_without_reading_is_held(tmp_path):
         w.transport.pause_reading()
         n = 5000  # 80 KB of options asking for 150 MB of replies
         w.write(struct.pack(">I", 3) + struct.pack(">QII", P.IHAVEOPT, P.OPT_LIST, 0) * n)
-        await _until(lambda: server._blocked)
-        (conn,) = server._conns
+        await _until(lambda: server.admission.blocked)
+        (conn,) = server.conns
         for _ in range(20):
             await asyncio.sleep(0.01)
             assert conn._transport.get_write_buffer_size() + conn.core.buffered < MiB

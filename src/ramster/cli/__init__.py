@@ -5,6 +5,7 @@
     ramster keygen   make a node's key pair, its identity in a RAMster cluster
     ramster bench    measure the engine, the NBD path, a cluster or a guest against
                      a baseline taken in the same run
+    ramster ramdisk  serve plain RAM disks over NBD (the server alone: tests, trying clients)
 
 main.py is the dispatcher and nothing else; each subcommand lives in the
 module named after it here and provides `add_parser(subparsers)`, which

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "stats": "ramster.cli.stats",
     "keygen": "ramster.cli.keygen",
     "bench": "ramster.cli.bench",
+    "ramdisk": "ramster.cli.ramdisk",
 }
 
 DESCRIPTION = """\
