@@ -17,11 +17,11 @@ Two nodes on loopback, and a Redis server holding the same compressed pages:
   oid, index)` (non-freeing). A's budget is first shrunk to the frames it has
   in use, so there is no room to repatriate and every get is a real round trip
   to B; the returned page is decompressed, checksummed and compared.
-- Redis baseline (Debian's redis-server, installed with apt-get if missing;
-  `--save '' --appendonly no` on 127.0.0.1): the same lz4 payloads stored with
-  pipelined SETs of 64 (the pages of one PutPages message) per round trip, and
-  GETs of the same K pages at one request at a time from one client (redis-py
-  if installed, else a minimal RESP client over a socket).
+- Redis baseline (redis_baseline.py: Debian's redis-server, which
+  scripts/bootstrap.sh --bench installs, and redis-py): the same lz4 payloads
+  stored with pipelined SETs of 64 (the pages of one PutPages message) per
+  round trip, and GETs of the same K pages at one request at a time from one
+  client.
 
 Throughput is the best of `repeat` runs (pools destroyed / FLUSHALL between
 runs), latency is the run with the best p50. Acceptance (issue 4 §6):
@@ -36,12 +36,7 @@ import json
 import logging
 import os
 import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,13 +44,13 @@ from pathlib import Path
 from ..compress import get_codec
 from ..zcache import PERS_MAX_ZSIZE
 from ..units import PAGE_SIZE
+from . import common, redis_baseline
 from .corpus import corpus_files, load_pages
+from .redis_baseline import REDIS_BATCH, WARMUP_GETS
 
 SWIZ = 8  # frontswap's swizzle: oid = offset & 255, index = offset >> 8 (as bench engine)
-REDIS_BATCH = 64  # = ramster.remote.ramster.PAGES_PER_MESSAGE
 DEFAULT_PAGES = 32768
 DEFAULT_GETS = 2000
-WARMUP_GETS = 50
 REMOTIFY_TARGET = 0.5  # remotify >= 0.5 x Redis SET
 GET_TARGET = 2.0  # remote get p50 <= 2 x Redis GET p50
 
@@ -68,7 +63,7 @@ Measures, in one run on loopback, RAMster against Redis holding the same pages:
   remote get  K random remote pages fetched one at a time with ramster.get()
               (non-freeing; A's budget is shrunk so nothing is repatriated):
               p50/p99 latency in microseconds.
-  Redis       redis-server (Debian's; apt-get installs it if missing) holding
+  Redis       redis-server (Debian's; scripts/bootstrap.sh --bench) holding
               the same lz4 payloads: pipelined SET pages/s in batches of 64
               (one PutPages message), and GET p50/p99 at one request at a time
               from one client.
@@ -169,32 +164,21 @@ def _summary(r: ClusterResult) -> str:
             f"best of {r.repeat} run(s); redis-server {r.redis_version} via {r.redis_client}")
 
 
+def _report(r: ClusterResult) -> tuple[list[str], list[common.Table], list[str]]:
+    t = common.Table("ramster bench cluster — RAMster (2 nodes, loopback) vs Redis",
+                     ["measure", "ramster", "Redis", "ramster / Redis", "target"], [list(row) for row in _rows(r)],
+                     left=("measure", "target"))
+    verdict = (f"Acceptance: {'passed' if r.remotify_ok and r.get_ok else 'NOT passed'} "
+               f"(remotify ≥ {REMOTIFY_TARGET} × Redis SET pages/s; remote get p50 ≤ {GET_TARGET:g} × Redis GET p50).")
+    return [f"Pinning: {r.pinning}.", _summary(r) + "."], [t], [verdict]
+
+
 def as_markdown(r: ClusterResult) -> str:
-    lines = [f"Pinning: {r.pinning}.", "", _summary(r) + ".", "",
-             "| measure | ramster | Redis | ramster / Redis | target |", "|---|---:|---:|---:|---|"]
-    for row in _rows(r):
-        lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Acceptance: {'passed' if r.remotify_ok and r.get_ok else 'NOT passed'} "
-              f"(remotify ≥ {REMOTIFY_TARGET} × Redis SET pages/s; remote get p50 ≤ {GET_TARGET:g} × Redis GET p50)."]
-    return "\n".join(lines)
+    return common.markdown(*_report(r))
 
 
 def print_table(r: ClusterResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="ramster bench cluster — RAMster (2 nodes, loopback) vs Redis")
-    for col in ("measure", "ramster", "Redis", "ramster / Redis", "target"):
-        t.add_column(col, justify="left" if col in ("measure", "target") else "right")
-    for row in _rows(r):
-        t.add_row(*row)
-    out = Console(width=max(Console().width, 110))
-    out.print(t)
-    out.print(_summary(r), highlight=False)
-    out.print(f"pinning: {r.pinning}", highlight=False)
-    out.print(f"acceptance: remotify ≥ {REMOTIFY_TARGET} × Redis SET: {'PASS' if r.remotify_ok else 'FAIL'} "
-              f"({r.remotify_ratio:.2f}); remote get p50 ≤ {GET_TARGET:g} × Redis GET p50: "
-              f"{'PASS' if r.get_ok else 'FAIL'} ({r.get_p50_ratio:.2f})")
+    common.print_report(*_report(r), width=110)
 
 
 # ---- corpus ---------------------------------------------------------------------------------------
@@ -234,284 +218,6 @@ def corpus_pages(paths: list[str] | None, n: int, compressor: str) -> tuple[list
 
 # ---- processes ------------------------------------------------------------------------------------
 
-def ensure_redis_server() -> str:
-    """The path of redis-server, installing Debian's package with apt-get if it is missing."""
-    path = shutil.which("redis-server")
-    if path:
-        return path
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError("redis-server is not installed; install it (apt-get install redis-server) and run again")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if r.returncode != 0:  # package lists may be missing (a fresh container): update once and retry
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env)
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    path = shutil.which("redis-server")
-    if r.returncode != 0 or not path:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["?"]
-        raise RuntimeError(f"installing redis-server with apt-get failed: {tail[0]}")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pin_prefix(cpu: int) -> tuple[list[str], str]:
-    if shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu)], f"taskset -c {cpu}"
-    return [], f"sched_setaffinity CPU {cpu}"
-
-
-class Procs:
-    """Child processes, each killed (SIGTERM, then SIGKILL) by close(), whatever happened."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen, object]] = []
-        self.redis = None  # the Redis client, once redis-server answers
-
-    def start(self, name: str, cmd: list[str], cpu: int, log_path: Path, cwd: Path) -> subprocess.Popen:
-        prefix, _ = pin_prefix(cpu)
-
-        def pre() -> None:
-            _die_with_parent()
-            if not prefix:
-                os.sched_setaffinity(0, {cpu})
-
-        out = open(log_path, "wb")
-        try:
-            p = subprocess.Popen(prefix + cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 cwd=cwd, preexec_fn=pre)
-        except BaseException:
-            out.close()
-            raise
-        self.procs.append((name, p, out))
-        return p
-
-    def close(self) -> None:
-        for _, p, _ in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for _, p, out in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            out.close()
-        self.procs.clear()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the benchmark itself is killed (Linux prctl)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _tail(path: Path, n: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-# ---- Redis clients ------------------------------------------------------------------------------
-
-class RespClient:
-    """The few Redis commands the benchmark needs, in RESP over one blocking socket."""
-
-    name = "a minimal RESP client (redis-py not installed)"
-
-    def __init__(self, host: str, port: int):
-        self.sock = socket.create_connection((host, port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = bytearray()
-
-    @staticmethod
-    def _cmd(*args: bytes) -> bytes:
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            out.append(b"$%d\r\n" % len(a))
-            out.append(a)
-            out.append(b"\r\n")
-        return b"".join(out)
-
-    def _line(self) -> bytes:
-        while True:
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line = bytes(self.buf[:i])
-                del self.buf[: i + 2]
-                return line
-            self._fill()
-
-    def _fill(self) -> None:
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("redis-server closed the connection")
-        self.buf += data
-
-    def _reply(self):
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise RuntimeError(f"redis: {rest.decode(errors='replace')}")
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            while len(self.buf) < n + 2:
-                self._fill()
-            data = bytes(self.buf[:n])
-            del self.buf[: n + 2]
-            return data
-        raise RuntimeError(f"unexpected redis reply {line[:40]!r}")
-
-    def call(self, *args: bytes):
-        self.sock.sendall(self._cmd(*args))
-        return self._reply()
-
-    def ping(self) -> bool:
-        return self.call(b"PING") == b"PONG"
-
-    def flushall(self) -> None:
-        self.call(b"FLUSHALL")
-
-    def version(self) -> str:
-        info = self.call(b"INFO", b"server").decode()
-        for line in info.splitlines():
-            if line.startswith("redis_version:"):
-                return line.split(":", 1)[1].strip()
-        return "?"
-
-    def set_many(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        self.sock.sendall(b"".join(self._cmd(b"SET", k, v) for k, v in pairs))
-        for _ in pairs:
-            self._reply()
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.call(b"GET", key)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class RedisPyClient:
-    def __init__(self, host: str, port: int):
-        import redis
-
-        self.name = f"redis-py {redis.__version__}"
-        self.r = redis.Redis(host=host, port=port, socket_keepalive=False)
-
-    def ping(self) -> bool:
-        return bool(self.r.ping())
-
-    def flushall(self) -> None:
-        self.r.flushall()
-
-    def version(self) -> str:
-        return str(self.r.info("server").get("redis_version", "?"))
-
-    def set_many(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for k, v in pairs:
-            pipe.set(k, v)
-        pipe.execute()
-
-    def get(self, key: bytes) -> bytes | None:
-        return self.r.get(key)
-
-    def close(self) -> None:
-        self.r.close()
-
-
-def redis_client(host: str, port: int):
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        return RespClient(host, port)
-    return RedisPyClient(host, port)
-
-
-def start_redis(procs: Procs, tmp: Path, cpu: int, timeout: float = 20):
-    server = ensure_redis_server()
-    port = free_port()
-    rdir = tmp / "redis"
-    rdir.mkdir()
-    log_path = tmp / "redis.log"
-    cmd = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-           "--protected-mode", "yes", "--daemonize", "no", "--dir", str(rdir), "--logfile", ""]
-    p = procs.start("redis-server", cmd, cpu, log_path, rdir)
-    deadline = time.monotonic() + timeout
-    while True:
-        if p.poll() is not None:
-            raise RuntimeError(f"redis-server exited with status {p.returncode}: {_tail(log_path)}")
-        try:
-            c = redis_client("127.0.0.1", port)
-            if c.ping():
-                return c
-            c.close()
-        except Exception as e:  # not listening yet (OSError, redis.exceptions.ConnectionError), or loading
-            last = e
-        else:
-            last = "no PONG"
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server did not answer within {timeout:g} s ({last}): {_tail(log_path)}")
-        time.sleep(0.05)
-
-
-def redis_set_run(client, keys: list[bytes], payloads: list[bytes], flush: bool) -> float:
-    """Seconds to SET every payload, in pipelines of REDIS_BATCH."""
-    if flush:
-        client.flushall()
-    batches = [list(zip(keys[i : i + REDIS_BATCH], payloads[i : i + REDIS_BATCH]))
-               for i in range(0, len(keys), REDIS_BATCH)]
-    set_many = client.set_many
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = time.perf_counter()
-        for b in batches:
-            set_many(b)
-        return time.perf_counter() - t0
-    finally:
-        gc.enable()
-
-
-def redis_get_run(client, keys: list[bytes], payloads: list[bytes], order: list[int]) -> list[int]:
-    get = client.get
-    for i in order[:WARMUP_GETS]:
-        get(keys[i])
-    samples = []
-    bad = 0
-    clock = time.perf_counter_ns
-    gc.collect()
-    gc.disable()
-    try:
-        for i in order:
-            t0 = clock()
-            v = get(keys[i])
-            samples.append(clock() - t0)
-            if v != payloads[i]:
-                bad += 1
-    finally:
-        gc.enable()
-    if bad:
-        raise RuntimeError(f"redis returned {bad} wrong payload(s)")
-    return samples
-
-
 # ---- the cluster ------------------------------------------------------------------------------------
 
 def write_cluster_config(tmp: Path) -> Path:
@@ -522,7 +228,7 @@ def write_cluster_config(tmp: Path) -> Path:
              "keepalive = 2", "idle_timeout = 30", "reconnect_delay = 0.1", "reconnect_max = 1"]
     for number, name in enumerate(("a", "b")):
         lines += ["[[cluster.node]]", f'name = "{name}"', f"number = {number}",
-                  f'address = "127.0.0.1:{free_port()}"', f'public_key = "{public[name]}"']
+                  f'address = "127.0.0.1:{common.free_port()}"', f'public_key = "{public[name]}"']
     # selfshrink would bring remote pages home behind the benchmark's back
     lines += ["[remotify]", "persistent = true", "ephemeral = true", "replicas = 1", "selfshrink = false"]
     path = tmp / "cluster.toml"
@@ -627,7 +333,8 @@ async def _get_run(node, pid: int, pages: list[bytes], order: list[int]) -> list
     return samples
 
 
-async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int, int], progress) -> dict:
+async def _bench(args, pages, payloads, tmp: Path, procs: common.Procs, client, cpus: tuple[int, int],
+                 progress) -> dict:
     config = write_cluster_config(tmp)
     n = len(pages)
     frames_needed = n + 256  # one frame per page at worst: the fill never runs short
@@ -635,22 +342,21 @@ async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int
     ramster_cmd = [sys.executable, "-m", "ramster.cli"]
     b_mem = frames_needed * PAGE_SIZE + (16 << 20)
     b_log = tmp / "node-b.log"
-    b = procs.start("node b", [*ramster_cmd, "node", "--config", str(config), "--name", "b",
-                               "--memory", str(b_mem), "--metrics", "off", "--log-level", "warning",
-                               "--listen", f"unix:{tmp / 'b.sock'}"], cpus[1], b_log, tmp)
+    b = procs.start([*ramster_cmd, "node", "--config", str(config), "--name", "b", "--memory", str(b_mem),
+                     "--metrics", "off", "--log-level", "warning", "--listen", f"unix:{tmp / 'b.sock'}"],
+                    b_log, tmp, cpu=cpus[1])
     node = await _start_node_a(tmp, config, frames_needed * PAGE_SIZE)
     try:
         deadline = time.monotonic() + 60
         while not node.net.connected(1):
             if b.poll() is not None:
-                raise RuntimeError(f"node b exited with status {b.returncode}: {_tail(b_log)}")
+                raise RuntimeError(f"node b exited with status {b.returncode}: {common.tail(b_log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"node b did not connect within 60 s: {_tail(b_log)}")
+                raise RuntimeError(f"node b did not connect within 60 s: {common.tail(b_log)}")
             await node.net.wait_until(lambda: node.net.connected(1), 0.2)
 
         keys = [b"p%d" % i for i in range(n)]
         rng = random.Random(4)
-        client = procs.redis
         zc, ram = node.zc, node.ramster
         budget = zc.max_pageframes
         remotify_runs, set_times = [], []
@@ -661,7 +367,7 @@ async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int
             pid, rr = await _remotify_run(node, pages, args.frames, args.time_cap)
             remotify_runs.append(rr)
             if rr["pages_moved"] == 0:
-                raise RuntimeError(f"no page moved to node b ({rr}); see {_tail(b_log)}")
+                raise RuntimeError(f"no page moved to node b ({rr}); see {common.tail(b_log)}")
             # no room at home: every get below is a round trip to B, and the page stays remote
             zc.set_max_pageframes(zc.pageframes_in_use)
             remote = [i for i in range(n) if zc.on_peer(pid, i & 255, i >> SWIZ)]
@@ -669,9 +375,9 @@ async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int
             progress(f"run {run + 1}/{args.repeat}: remote gets")
             get_runs.append(await _get_run(node, pid, pages, order))
             progress(f"run {run + 1}/{args.repeat}: Redis SET")
-            set_times.append(redis_set_run(client, keys, payloads, flush=run > 0))
+            set_times.append(redis_baseline.set_run(client, keys, payloads, flush=run > 0))
             progress(f"run {run + 1}/{args.repeat}: Redis GET")
-            redis_get_runs.append(redis_get_run(client, keys, payloads, order))
+            redis_get_runs.append(redis_baseline.get_run(client, keys, payloads, order))
             # back to an empty cluster: the pool destroy reaches B (FIFO with the puts)
             destroyed = ram.remote_pools_destroyed
             zc.destroy_pool(pid)
@@ -686,42 +392,27 @@ async def _bench(args, pages, payloads, tmp: Path, procs: Procs, cpus: tuple[int
 
 
 def run(args: argparse.Namespace, progress=lambda msg: None) -> ClusterResult:
-    allowed = sorted(os.sched_getaffinity(0))
-    a_cpu = allowed[-1]
-    b_cpu = allowed[0]
-    prefix_desc = pin_prefix(b_cpu)[1]
+    b_cpu, a_cpu = common.two_cpus()
     if a_cpu == b_cpu:
         pinning = (f"only CPU {a_cpu} is available: node A (this process, also the Redis client), node B and "
-                   f"redis-server all share it ({prefix_desc}); {os.cpu_count()} CPUs online")
+                   f"redis-server all share it (taskset -c {b_cpu}); {os.cpu_count()} CPUs online")
     else:
         pinning = (f"node A (this process: remotify, remote gets, and the Redis client) on CPU {a_cpu} "
-                   f"(sched_setaffinity); node B and redis-server on CPU {b_cpu} ({prefix_desc}); "
+                   f"(sched_setaffinity); node B and redis-server on CPU {b_cpu} (taskset -c {b_cpu}); "
                    f"{os.cpu_count()} CPUs online")
     compressor = "lz4"
     progress("loading the corpus")
     pages, payloads, skipped = corpus_pages(args.corpus, args.pages, compressor)
-    os.sched_setaffinity(0, {a_cpu})
-    tmp = Path(tempfile.mkdtemp(prefix="ramster-bench-cluster-"))
-    procs = Procs()
-
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks below
-
-    old_term = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    with common.workspace("ramster-bench-cluster-", cpu=a_cpu) as (tmp, procs):
         progress("starting redis-server")
-        procs.redis = start_redis(procs, tmp, b_cpu)
+        client = redis_baseline.start_redis(procs, tmp, b_cpu)
         try:
-            version, client_name = procs.redis.version(), procs.redis.name
+            version, client_name = redis_baseline.describe(client)
             progress("starting node b")
             logging.getLogger("ramster").setLevel(logging.ERROR)
-            raw = asyncio.run(_bench(args, pages, payloads, tmp, procs, (a_cpu, b_cpu), progress))
+            raw = asyncio.run(_bench(args, pages, payloads, tmp, procs, client, (a_cpu, b_cpu), progress))
         finally:
-            procs.redis.close()
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        procs.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+            client.close()
     best_remotify = max(raw["remotify_runs"], key=lambda r: r["pages_per_s"])
     gets = min((Latency.of(s) for s in raw["get_runs"]), key=lambda x: x.p50_us)
     rgets = min((Latency.of(s) for s in raw["redis_get_runs"]), key=lambda x: x.p50_us)
@@ -765,8 +456,6 @@ def add_parser(bsub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ..cli import UserError
     from ..config import ConfigError
 
@@ -775,14 +464,10 @@ def main(args: argparse.Namespace) -> int:
             raise UserError(f"--{name} must be at least 1")
     if args.time_cap <= 0:
         raise UserError("--time-cap must be positive")
-    console = Console(stderr=True)
     quiet = (args.json or args.markdown) and not sys.stderr.isatty()
     try:
-        if quiet:
-            result = run(args)
-        else:
-            with console.status("bench cluster") as status:
-                result = run(args, lambda msg: status.update(f"bench cluster: {msg}"))
+        common.require("taskset")
+        result = common.with_status("cluster", quiet, lambda progress: run(args, progress))
     except (OSError, ValueError, RuntimeError, ConfigError) as e:
         raise UserError(str(e)) from None
     if args.json:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+from ..compress import get_codec
 from ..units import PAGE_SIZE
 from . import synthetic
 
@@ -78,3 +79,39 @@ def load_pages(source: CorpusFile, limit: int | None = None) -> list[bytes]:
         data = f.read(limit * PAGE_SIZE if limit else -1)
     n = len(data) // PAGE_SIZE
     return [data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] for i in range(n)]
+
+
+def build_image(files: list[CorpusFile], size: int, path: Path) -> dict:
+    """`size` bytes of corpus pages (the files one after another, cycled) written to `path`;
+    lz4 figures of what was written."""
+    compress = get_codec("lz4").compress
+    pages = zbytes = zero = poor = 0
+    zero_page = bytes(PAGE_SIZE)
+    written = 0
+    with open(path, "wb") as out:
+        while written < size:
+            progressed = False
+            for f in files:
+                with f.open() as src:
+                    while written < size:
+                        chunk = src.read(min(1 << 20, size - written))
+                        chunk = chunk[: len(chunk) // PAGE_SIZE * PAGE_SIZE]
+                        if not chunk:
+                            break
+                        out.write(chunk)
+                        written += len(chunk)
+                        progressed = True
+                        mv = memoryview(chunk)
+                        for o in range(0, len(chunk), PAGE_SIZE):
+                            p = mv[o : o + PAGE_SIZE]
+                            n = len(compress(p))
+                            zbytes += min(n, PAGE_SIZE)
+                            pages += 1
+                            zero += p == zero_page
+                            poor += n > PAGE_SIZE // 8 * 7
+                if written >= size:
+                    break
+            if not progressed:
+                raise ValueError("the corpus files hold no whole 4 KiB page")
+    return {"size": size, "pages": pages, "corpus": [str(f) for f in files], "lz4_ratio": pages * PAGE_SIZE / zbytes,
+            "zero_pages": zero, "pages_compressing_worse_than_3584B": poor}

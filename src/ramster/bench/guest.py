@@ -4,17 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
 from ..guest import initramfs, tools, vm
-from . import runners
+from . import common
+from .common import fmt
 
 TARGETS = ("ramster", "nbdkit", "file")
 BASELINE = "nbdkit"
@@ -91,7 +89,7 @@ class Target:
     name = ""
     server_cmd: list[str] | None = None
 
-    def __init__(self, tmp: Path, procs: runners.Procs, cpus: dict, size: int):
+    def __init__(self, tmp: Path, procs: common.Procs, cpus: dict, size: int):
         self.tmp, self.procs, self.cpus, self.size = tmp, procs, cpus, size
         self.sock = tmp / f"{self.name}.sock"
         self.log = tmp / f"{self.name}.log"
@@ -99,8 +97,8 @@ class Target:
 
     def start(self) -> None:
         if self.server_cmd:
-            self.proc = self.procs.start(runners.pin(self.cpus["server"]) + self.server_cmd, self.log, self.tmp)
-            runners.wait_unix_socket(self.sock, self.proc, self.log)
+            self.proc = self.procs.start(self.server_cmd, self.log, self.tmp, cpu=self.cpus["server"])
+            common.wait_unix_socket(self.sock, self.proc, self.log)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -121,7 +119,7 @@ class RamsterTarget(Target):
     def __init__(self, memory: int, *a):
         super().__init__(*a)
         self.memory = memory
-        self.port = runners.free_port()
+        self.port = common.free_port()
         self.server_cmd = [sys.executable, "-m", "ramster.cli", "node", "--memory", str(memory),
                            "--listen", f"unix:{self.sock}", "--export", f"swap:swap:{self.size}",
                            "--metrics", f"127.0.0.1:{self.port}", "--log-level", "warning"]
@@ -130,7 +128,7 @@ class RamsterTarget(Target):
         return vm.nbd_unix(self.sock, "swap")
 
     def stats(self) -> dict:
-        st = runners.get_json(f"http://127.0.0.1:{self.port}/stats", self.proc)
+        st = common.get_json(f"http://127.0.0.1:{self.port}/stats", self.proc)
         c, e = st["counters"], st["exports"]["swap"]["counters"]
         keys = ("frontswap.succ_stores", "frontswap.loads", "zcache.pers_pageframes_max", "zcache.huge_pages_max",
                 "zcache.same_filled_pages", "zcache.zero_filled_pages")
@@ -180,8 +178,7 @@ class FileTarget(Target):
 # ---- running ------------------------------------------------------------------------------------
 
 def _cpus() -> tuple[dict, str]:
-    allowed = sorted(os.sched_getaffinity(0))
-    server, qemu = allowed[-1], allowed[0]
+    server, qemu = common.two_cpus()
     if server == qemu:
         return {"server": server, "qemu": qemu}, f"only CPU {server} is available: QEMU and servers share it"
     return ({"server": server, "qemu": qemu},
@@ -194,12 +191,12 @@ def _one(t: Target, kernel, initrd: Path, args, progress) -> Run:
     progress(f"{t.name}: starting")
     try:
         t.start()
-        c0 = runners.cpu_seconds(t.proc.pid) if t.proc else None
+        c0 = common.cpu_seconds(t.proc.pid) if t.proc else None
         progress(f"{t.name}: guest running")
         g = vm.run(kernel, initrd, t.disk(), t.tmp / f"{t.name}.console", args.timeout,
-                   prefix=tuple(runners.pin(t.cpus["qemu"])), memory_mib=args.guest_mib, hog_mib=args.hog_mib,
+                   prefix=tuple(common.pin(t.cpus["qemu"])), memory_mib=args.guest_mib, hog_mib=args.hog_mib,
                    seed=args.seed)
-        cpu = runners.cpu_seconds(t.proc.pid) - c0 if t.proc else None
+        cpu = common.cpu_seconds(t.proc.pid) - c0 if t.proc else None
         server = t.stats()
         verdict = g.verdict()
         if not g.passed and (g.trouble or not g.hog):
@@ -207,7 +204,7 @@ def _one(t: Target, kernel, initrd: Path, args, progress) -> Run:
         return Run(t.name, g.passed, verdict, round(g.wall_seconds, 2), g.hog, g.vmstat,
                    None if cpu is None else round(cpu, 2), server)
     except (RuntimeError, OSError, KeyError) as e:
-        return Run(t.name, False, f"{type(e).__name__}: {e} {runners.tail(t.log)}", 0.0, {}, {})
+        return Run(t.name, False, f"{type(e).__name__}: {e} {common.tail(t.log)}", 0.0, {}, {})
     finally:
         t.stop()
 
@@ -215,17 +212,9 @@ def _one(t: Target, kernel, initrd: Path, args, progress) -> Run:
 def run(args: argparse.Namespace, progress=lambda msg: None) -> GuestBench:
     kernel = tools.find_kernel()
     cpus, pinning = _cpus()
-    old_affinity = os.sched_getaffinity(0)
-    tmp = Path(tempfile.mkdtemp(prefix="ramster-bench-guest-", dir=args.tmpdir))
-    procs = runners.Procs()
-
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks below
-
-    old_term = signal.signal(signal.SIGTERM, on_sigterm)
     runs: list[Run] = []
     described: dict[str, str] = {}
-    try:
+    with common.workspace("ramster-bench-guest-", parent=args.tmpdir) as (tmp, procs):
         progress("building the initramfs")
         initrd = initramfs.build(kernel, tmp / "initramfs.gz")
         os.sched_setaffinity(0, {cpus["qemu"]})
@@ -239,15 +228,10 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> GuestBench:
                     t = FileTarget(tmp, procs, cpus, args.size)
                 runs.append(_one(t, kernel, initrd, args, progress))
                 described[name] = t.describe()
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        procs.close()
-        os.sched_setaffinity(0, old_affinity)
-        shutil.rmtree(tmp, ignore_errors=True)
-    versions = {"qemu": runners.version([tools.QEMU, "--version"]), "guest_kernel": kernel.version,
+    versions = {"qemu": common.version([tools.QEMU, "--version"]), "guest_kernel": kernel.version,
                 "ramster": __version__}
     if "nbdkit" in args.targets:
-        versions["nbdkit"] = runners.version(["nbdkit", "--version"])
+        versions["nbdkit"] = common.version(["nbdkit", "--version"])
     settings = {"guest_memory_mib": args.guest_mib, "hog_mib": args.hog_mib, "seed": args.seed,
                 "export_size": args.size, "ramster_memory": args.memory, "repeat": args.repeat,
                 "targets": described,
@@ -262,11 +246,7 @@ HEAD = ["target", "hog s", "fill s", "verify 1 s", "verify 2 s", "× nbdkit", "g
         "pswpout", "pswpin", "result"]
 
 
-def _fmt(v, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def _rows(b: GuestBench) -> list[list[str]]:
+def _table(b: GuestBench) -> common.Table:
     rows = []
     for t in TARGETS:
         r = b.best(t) or next((x for x in b.runs if x.target == t), None)
@@ -274,11 +254,12 @@ def _rows(b: GuestBench) -> list[list[str]]:
             continue
         h = r.hog
         ratio = b.ratio(t) if r.passed else None
-        rows.append([t, _fmt(h.get("total"), ".1f"), _fmt(h.get("fill"), ".1f"), _fmt(h.get("verify1"), ".1f"),
-                     _fmt(h.get("verify2"), ".1f"), _fmt(ratio, ".2f"), _fmt(r.wall_seconds, ".1f"),
-                     _fmt(r.server_cpu_seconds, ".1f"), _fmt(r.vmstat.get("pswpout"), ","),
-                     _fmt(r.vmstat.get("pswpin"), ","), "PASS" if r.passed else f"FAIL: {r.verdict}"])
-    return rows
+        rows.append([t, fmt(h.get("total"), ".1f"), fmt(h.get("fill"), ".1f"), fmt(h.get("verify1"), ".1f"),
+                     fmt(h.get("verify2"), ".1f"), fmt(ratio, ".2f"), fmt(r.wall_seconds, ".1f"),
+                     fmt(r.server_cpu_seconds, ".1f"), fmt(r.vmstat.get("pswpout"), ","),
+                     fmt(r.vmstat.get("pswpin"), ","), "PASS" if r.passed else f"FAIL: {r.verdict}"])
+    return common.Table("ramster bench guest — the hog's time (guest clock), best run per target", HEAD, rows,
+                        left=("target", "result"))
 
 
 def _notes(b: GuestBench) -> list[str]:
@@ -306,26 +287,11 @@ def _acceptance_line(b: GuestBench) -> str:
 
 
 def as_markdown(b: GuestBench) -> str:
-    lines = [*_notes(b), "", "| " + " | ".join(HEAD) + " |", "|---|" + "---:|" * (len(HEAD) - 2) + "---|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(b)]
-    lines += ["", f"- {_acceptance_line(b)}"]
-    return "\n".join(lines)
+    return common.markdown(_notes(b), [_table(b)], [_acceptance_line(b)])
 
 
 def print_table(b: GuestBench) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Console(width=max(Console().width, 120))
-    for n in _notes(b):
-        out.print(n, highlight=False)
-    t = Table(title="ramster bench guest — the hog's time (guest clock), best run per target")
-    for col in HEAD:
-        t.add_column(col, justify="left" if col in ("target", "result") else "right")
-    for r in _rows(b):
-        t.add_row(*r)
-    out.print(t)
-    out.print(_acceptance_line(b), highlight=False)
+    common.print_report(_notes(b), [_table(b)], [_acceptance_line(b)])
 
 
 # ---- command line ---------------------------------------------------------------------------------
@@ -362,8 +328,6 @@ def add_parser(bsub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ..cli import UserError
     from ..units import parse_size
 
@@ -383,15 +347,10 @@ def main(args: argparse.Namespace) -> int:
     missing = tools.check_all(("taskset",) + (("nbdkit",) if "nbdkit" in args.targets else ()))
     if missing:
         raise UserError("; ".join(str(m) for m in missing))
-    console = Console(stderr=True)
     quiet = (args.json or args.markdown) and not sys.stderr.isatty()
     t0 = time.monotonic()
     try:
-        if quiet:
-            result = run(args)
-        else:
-            with console.status("bench guest") as status:
-                result = run(args, lambda msg: status.update(f"bench guest: {msg}"))
+        result = common.with_status("guest", quiet, lambda progress: run(args, progress))
     except (FileNotFoundError, RuntimeError, tools.MissingTool) as e:
         raise UserError(str(e)) from None
     result.settings["wall_seconds"] = round(time.monotonic() - t0, 1)

@@ -18,19 +18,18 @@ import argparse
 import json
 import os
 import platform
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from . import runners
 from ..units import PAGE_SIZE
-from .corpus import CorpusFile, corpus_files
-from .runners import Measure, ToolError
+from . import common, runners
+from .common import ToolError, fmt
+from .corpus import build_image, corpus_files
+from .nbd_targets import REQUEST_SIZE, NbdkitTarget, RamsterTarget, ZramTarget
+from .runners import Measure, calibrate_fio, fio_data_args
 
 TARGETS = ("ramster", "nbdkit-malloc", "nbdkit-zstd", "zram")
 FIO_JOBS = (("randwrite", 1), ("randwrite", 32), ("randread", 1), ("randread", 32))
@@ -38,8 +37,6 @@ WORKLOADS = ("seqwrite", "seqread") + tuple(f"{rw}-qd{qd}" for rw, qd in FIO_JOB
 DEFAULT_IMAGE = 256 << 20
 DEFAULT_RUNTIME = 10
 DEFAULT_CHART = "bench-out/nbd.png"
-BASELINE_SIZE = 64 << 10
-REQUEST_SIZE = 256 << 10  # nbdcopy's default request size; dd uses the same block size for zram
 # (workload, metric, baseline, threshold, project goal)
 ACCEPTANCE = (
     ("randwrite-qd32", "iops", "nbdkit-malloc", 0.35, 0.5),
@@ -151,263 +148,10 @@ def as_json(b: NbdBench) -> dict:
             "chart": b.chart, "chart_note": b.chart_note}
 
 
-# ---- the image and fio's data -----------------------------------------------------------------
-
-def build_image(files: list[CorpusFile], size: int, path: Path) -> dict:
-    """`size` bytes of corpus pages (the files one after another, cycled); lz4 figures of what was written."""
-    from ..compress import get_codec
-
-    compress = get_codec("lz4").compress
-    pages = zbytes = zero = poor = 0
-    zero_page = bytes(PAGE_SIZE)
-    written = 0
-    with open(path, "wb") as out:
-        while written < size:
-            progressed = False
-            for f in files:
-                with f.open() as src:
-                    while written < size:
-                        chunk = src.read(min(1 << 20, size - written))
-                        chunk = chunk[: len(chunk) // PAGE_SIZE * PAGE_SIZE]
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        written += len(chunk)
-                        progressed = True
-                        mv = memoryview(chunk)
-                        for o in range(0, len(chunk), PAGE_SIZE):
-                            p = mv[o : o + PAGE_SIZE]
-                            n = len(compress(p))
-                            zbytes += min(n, PAGE_SIZE)
-                            pages += 1
-                            zero += p == zero_page
-                            poor += n > PAGE_SIZE // 8 * 7
-                if written >= size:
-                    break
-            if not progressed:
-                raise ValueError("the corpus files hold no whole 4 KiB page")
-    return {"size": size, "pages": pages, "corpus": [str(f) for f in files], "lz4_ratio": pages * PAGE_SIZE / zbytes,
-            "zero_pages": zero, "pages_compressing_worse_than_3584B": poor}
-
-
-def fio_data_args(percent: int) -> list[str]:
-    return [f"--buffer_compress_percentage={percent}", f"--buffer_compress_chunk={PAGE_SIZE}", "--refill_buffers"]
-
-
-def _fio_lz4_ratio(percent: int, cpu: int, tmp: Path) -> float:
-    from ..compress import get_codec
-
-    path = tmp / "fio-data"
-    r = runners.run(runners.pin(cpu) + ["fio", "--name=calibrate", "--ioengine=psync", "--rw=write", "--bs=4k",
-                                        "--size=4M", f"--filename={path}", *fio_data_args(percent),
-                                        "--output-format=json"], timeout=60)
-    try:
-        if r.returncode != 0:
-            raise RuntimeError(f"fio failed writing its test data: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-        data = path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
-    compress = get_codec("lz4").compress
-    n = len(data) // PAGE_SIZE
-    return n * PAGE_SIZE / sum(min(len(compress(data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])), PAGE_SIZE)
-                               for i in range(n))
-
-
-def calibrate_fio(target_ratio: float, cpu: int, tmp: Path, forced: int | None) -> dict:
-    """The buffer_compress_percentage whose data lz4 compresses closest to the image."""
-    if forced is not None:
-        percent, ratio = forced, _fio_lz4_ratio(forced, cpu, tmp)
-    else:
-        percent = max(0, min(99, round(100 * (1 - 1 / target_ratio))))
-        ratio = _fio_lz4_ratio(percent, cpu, tmp)
-        tried = {percent: ratio}
-        # fio's random part is incompressible and its zeros nearly free: the ratio rises with the percentage
-        step = 1 if ratio < target_ratio else -1
-        while 0 <= percent + step <= 99 and len(tried) < 8:
-            nxt = percent + step
-            r = _fio_lz4_ratio(nxt, cpu, tmp)
-            tried[nxt] = r
-            if abs(r - target_ratio) >= abs(ratio - target_ratio):
-                break
-            percent, ratio = nxt, r
-    return {"options": " ".join(a.lstrip("-") for a in fio_data_args(percent)), "buffer_compress_percentage": percent,
-            "lz4_ratio": ratio, "image_lz4_ratio": target_ratio,
-            "layout": f"each 4 KiB write: {100 - percent}% fresh random bytes, then zeros"}
-
-
-# ---- targets ----------------------------------------------------------------------------------
-
-class NbdTarget:
-    """A server on a Unix socket, measured with nbdcopy and fio's nbd engine."""
-
-    export = ""
-
-    def __init__(self, name: str, tmp: Path, procs: runners.Procs, cpus: dict, size: int):
-        self.name, self.tmp, self.procs, self.cpus, self.size = name, tmp, procs, cpus, size
-        self.sock = tmp / f"{name}.sock"
-        self.log = tmp / f"{name}.log"
-        self.proc = None
-        self.idle_rss = self.baseline_rss = 0
-
-    @property
-    def uri(self) -> str:
-        return f"nbd+unix:///{self.export}?socket={self.sock}"
-
-    def command(self, size: int) -> list[str]:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        self.baseline_rss = self._idle_rss(BASELINE_SIZE)
-        self.proc, self.idle_rss = self._launch(self.size)
-
-    def _launch(self, size: int):
-        proc = self.procs.start(runners.pin(self.cpus["server"]) + self.command(size), self.log, self.tmp)
-        runners.wait_unix_socket(self.sock, proc, self.log)
-        return proc, runners.rss_bytes(proc.pid)
-
-    def _idle_rss(self, size: int) -> int:
-        """RSS of the same server with a tiny store: what it costs before holding any data.
-
-        nbdkit's malloc allocator touches its whole buffer at start, so RSS growth
-        after starting would miss it; RSS above this baseline does not."""
-        proc, rss = self._launch(size)
-        self.procs.stop(proc)
-        self.sock.unlink(missing_ok=True)
-        self._discard_state()
-        return rss
-
-    def _discard_state(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.procs.stop(self.proc)
-            self.proc = None
-
-    def fio_target(self) -> list[str]:
-        return ["--ioengine=nbd", f"--uri={self.uri}"]
-
-    def seqwrite(self, image: Path) -> Measure:
-        return runners.timed(self.cpus["client"], ["nbdcopy", str(image), self.uri], self.size, "nbdcopy")
-
-    def seqread(self) -> Measure:
-        return runners.timed(self.cpus["client"], ["nbdcopy", "--no-extents", self.uri, "null:"], self.size,
-                             "nbdcopy to null:")
-
-    def snapshot(self) -> dict:
-        rss = runners.rss_bytes(self.proc.pid)
-        used = rss - self.baseline_rss
-        return {"memory_bytes": used, "memory_per_original_byte": used / self.size, "rss_bytes": rss,
-                "idle_rss_bytes": self.idle_rss, "baseline_rss_bytes": self.baseline_rss, "compression_ratio": None,
-                "memory_source": f"server VmRSS minus that of the same server serving {BASELINE_SIZE >> 10} KiB"}
-
-
-class NbdkitTarget(NbdTarget):
-    def __init__(self, allocator: str, *a):
-        super().__init__(f"nbdkit-{allocator}", *a)
-        self.allocator = allocator
-
-    def command(self, size: int) -> list[str]:
-        return ["nbdkit", "--exit-with-parent", "-f", "-U", str(self.sock), "memory", str(size),
-                f"allocator={self.allocator}"]
-
-    def describe(self) -> str:
-        return f"nbdkit memory {self.size} allocator={self.allocator} (-U SOCKET -f)"
-
-
-class RamsterTarget(NbdTarget):
-    export = "swap"
-
-    def __init__(self, memory: int, *a):
-        super().__init__("ramster", *a)
-        self.memory = memory
-        self.backing = self.tmp / "ramster-swap.backing"
-        self.port = runners.free_port()
-
-    def command(self, size: int) -> list[str]:
-        memory = self.memory if size == self.size else size
-        return [sys.executable, "-m", "ramster.cli", "node", "--memory", str(memory),
-                "--listen", f"unix:{self.sock}", "--export", f"swap:swap:{size}:{self.backing}",
-                "--metrics", f"127.0.0.1:{self.port}", "--log-level", "warning"]
-
-    def _discard_state(self) -> None:
-        self.backing.unlink(missing_ok=True)
-
-    def describe(self) -> str:
-        return (f"ramster node --memory {self.memory} --export swap:swap:{self.size}:BACKING "
-                f"(ramster {__version__}, {sys.executable})")
-
-    def snapshot(self) -> dict:
-        st = runners.get_json(f"http://127.0.0.1:{self.port}/stats", self.proc)
-        rss = runners.rss_bytes(self.proc.pid)
-        c = st["counters"]
-        backing = runners.allocated_bytes(self.backing)
-        frames = c["zcache.pers_pageframes"] + c["zcache.eph_pageframes"]
-        used = rss - self.baseline_rss + backing
-        zpages, zbytes = c["zcache.pers_zpages"], c["zcache.pers_zbytes"]
-        counters = st["exports"]["swap"]["counters"]
-        return {
-            "memory_bytes": used, "memory_per_original_byte": used / self.size, "rss_bytes": rss,
-            "idle_rss_bytes": self.idle_rss, "baseline_rss_bytes": self.baseline_rss,
-            "frames_bytes": frames * PAGE_SIZE,
-            "rss_beyond_frames_bytes": rss - self.baseline_rss - frames * PAGE_SIZE,
-            "backing_file_bytes": backing,
-            "memory_source": f"node VmRSS (the lazily backed arena's frames included) minus that of a node serving "
-                             f"{BASELINE_SIZE >> 10} KiB, + backing file bytes",
-            "compression_ratio": (zpages * PAGE_SIZE + backing) / (zbytes + backing) if zbytes + backing else None,
-            "compression_ratio_in_memory": zpages * PAGE_SIZE / zbytes if zbytes else None,
-            "pers_zpages": zpages, "pers_zbytes": zbytes, "pers_pageframes": c["zcache.pers_pageframes"],
-            "same_filled_pages": c["zcache.same_filled_pages"] + c["zcache.zero_filled_pages"],
-            "compress_poor": c.get("zcache.compress_poor"), "mean_compress_poor": c.get("zcache.mean_compress_poor"),
-            "writtenback_pages": c.get("zcache.writtenback_pages"),
-            "backing_writes": counters.get("backing_writes"), "failed_writes": counters.get("failed_writes"),
-            "nbd_errors": counters.get("errors"), "compressor": st["node"]["compressor"],
-        }
-
-
-class ZramTarget:
-    def __init__(self, tmp: Path, procs: runners.Procs, cpus: dict, size: int):
-        self.name, self.tmp, self.cpus, self.size = "zram", tmp, cpus, size
-        self.dev: runners.ZramDevice | None = None
-
-    def start(self) -> None:
-        self.dev = runners.ZramDevice(self.size, "lz4")
-
-    def stop(self) -> None:
-        if self.dev is not None:
-            self.dev.remove()
-            self.dev = None
-
-    def describe(self) -> str:
-        return f"kernel zram (lz4), {platform.release()}, hot_add + disksize {self.size}"
-
-    def fio_target(self) -> list[str]:
-        return ["--ioengine=libaio", "--direct=1", f"--filename={self.dev.path}"]
-
-    def seqwrite(self, image: Path) -> Measure:
-        return runners.timed(self.cpus["client"], ["dd", f"if={image}", f"of={self.dev.path}",
-                                                   f"bs={REQUEST_SIZE}", "oflag=direct", "status=none"],
-                             self.size, "dd direct")
-
-    def seqread(self) -> Measure:
-        return runners.timed(self.cpus["client"], ["dd", f"if={self.dev.path}", "of=/dev/null",
-                                                   f"bs={REQUEST_SIZE}", "iflag=direct", "status=none"],
-                             self.size, "dd direct to /dev/null")
-
-    def snapshot(self) -> dict:
-        mm = self.dev.mm_stat()
-        used = mm["mem_used_total"]
-        return {"memory_bytes": used, "memory_per_original_byte": used / self.size, "device": self.dev.path.name,
-                "memory_source": "mm_stat mem_used_total",
-                "compression_ratio": mm["orig_data_size"] / mm["compr_data_size"] if mm["compr_data_size"] else None,
-                "mm_stat": mm}
-
-
 # ---- running ------------------------------------------------------------------------------------
 
 def _cpus() -> tuple[dict, str]:
-    allowed = sorted(os.sched_getaffinity(0))
-    server, client = allowed[-1], allowed[0]
+    server, client = common.two_cpus()
     online = os.cpu_count()
     if server == client:
         return ({"server": server, "client": client},
@@ -424,9 +168,9 @@ def _with_server_cpu(t, measure) -> Measure:
     proc = getattr(t, "proc", None)
     if proc is None:  # zram: the kernel works in the client's thread
         return measure()
-    c0 = runners.cpu_seconds(proc.pid)
+    c0 = common.cpu_seconds(proc.pid)
     m = measure()
-    m.server_cpu = (runners.cpu_seconds(proc.pid) - c0) / m.seconds
+    m.server_cpu = (common.cpu_seconds(proc.pid) - c0) / m.seconds
     return m
 
 
@@ -451,8 +195,8 @@ def _run_target(t, image: Path, fio_args: list[str], runtime: int, size: int, pr
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         res.status, res.reason = "failed", f"{type(e).__name__}: {e}" if not isinstance(e, RuntimeError) else str(e)
         log = getattr(t, "log", None)
-        if log is not None and runners.tail(log):
-            res.reason += f" (server log: {runners.tail(log)})"
+        if log is not None and common.tail(log):
+            res.reason += f" (server log: {common.tail(log)})"
     finally:
         t.stop()
     return res
@@ -462,16 +206,8 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> NbdBench:
     targets = args.targets
     files = corpus_files(args.corpus)
     cpus, pinning = _cpus()
-    old_affinity = os.sched_getaffinity(0)
-    tmp = Path(tempfile.mkdtemp(prefix="ramster-bench-nbd-"))
-    procs = runners.Procs()
-
-    def on_sigterm(signum, frame):
-        raise SystemExit(128 + signum)  # unwinds through the finally blocks below
-
-    old_term = signal.signal(signal.SIGTERM, on_sigterm)
     results: list[TargetResult] = []
-    try:
+    with common.workspace("ramster-bench-nbd-") as (tmp, procs):
         progress("building the image from the corpus")
         image = tmp / "image.raw"
         img = build_image(files, args.image_size, image)
@@ -491,15 +227,10 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> NbdBench:
             else:
                 t = NbdkitTarget(name.split("-", 1)[1], tmp, procs, cpus, args.image_size)
             results.append(_run_target(t, image, fio_args, args.runtime, args.image_size, progress))
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        procs.close()
-        os.sched_setaffinity(0, old_affinity)
-        shutil.rmtree(tmp, ignore_errors=True)
-    versions = {"fio": runners.version(["fio", "--version"]), "nbdcopy": runners.version(["nbdcopy", "--version"]),
+    versions = {"fio": common.version(["fio", "--version"]), "nbdcopy": common.version(["nbdcopy", "--version"]),
                 "kernel": platform.release(), "ramster": __version__}
     if any(t in targets for t in ("nbdkit-malloc", "nbdkit-zstd")):
-        versions["nbdkit"] = runners.version(["nbdkit", "--version"])
+        versions["nbdkit"] = common.version(["nbdkit", "--version"])
     settings = {
         "runtime_s": args.runtime, "image_size": args.image_size, "ramster_memory": args.memory,
         "ramster_export": "swap, backing file in the temp dir for the pages zcache refuses (compressed > 3584 B, "
@@ -515,44 +246,34 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> NbdBench:
 
 # ---- output -------------------------------------------------------------------------------------
 
-def _fmt(v, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def _rows(b: NbdBench) -> list[list[str]]:
-    rows = []
-    for t in b.targets:
-        if t.status != "ok":
-            rows.append([t.name, t.status, t.reason] + [""] * (len(HEAD) - 3))
-            continue
-        for wl in WORKLOADS:
-            m = t.workloads.get(wl)
-            if m is None:
-                continue
-            rows.append([t.name, wl, m.tool, _fmt(m.iops, ",.0f"), _fmt(m.mb_s, ",.1f"), _fmt(m.p50_us, ".1f"),
-                         _fmt(m.p99_us, ".1f"), _fmt(m.server_cpu, ".2f"), _fmt(m.client_cpu, ".2f"),
-                         _fmt(b.ratio(t.name, wl, "nbdkit-malloc"), ".2f"),
-                         _fmt(b.ratio(t.name, wl, "zram"), ".2f")])
-    return rows
-
-
 HEAD = ["target", "workload", "client", "IOPS", "MB/s", "p50 µs", "p99 µs", "server CPU", "client CPU",
         "× nbdkit-malloc", "× zram"]
 MEM_HEAD = ["target", "memory after image", "B per orig. B", "compression", "memory at end", "B per orig. B (end)"]
 
 
-def _mem_rows(b: NbdBench) -> list[list[str]]:
+def _tables(b: NbdBench) -> list[common.Table]:
+    t = common.Table("ramster bench nbd — 4 KiB random I/O (fio) and sequential copies of the image", HEAD,
+                     left=("target", "workload", "client"))
+    m = common.Table("memory per original byte, achieved compression", MEM_HEAD)
     mib = lambda v: f"{v / (1 << 20):,.1f} MiB"  # noqa: E731
-    rows = []
-    for t in b.targets:
-        if t.status != "ok":
+    for r in b.targets:
+        if r.status != "ok":
+            t.rows.append([r.name, r.status, r.reason] + [""] * (len(HEAD) - 3))
             continue
-        a, e = t.after_image, t.end
-        rows.append([t.name, mib(a["memory_bytes"]), f"{a['memory_per_original_byte']:.3f}",
-                     _fmt(a.get("compression_ratio"), ".2f") + ("×" if a.get("compression_ratio") else ""),
-                     mib(e["memory_bytes"]), f"{e['memory_per_original_byte']:.3f}"])
-    return rows
+        for wl in WORKLOADS:
+            w = r.workloads.get(wl)
+            if w is not None:
+                t.rows.append([r.name, wl, w.tool, fmt(w.iops, ",.0f"), fmt(w.mb_s, ",.1f"), fmt(w.p50_us, ".1f"),
+                               fmt(w.p99_us, ".1f"), fmt(w.server_cpu, ".2f"), fmt(w.client_cpu, ".2f"),
+                               fmt(b.ratio(r.name, wl, "nbdkit-malloc"), ".2f"), fmt(b.ratio(r.name, wl, "zram"), ".2f")])
+        a, e = r.after_image, r.end
+        m.rows.append([r.name, mib(a["memory_bytes"]), f"{a['memory_per_original_byte']:.3f}",
+                       fmt(a.get("compression_ratio"), ".2f") + ("×" if a.get("compression_ratio") else ""),
+                       mib(e["memory_bytes"]), f"{e['memory_per_original_byte']:.3f}"])
+    return [t, m]
 
+
+# ---- output -------------------------------------------------------------------------------------
 
 def _notes(b: NbdBench) -> list[str]:
     img, fd = b.image, b.fio_data
@@ -573,7 +294,7 @@ def _notes(b: NbdBench) -> list[str]:
     if r is not None:
         a = r.after_image
         notes.append(f"ramster after the image: {a['pers_zpages']} pages in memory "
-                     f"(lz4 ratio {_fmt(a['compression_ratio_in_memory'], '.2f')}) in {a['pers_pageframes']} frames, "
+                     f"(lz4 ratio {fmt(a['compression_ratio_in_memory'], '.2f')}) in {a['pers_pageframes']} frames, "
                      f"{a['backing_file_bytes'] >> 10} KiB in the backing file, RSS beyond frames "
                      f"{a['rss_beyond_frames_bytes'] / (1 << 20):.1f} MiB, written back "
                      f"{a['writtenback_pages']} pages.")
@@ -592,41 +313,13 @@ def _acceptance_lines(b: NbdBench) -> list[str]:
 
 
 def as_markdown(b: NbdBench) -> str:
-    lines = [*_notes(b), "", "| " + " | ".join(HEAD) + " |", "|---|---|---|" + "---:|" * (len(HEAD) - 3)]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(b)]
-    lines += ["", "| " + " | ".join(MEM_HEAD) + " |", "|---|" + "---:|" * (len(MEM_HEAD) - 1)]
-    lines += ["| " + " | ".join(r) + " |" for r in _mem_rows(b)]
-    lines += [""] + [f"- {a}" for a in _acceptance_lines(b)]
-    if b.chart:
-        lines += ["", f"Chart: {b.chart}"]
-    return "\n".join(lines)
+    text = common.markdown(_notes(b), _tables(b), _acceptance_lines(b))
+    return text + (f"\n\nChart: {b.chart}" if b.chart else "")
 
 
 def print_table(b: NbdBench) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Console(width=max(Console().width, 120))
-    for n in _notes(b):
-        out.print(n, highlight=False)
-    t = Table(title="ramster bench nbd — 4 KiB random I/O (fio) and sequential copies of the image")
-    for col in HEAD:
-        t.add_column(col, justify="left" if col in ("target", "workload", "client") else "right")
-    for r in _rows(b):
-        t.add_row(*r)
-    out.print(t)
-    m = Table(title="memory per original byte, achieved compression")
-    for col in MEM_HEAD:
-        m.add_column(col, justify="left" if col == "target" else "right")
-    for r in _mem_rows(b):
-        m.add_row(*r)
-    out.print(m)
-    for line in _acceptance_lines(b):
-        out.print(line, highlight=False)
-    if b.chart:
-        out.print(f"chart: {b.chart}", highlight=False)
-    elif b.chart_note:
-        out.print(f"chart: {b.chart_note}", highlight=False)
+    chart = f"chart: {b.chart}" if b.chart else (f"chart: {b.chart_note}" if b.chart_note else None)
+    common.print_report(_notes(b), _tables(b), _acceptance_lines(b) + ([chart] if chart else []))
 
 
 def write_chart(b: NbdBench, path: Path) -> None:
@@ -706,23 +399,21 @@ def add_parser(bsub) -> None:
 
 
 def _check_tools(targets: list[str]) -> None:
-    runners.require("taskset")
-    runners.require("fio")
+    common.require("taskset")
+    common.require("fio")
     nbd_targets = [t for t in targets if t != "zram"]
     if nbd_targets:
-        runners.require("nbdcopy")
-        r = runners.run(["fio", "--enghelp=nbd"], timeout=30)
+        common.require("nbdcopy")
+        r = common.run(["fio", "--enghelp=nbd"], timeout=30)
         if r.returncode != 0:
             raise ToolError("this fio has no nbd engine (fio --enghelp=nbd fails); install Debian's fio")
     if any(t.startswith("nbdkit") for t in targets):
-        runners.require("nbdkit")
+        common.require("nbdkit")
     if "zram" in targets:
-        runners.require("dd")
+        common.require("dd")
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from ..cli import UserError
     from ..units import parse_size
 
@@ -759,15 +450,10 @@ def main(args: argparse.Namespace) -> int:
         corpus_files(args.corpus)
     except (ToolError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
-    console = Console(stderr=True)
     quiet = (args.json or args.markdown) and not sys.stderr.isatty()
     t0 = time.monotonic()
     try:
-        if quiet:
-            result = run(args)
-        else:
-            with console.status("bench nbd") as status:
-                result = run(args, lambda msg: status.update(f"bench nbd: {msg}"))
+        result = common.with_status("nbd", quiet, lambda progress: run(args, progress))
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise UserError(str(e)) from None
     result.settings["wall_seconds"] = round(time.monotonic() - t0, 1)

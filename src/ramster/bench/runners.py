@@ -1,215 +1,22 @@
-"""Processes for `ramster bench nbd`: pinned servers, fio, nbdcopy, dd, and kernel zram devices.
+"""What `ramster bench nbd` runs against each target: fio jobs, timed copies, and kernel zram devices.
 
-Every child runs in its own session (so its whole process group can be
-killed) and dies with the benchmark (PR_SET_PDEATHSIG), and `Procs.close()`
-terminates whatever is still running, so an error or a SIGTERM half-way
-through leaves nothing behind.
+fio cannot write corpus pages; calibrate_fio() picks the buffer_compress_percentage
+whose data lz4 compresses as much as the benchmark's image.
+
+Each client runs to completion pinned to the client CPU, in its own process
+group (common.run); a Measure is what one workload on one target gave.
 """
 from __future__ import annotations
 
 import json
 import os
-import resource
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-# tool -> the Debian package that provides it
-PACKAGES = {
-    "nbdkit": "nbdkit",
-    "nbdcopy": "libnbd-bin",
-    "fio": "fio",
-    "taskset": "util-linux",
-    "dd": "coreutils",
-}
-
-
-class ToolError(RuntimeError):
-    """Something the benchmark needs is missing or broken; the message is one line for the user."""
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise ToolError(f"{tool} is not installed (Debian package {PACKAGES.get(tool, tool)}: "
-                        f"apt-get install {PACKAGES.get(tool, tool)}, or run scripts/bootstrap.sh)")
-    return path
-
-
-def version(cmd: list[str]) -> str:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return ((r.stdout or r.stderr).strip().splitlines() or ["?"])[0]
-
-
-def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)]
-
-
-def _load_prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-# looked up here, not in the forked child: the progress display runs a thread, and
-# importing in a child forked from a threaded process can deadlock on the import lock
-_PRCTL = _load_prctl()
-
-
-def _child_setup() -> None:
-    """In the child before exec: SIGKILL it if the benchmark itself dies."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _kill_group(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-class Procs:
-    """Long-running children (servers), each stopped by stop() or close(), whatever happened."""
-
-    def __init__(self) -> None:
-        self._procs: list[tuple[subprocess.Popen, object]] = []
-
-    def start(self, cmd: list[str], log_path: Path, cwd: Path) -> subprocess.Popen:
-        out = open(log_path, "wb")
-        try:
-            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                 start_new_session=True, preexec_fn=_child_setup)
-        except BaseException:
-            out.close()
-            raise
-        self._procs.append((p, out))
-        return p
-
-    def stop(self, p: subprocess.Popen, timeout: float = 20) -> None:
-        for i, (q, out) in enumerate(self._procs):
-            if q is p:
-                del self._procs[i]
-                _stop(q, timeout)
-                out.close()
-                return
-
-    def close(self) -> None:
-        for p, _ in self._procs:
-            if p.poll() is None:
-                _kill_group(p, signal.SIGTERM)
-        for p, out in self._procs:
-            _stop(p, 10)
-            out.close()
-        self._procs.clear()
-
-
-def _stop(p: subprocess.Popen, timeout: float) -> None:
-    if p.poll() is None:
-        _kill_group(p, signal.SIGTERM)
-    try:
-        p.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(p, signal.SIGKILL)
-        p.wait()
-    # anything the server left in its group (there should be nothing)
-    _kill_group(p, signal.SIGKILL)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def run(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run a client to completion in its own process group; the group is killed on timeout or error."""
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-                         start_new_session=True, preexec_fn=_child_setup)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except BaseException:
-        _kill_group(p, signal.SIGKILL)
-        p.wait()
-        raise
-    return subprocess.CompletedProcess(cmd, p.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
-
-
-def tail(path: Path, n: int = 3) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def wait_unix_socket(path: Path, proc: subprocess.Popen, log_path: Path, timeout: float = 30) -> None:
-    """Poll until a server accepts connections on `path`; RuntimeError if it exits or never does."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}: {tail(log_path) or 'no output'}")
-        if path.exists():
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                try:
-                    s.connect(str(path))
-                    return
-                except (ConnectionRefusedError, FileNotFoundError):
-                    pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"did not accept connections on {path} within {timeout:.0f} s: {tail(log_path)}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str, proc: subprocess.Popen, timeout: float = 30) -> dict:
-    """GET a JSON document, retrying while the server is starting (its HTTP side binds first)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return json.load(r)
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def allocated_bytes(path: Path) -> int:
-    try:
-        return os.stat(path).st_blocks * 512
-    except FileNotFoundError:
-        return 0
-
+from ..compress import get_codec
+from ..units import PAGE_SIZE
+from .common import children_cpu_seconds, pin, run
 
 # ---- clients ------------------------------------------------------------------------------------
 
@@ -279,6 +86,51 @@ def timed(cpu: int, cmd: list[str], nbytes: int, tool: str, timeout: float = 600
         msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
         raise RuntimeError(f"{cmd[0]} failed (status {r.returncode}): {msg[-1] if msg else '?'}")
     return Measure(tool=tool, seconds=dt, bytes=nbytes, mb_s=nbytes / dt / 1e6, client_cpu=client_cpu / dt)
+
+
+# ---- fio's data: compressing like the image ------------------------------------------------------
+
+def fio_data_args(percent: int) -> list[str]:
+    return [f"--buffer_compress_percentage={percent}", f"--buffer_compress_chunk={PAGE_SIZE}", "--refill_buffers"]
+
+
+def _fio_lz4_ratio(percent: int, cpu: int, tmp: Path) -> float:
+    path = tmp / "fio-data"
+    r = run(pin(cpu) + ["fio", "--name=calibrate", "--ioengine=psync", "--rw=write", "--bs=4k",
+                         "--size=4M", f"--filename={path}", *fio_data_args(percent), "--output-format=json"],
+            timeout=60)
+    try:
+        if r.returncode != 0:
+            raise RuntimeError(f"fio failed writing its test data: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        data = path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+    compress = get_codec("lz4").compress
+    n = len(data) // PAGE_SIZE
+    return n * PAGE_SIZE / sum(min(len(compress(data[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])), PAGE_SIZE)
+                               for i in range(n))
+
+
+def calibrate_fio(target_ratio: float, cpu: int, tmp: Path, forced: int | None) -> dict:
+    """The buffer_compress_percentage whose data lz4 compresses closest to the image."""
+    if forced is not None:
+        percent, ratio = forced, _fio_lz4_ratio(forced, cpu, tmp)
+    else:
+        percent = max(0, min(99, round(100 * (1 - 1 / target_ratio))))
+        ratio = _fio_lz4_ratio(percent, cpu, tmp)
+        tried = {percent: ratio}
+        # fio's random part is incompressible and its zeros nearly free: the ratio rises with the percentage
+        step = 1 if ratio < target_ratio else -1
+        while 0 <= percent + step <= 99 and len(tried) < 8:
+            nxt = percent + step
+            r = _fio_lz4_ratio(nxt, cpu, tmp)
+            tried[nxt] = r
+            if abs(r - target_ratio) >= abs(ratio - target_ratio):
+                break
+            percent, ratio = nxt, r
+    return {"options": " ".join(a.lstrip("-") for a in fio_data_args(percent)), "buffer_compress_percentage": percent,
+            "lz4_ratio": ratio, "image_lz4_ratio": target_ratio,
+            "layout": f"each 4 KiB write: {100 - percent}% fresh random bytes, then zeros"}
 
 
 # ---- kernel zram ---------------------------------------------------------------------------------
