@@ -5,15 +5,19 @@
 #
 #   --test   also what only the test suite needs: QEMU, a Debian kernel,
 #            busybox-static, musl-tools and gcc, for the Linux guest of tests/guest;
-#            prometheus for promtool, which checks a node's /metrics
+#            prometheus for promtool, which checks a node's /metrics; and --bench's
+#   --bench  also what `ramster bench` needs beyond the NBD clients: redis-server,
+#            the baseline of `ramster bench cluster` (redis-py comes with the venv's
+#            bench extra)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-with_tests=0
+with_tests=0 with_bench=0
 for arg in "$@"; do
     case $arg in
-        --test) with_tests=1 ;;
-        *) echo "bootstrap: unknown option $arg (known: --test)" >&2; exit 2 ;;
+        --test) with_tests=1 with_bench=1 ;;  # the test suite runs every benchmark, small
+        --bench) with_bench=1 ;;
+        *) echo "bootstrap: unknown option $arg (known: --test, --bench)" >&2; exit 2 ;;
     esac
 done
 
@@ -31,6 +35,9 @@ fi
 debs=(liblzo2-dev nbdkit libnbd-bin python3-libnbd fio qemu-utils)
 if [[ $py == /usr/bin/python3 ]]; then
     debs+=(python3-venv python3-dev)  # venv's ensurepip, and headers to build python-lzo
+fi
+if ((with_bench)); then
+    debs+=(redis-server)
 fi
 test_debs=()
 if ((with_tests)); then
