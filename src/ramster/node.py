@@ -175,8 +175,7 @@ class Node:
         self.ramster = Ramster(self.zc, self.net, policy)
         for e in self.exports.values():
             if isinstance(e, SwapExport):
-                e.remote = self.ramster
-                e.room_timeout = cl.request_timeout
+                e.attach_remote(self.ramster, cl.request_timeout)
         try:
             await self.net.start(self.ramster.handle, free_frames=self.ramster.free_frames,
                                  on_peer_change=self.ramster.peer_changed)

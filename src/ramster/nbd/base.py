@@ -1,9 +1,21 @@
-"""The interface between the NBD server and what it serves.
+"""The interface between the NBD server and what it serves: the Export.
 
-The server speaks the protocol; an Export says what the bytes are. Every data
-method is a coroutine because some exports (RAMster's remote pages) must wait
-on the network without stopping the server from serving other requests.
-Offsets and lengths reaching an export are already checked against `size`.
+The server speaks the protocol; an Export says what the bytes are. An export
+is a size, the capability flags it honours (they become the transmission
+flags of the handshake, wire.transmission_flags), the block sizes it
+advertises (NBD_INFO_BLOCK_SIZE: `min_block`, `preferred_block`, and
+`max_payload`, the longest READ or WRITE, capped by the server), and one
+method per command. Every data method is a coroutine because some exports
+(RAMster's remote pages) must wait on the network without stopping the
+server from serving other requests; `read_now`/`write_now` are the
+synchronous fast path an export may offer for what it can serve without
+waiting. Offsets and lengths reaching an export are already checked against
+`size`, and its failures are ExportErrors carrying the errno the client gets.
+
+BLOCK_STATUS answers in base:allocation flags: STATE_HOLE (nothing
+allocated) and STATE_ZERO (reads as zeros); HOLE is both, a page never
+written or trimmed. The helpers below (page masks, PageLocks, sync_backing)
+serve the page-based exports (swap.py, cache.py).
 """
 from __future__ import annotations
 
@@ -120,3 +132,22 @@ async def sync_backing(backing, pagemap=None) -> None:
         await loop.run_in_executor(None, backing.fsync)
     if pagemap is not None:
         await loop.run_in_executor(None, pagemap.sync)
+
+
+class PageLocks(dict):
+    """The pages writes hold while they wait on the network: page -> a future set at release.
+
+    A partial write is a read-modify-write; if another write of the same page
+    (its other half, say) ran between the read and the store, the store would
+    put back the old bytes of that half and an acknowledged write would be
+    lost. Being a dict, "is any page held" and "is page p held" cost what a
+    dict costs on the paths that never wait.
+    """
+
+    async def lock(self, p: int) -> None:
+        while (fut := self.get(p)) is not None:
+            await fut
+        self[p] = asyncio.get_running_loop().create_future()
+
+    def unlock(self, p: int) -> None:
+        self.pop(p).set_result(None)

@@ -222,40 +222,6 @@ class NbdConnection:
         events: list[Event] = []
         if self._state == _S_CLOSED or not (data or self.blocked):
             return events
-        self._parse(data, events)
-        return events
-
-    def _feed_handshake(self, data) -> list[Event]:
-        hs = self._handshake
-        events = hs.feed(data)
-        self.blocked = hs.blocked
-        self.structured_replies = hs.structured_replies
-        if hs.closed:
-            self._state = _S_CLOSED
-            self.closed = True
-            self.close_reason = hs.close_reason
-            self._out = hs.take_output()
-            self._handshake = None
-        elif hs.done:
-            self._enter_transmission(hs, events[-1])
-            if hs.rest:
-                self._parse(hs.rest, events)
-        return events
-
-    def _enter_transmission(self, hs: Handshake, ev: Negotiated) -> None:
-        export = ev.export
-        self.export = export
-        self.no_zeroes = hs.no_zeroes
-        self._out = hs.take_output()  # the last option replies go out before any request's
-        self._handshake = None
-        self._size = export.size
-        self._max_payload = hs.max_payload_of(export)
-        self._min_block = max(1, export.min_block)
-        self._tflags = transmission_flags(export, self.structured_replies)
-        self._meta_active = ev.meta_context
-        self._state = _S_REQUEST
-
-    def _parse(self, data, events: list[Event]) -> None:
         self.blocked = False
         if self._buf:
             self._buf += data
@@ -301,6 +267,37 @@ class NbdConnection:
         state = self._state
         self.mid_request = (state == _S_PAYLOAD or state == _S_PAYLOAD_SKIP
                             or (state == _S_REQUEST and partial_header))
+        return events
+
+    def _feed_handshake(self, data) -> list[Event]:
+        hs = self._handshake
+        events = hs.feed(data)
+        self.blocked = hs.blocked
+        self.structured_replies = hs.structured_replies
+        if hs.closed:
+            self._state = _S_CLOSED
+            self.closed = True
+            self.close_reason = hs.close_reason
+            self._out = hs.take_output()
+            self._handshake = None
+        elif hs.done:
+            self._enter_transmission(hs, events[-1])
+            if hs.rest:
+                events += self.feed(hs.rest)
+        return events
+
+    def _enter_transmission(self, hs: Handshake, ev: Negotiated) -> None:
+        export = ev.export
+        self.export = export
+        self.no_zeroes = hs.no_zeroes
+        self._out = hs.take_output()  # the last option replies go out before any request's
+        self._handshake = None
+        self._size = export.size
+        self._max_payload = hs.max_payload_of(export)
+        self._min_block = max(1, export.min_block)
+        self._tflags = transmission_flags(export, self.structured_replies)
+        self._meta_active = ev.meta_context
+        self._state = _S_REQUEST
 
     def _close(self, events: list[Event], reason: str, graceful: bool = False) -> None:
         self._state = _S_CLOSED

@@ -1,4 +1,18 @@
-"""A RAM disk export: the simplest complete Export, used by tests and demos."""
+"""A RAM disk export: the simplest complete Export (`ramster ramdisk`, the protocol tests).
+
+The disk is one bytearray of `size` bytes, shared by every connection (so
+CAN_MULTI_CONN holds), and beside it one state byte per 4096-byte block, in
+base:allocation flag values so BLOCK_STATUS can report them as they are:
+
+    0                        data: written since it was last trimmed
+    STATE_ZERO               written with zeroes (WRITE_ZEROES): allocated, reads as zero
+    STATE_HOLE | STATE_ZERO  never written, or trimmed
+
+Only whole blocks change state on TRIM and WRITE_ZEROES (the tail block of
+the disk counts as whole); a partial one keeps its state, and its bytes are
+zeroed where asked. BLOCK_STATUS finds the end of a run of one state with a
+regular expression over the state bytes, so a long run costs one C scan.
+"""
 from __future__ import annotations
 
 import re

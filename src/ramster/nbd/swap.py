@@ -6,16 +6,34 @@ current version is in exactly one of three places, and the export always
 knows which:
 
     memory     frontswap holds it (compressed, zero-filled, huge, or on a peer)
-    the file   the backing file (the swap disk) holds it at p * PAGE_SIZE
-    nowhere    its last write failed: `lost`, reads fail with EIO
+    the file   the swap disk (storage/swapdisk.py) holds it at p * PAGE_SIZE
+    nowhere    its last write failed: it is in `lost`, and reads fail with EIO
+               until it is written or trimmed again, so stale or zero data is
+               never passed off as current
 
-With a backing file, the page-state map (storage/pagemap.py) records the
-same thing in the file itself, so that a restart reads each page from the
-file only if the file's copy is current.
+Without a backing file every page is accepted (incompressible ones are kept
+as they are, zram's "huge" pages), only a full budget refuses a write
+(ENOSPC, and the page is lost), and nothing survives a restart. With one,
+refused stores and the ouroboros writeback (storage/writeback.py, which
+reaches the swap disk directly) put the page in the file, and the page-state
+map in the file (storage/pagemap.py) records where each current version is:
+a FLUSH (or FUA) makes file and map durable; after kill -9 or a crash a page
+reads its last acknowledged version from the file, or EIO if that version
+lived only in memory or on peers, never an older one; a clean stop first
+writes every page from memory to the file, so after it nothing is lost.
 
-Requests work in 4 KiB pages; a request that does not cover whole pages is
-a read-modify-write on the partial pages at either end, under the page's
-write lock (`_busy`) when it must wait on the network. Everything runs on the
+Reads do not take pages out of tmem (the node's Frontswap has
+exclusive_gets=False). The kernel's exclusive gets rely on frontswap's
+per-slot bit and on re-dirtying the page so it is stored again on the next
+swap-out; a block device has neither: its client may read a block any number
+of times and expects it to stay, and an exclusive get followed by a re-store
+would cost a compression per read and could fail under pressure, losing the
+only copy. Pages leave memory when the client says they are dead: the kernel
+discards freed swap slots (`swapon --discard=pages`), which arrive as TRIM.
+
+Requests work in 4 KiB pages; a request that does not cover whole pages is a
+read-modify-write on the partial pages at either end, under the page's write
+lock (`_busy`) when it must wait on the network. Everything runs on the
 node's one event loop and touches zcache synchronously (no await between
 looking at a page and changing it), so requests never see each other's
 half-done pages. Only fsync leaves the loop, for a thread.
@@ -35,7 +53,8 @@ from ..storage.pagemap import FILE, LOST, MEMORY
 from ..storage.swapdisk import SwapDisk
 from ..storage.writeback import SwapWriteback
 from ..units import PAGE_SHIFT, PAGE_SIZE
-from .base import HOLE, PAGE_MASK, STATE_ZERO, YIELD_EVERY, Export, ExportCounters, ExportError, sync_backing
+from .base import (HOLE, PAGE_MASK, STATE_ZERO, YIELD_EVERY, Export, ExportCounters, ExportError, PageLocks,
+                   sync_backing)
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 # Pages looked at by one BLOCK_STATUS call; the reply may cover less than asked (proto.md).
@@ -55,35 +74,7 @@ class SwapCounters(ExportCounters):
 
 
 class SwapExport(Export):
-    """A swap device: frontswap stores into the node's persistent pool, one swap type per export.
-
-    Reads do not take pages out of tmem (the node's Frontswap has
-    exclusive_gets=False). The kernel's exclusive gets rely on frontswap's
-    per-slot bit and on re-dirtying the page so it is stored again on the next
-    swap-out; a block device has neither: its client may read a block any
-    number of times and expects it to stay. An exclusive get followed by a
-    re-store would cost a compression per read and could fail under pressure,
-    losing the only copy. Pages leave memory when the client says they are
-    dead: the kernel discards freed swap slots (`swapon --discard=pages`)
-    and the discard arrives here as TRIM.
-
-    Without a backing file, every page is accepted (incompressible ones are
-    kept as they are, zram's "huge" pages) and only a full budget refuses a
-    write, with ENOSPC; such a page is recorded as lost: reads of it fail
-    with EIO until it is written or trimmed again, so stale or zero data is
-    never passed off as current. Nothing survives a restart: the export
-    starts empty. With a backing file, refused stores and the ouroboros
-    writeback put the page in the file at its offset, and a page-state map
-    in the file (storage/pagemap.py) says which pages' current version the
-    file holds:
-
-    - a FLUSH (or FUA) makes the file and the map durable;
-    - after kill -9 or a crash, a page reads its last acknowledged version
-      from the file, or EIO if that version lived only in memory (or on
-      peers), never an older version;
-    - SIGTERM (a clean stop) first writes every page from memory to the
-      file, so after it nothing is lost.
-    """
+    """A swap device: frontswap stores into the node's persistent pool, one swap type per export."""
 
     can_fast_zero = True
 
@@ -117,14 +108,18 @@ class SwapExport(Export):
         self._file_errors = self.disk.errors if self.disk is not None else Throttled(log)
         self._refusals = Throttled(log, logging.WARNING)
         self._read_errors = Throttled(log)
-        self._busy: dict[int, asyncio.Future] = {}  # pages a write holds across an await
-        # RAMster (remote/ramster.py) when the node runs in a cluster: remote pages
-        # are fetched through it, and a store that finds memory full waits for it
-        # to move frames to peers before giving up.
-        self.remote = None
+        self._busy = PageLocks()  # pages a write holds across an await
+        self.remote = None  # attach_remote
         self.room_timeout = 5.0
         if writeback is not None and self.disk is not None:
             writeback.register(self._pool, swap_type, self.disk)
+
+    def attach_remote(self, remote, room_timeout: float) -> None:
+        """The node runs in a RAMster cluster (remote/ramster.py): pages on peers are
+        fetched through `remote`, and a store that finds memory full waits up to
+        `room_timeout` seconds for it to move frames to peers before giving up."""
+        self.remote = remote
+        self.room_timeout = room_timeout
 
     # ---- one page -------------------------------------------------------------------
 
@@ -170,21 +165,6 @@ class SwapExport(Export):
             if page is not None:
                 return page
             # the slot changed while the fetch was on the wire: look again
-
-    async def _lock_page(self, p: int) -> None:
-        """Hold page p against other writes while this one waits on the network.
-
-        A partial write is a read-modify-write; if another write of the same page
-        (its other half, say) ran between the read and the store, the store would
-        put back the old bytes of that half and an acknowledged write would be lost.
-        """
-        busy = self._busy
-        while (fut := busy.get(p)) is not None:
-            await fut
-        busy[p] = asyncio.get_running_loop().create_future()
-
-    def _unlock_page(self, p: int) -> None:
-        self._busy.pop(p).set_result(None)
 
     async def _store_async(self, p: int, page) -> bool:
         """Store one whole page; False if nothing took it (the page is then lost).
@@ -349,11 +329,11 @@ class SwapExport(Export):
             if type(data) is not bytes:
                 data = bytes(data)
             p = offset >> PAGE_SHIFT
-            await self._lock_page(p)
+            await self._busy.lock(p)
             try:
                 ok = await self._store_async(p, data)
             finally:
-                self._unlock_page(p)
+                self._busy.unlock(p)
             if not ok:
                 raise ExportError(errno.ENOSPC, self._no_room())
         else:
@@ -371,7 +351,7 @@ class SwapExport(Export):
         while offset < end:
             s = offset & PAGE_MASK
             n = min(PAGE_SIZE - s, end - offset)
-            await self._lock_page(p)
+            await self._busy.lock(p)
             try:
                 if n == PAGE_SIZE:
                     ok = await self._store_async(p, bytes(mv[pos:pos + PAGE_SIZE]))
@@ -386,7 +366,7 @@ class SwapExport(Export):
                         page[s:s + n] = mv[pos:pos + n]
                         ok = await self._store_async(p, bytes(page))
             finally:
-                self._unlock_page(p)
+                self._busy.unlock(p)
             if not ok:
                 failed = errno.ENOSPC
             offset += n
