@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ramster.nbd import wire as P
-from ramster.nbd.handshake import MAX_OPTION_DATA
 from ramster.nbd.base import ExportError
-from ramster.nbd.ramdisk import MemoryExport
+from ramster.nbd.handshake import MAX_OPTION_DATA
 from ramster.nbd.protocol import Close, NbdConnection, ProtocolError, REQUEST_COST, Request, UNLIMITED
+from ramster.nbd.ramdisk import MemoryExport
 
 SIZE = 64 * 1024
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

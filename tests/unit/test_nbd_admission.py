@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from ramster.nbd import wire as P
 from ramster.nbd.handshake import MAX_HANDSHAKE_OUTPUT
-from ramster.nbd.ramdisk import MemoryExport
 from ramster.nbd.protocol import NbdConnection, REQUEST_COST, Request, UNLIMITED
+from ramster.nbd.ramdisk import MemoryExport
 
 SIZE = 1 << 20
 MAX = 64 * 1024
