@@ -1,13 +1,38 @@
-"""One ramster node: a Zcache served as NBD exports, with metrics, on one asyncio loop.
+"""One ramster node: a Zcache served as NBD exports (and, in a cluster, to peers) on one asyncio loop.
 
     cfg = ramster.config.build(memory="256M")
     sys.exit(run(cfg))
 
-All exports share one Zcache and so one budget: swap exports store into
-frontswap's persistent pool, cache exports into a cleancache pool each, and
-a persistent put may eat an ephemeral frame but never the reverse. A swap
-export with a backing file takes the LRU persistent frames when the budget
-runs short (the writeback sink).
+What a node is made of, each part built once, in this order, and given what
+it uses when it is built (nothing is plugged in by assignment afterwards):
+
+    SwapWriteback                  storage: where zcache's evicted swap pages go; built
+                                   first because Zcache takes it at construction
+    Zcache(memory, codec, sink)    the one budget every export and peer shares
+      Frontswap                    one persistent pool for every swap export
+      Cleancache                   one ephemeral pool per cache export
+      PeerNetwork + Ramster        only in a cluster: Ramster hooks itself into the
+                                   Zcache (zc.attach_remote) when it is built
+    exports, by config order       SwapExport(frontswap, swap type = its number, backing
+                                   file, writeback); in a cluster it may wait for RAMster
+                                   to make room (attach_remote). CacheExport(cleancache,
+                                   disk image)
+
+Nothing above holds a socket. `start()` binds them, metrics first (so a busy
+port fails before any NBD client connected), then the NBD listeners, then
+the peer port; `stop()` undoes it the other way: the NBD server drains the
+requests in flight and closes the exports, the writeback sink is closed,
+RAMster and the peer connections stop, and the backing files are fsynced.
+
+Everything runs on the one loop `serve()` runs on, with no threads: every
+zcache operation is synchronous (a put or get never awaits), so the loop
+itself serialises them and the engine needs no locks. Only network and disk
+waits are awaits.
+
+All exports share the budget: a persistent put may eat an ephemeral frame
+but never the reverse, and when it runs short a swap export with a backing
+file takes the LRU persistent frames (the writeback sink) while, in a
+cluster, RAMster moves pages to peers.
 """
 from __future__ import annotations
 
@@ -37,8 +62,8 @@ class Node:
         self.config = config
         # a ramster.remote.clusterconf.ClusterConfig: this node is one of a RAMster cluster
         self.cluster = cluster
-        self.net = None
-        self.ramster = None
+        self.net = None  # a ramster.remote.peer.PeerNetwork, in a cluster
+        self.ramster = None  # the ramster.remote.ramster.Ramster hooked into self.zc, in a cluster
         self.started = time.time()
         # the sink first: Zcache hands it the pages it evicts; swap exports register their disks in it
         self.writeback = SwapWriteback(unswiz)
@@ -55,6 +80,8 @@ class Node:
         self.server = None
         self.metrics = None
         self.addresses: list[str] = []
+        if cluster is not None:
+            self.net, self.ramster = self._cluster(cluster)
         try:
             for number, e in enumerate(config.exports):
                 # a swap export's page map lays out its file itself (it must look before anything grows it)
@@ -67,12 +94,29 @@ class Node:
                     except (PageMapError, OSError) as err:
                         raise ConfigError(f"export {e.name!r}: cannot use backing file {e.backing}: "
                                           f"{getattr(err, 'strerror', None) or err}") from None
+                    if self.ramster is not None:
+                        exp.attach_remote(self.ramster, cluster.request_timeout)
                 else:
                     exp = CacheExport(e.name, e.size, self.cleancache, backing)
                 self.exports[e.name] = exp
         except BaseException:
             self._close_files()
             raise
+
+    def _cluster(self, cl):
+        """The peer network and the RAMster that serves it, for ClusterConfig `cl`."""
+        from .remote.peer import PeerNetwork
+        from .remote.ramster import Ramster, RemotifyPolicy
+
+        policy = RemotifyPolicy(persistent=cl.persistent, ephemeral=cl.ephemeral,
+                                targets=tuple(t.number for t in cl.targets),
+                                replicas=min(cl.replicas, len(cl.targets)),
+                                selfshrink=cl.selfshrink)
+        try:
+            net = PeerNetwork(cl, compressor=self.config.compressor)
+        except OSError as err:  # the TLS files (checked when the cluster file was read) went bad since
+            raise ConfigError(f"cannot use the cluster's TLS files: {_oserror_text(err)}") from None
+        return net, Ramster(self.zc, net, policy)
 
     def _open_backing(self, e, grow: bool) -> BackingFile:
         try:
@@ -163,19 +207,7 @@ class Node:
             await self._start_cluster()
 
     async def _start_cluster(self) -> None:
-        from .remote.peer import PeerNetwork
-        from .remote.ramster import Ramster, RemotifyPolicy
-
         cl = self.cluster
-        policy = RemotifyPolicy(persistent=cl.persistent, ephemeral=cl.ephemeral,
-                                targets=tuple(t.number for t in cl.targets),
-                                replicas=min(cl.replicas, len(cl.targets)),
-                                selfshrink=cl.selfshrink)
-        self.net = PeerNetwork(cl, compressor=self.config.compressor)
-        self.ramster = Ramster(self.zc, self.net, policy)
-        for e in self.exports.values():
-            if isinstance(e, SwapExport):
-                e.attach_remote(self.ramster, cl.request_timeout)
         try:
             await self.net.start(self.ramster.handle, free_frames=self.ramster.free_frames,
                                  on_peer_change=self.ramster.peer_changed)
