@@ -100,43 +100,129 @@ def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
 
 
 class NodeProcess:
-    def __init__(self, tmp: Path, *args: str):
-        self.sock = tmp / "nbd.sock"
+    """One `ramster node` process: NBD on a Unix socket in its own directory, /stats and
+    /metrics on a free loopback port, its output in node.out and node.err there.
+
+    Started and waited for at construction unless start=False. start() and wait_ready()
+    start it again on the same directory, socket and ports (a restart), the logs appended
+    after a marker line. stop() sends SIGCONT first, so a paused node sees its SIGTERM.
+    Subclasses change command() (the fault suite's nodes rewrite their cluster file on
+    every start)."""
+
+    stats_timeout = 10.0
+
+    def __init__(self, dir: Path, *args: str, name: str = "node", start: bool = True, timeout: float = 30.0):
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.args = list(args)
+        self.sock = self.dir / "nbd.sock"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.stdout_path, self.stderr_path = tmp / "node.out", tmp / "node.err"
-        cmd = [*RAMSTER, "node", "--listen", f"unix:{self.sock}", "--metrics", f"127.0.0.1:{self.port}", *args]
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=tmp)
-        self._wait_ready()
+        self.stdout_path, self.stderr_path = self.dir / "node.out", self.dir / "node.err"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.paused = False
+        if start:
+            self.start()
+            self.wait_ready(time.monotonic() + timeout)
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        # poll the NBD socket and the metrics endpoint until both answer
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def command(self) -> list[str]:
+        return [*RAMSTER, "node", "--listen", f"unix:{self.sock}", "--metrics", f"127.0.0.1:{self.port}", *self.args]
+
+    def start(self) -> None:
+        """Start the process; wait_ready() waits for it."""
+        assert not self.alive(), f"node {self.name} is running"
+        self.starts += 1
+        mode = "wb" if self.starts == 1 else "ab"
+        with open(self.stdout_path, mode) as out, open(self.stderr_path, mode) as err:
+            if self.starts > 1:
+                err.write(f"==== start #{self.starts} at {time.monotonic():.3f} ====\n".encode())
+                err.flush()
+            # its own session: a Ctrl-C meant for pytest does not reach the node
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         cwd=self.dir, start_new_session=True)
+        self.paused = False
+
+    def wait_ready(self, deadline: float | None = None) -> None:
+        """Until the NBD socket answers with the greeting and /stats answers (or the node exits)."""
+        if deadline is None:
+            deadline = time.monotonic() + 30.0
+        while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}: {self.stderr()}")
+                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(str(self.sock))
                     s.settimeout(5)
-                    assert s.recv(8) == b"NBDMAGIC"
-                with urllib.request.urlopen(self.url + "/stats", timeout=5) as r:
-                    json.load(r)
+                    s.connect(str(self.sock))
+                    if s.recv(8) != b"NBDMAGIC":
+                        raise OSError("no NBD greeting")
+                self.stats()
                 return
-            except (OSError, AssertionError):
-                time.sleep(0.05)
-        raise RuntimeError(f"node not ready after {timeout}s: {self.stderr()}")
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.name} not ready in time:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def uri(self, export: str) -> str:
         return f"nbd+unix:///{export}?socket={self.sock}"
 
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url + "/stats", timeout=10) as r:
+    def stats(self, timeout: float | None = None) -> dict:
+        with urllib.request.urlopen(self.url + "/stats", timeout=timeout or self.stats_timeout) as r:
             return json.load(r)
 
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
+    def counters(self) -> dict:
+        return self.stats()["counters"]
 
-    def stop(self) -> int:
-        return stop_process(self.proc, timeout=30)
+    def peer(self, name: str) -> dict:
+        return next(p for p in self.stats()["peers"] if p["name"] == name)
+
+    def wait_for(self, predicate, what: str, timeout: float = 30) -> dict:
+        """Poll /stats until predicate(stats) holds; AssertionError with the stats and the log if not in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.stats()
+            if predicate(s):
+                return s
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.name}: {what} did not happen in {timeout} s; "
+                                     f"stats={json.dumps(s)[:2000]}\nlog:\n{self.log_tail()}")
+            time.sleep(0.05)  # a poll interval, not synchronisation: the predicate decides
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.stderr().splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.paused = False
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGCONT + SIGTERM (a clean stop: requests in flight finish, files are synced), SIGKILL
+        if it does not end in time; its exit status (None if it never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+        return stop_process(self.proc, timeout)

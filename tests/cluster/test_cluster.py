@@ -1,7 +1,6 @@
 """RAMster between real `ramster node` processes on loopback, driven through their NBD exports."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import free_port, need, need_nbd
+from support import NodeProcess, free_port, need, need_nbd
 from pages import image
 
 pytestmark = pytest.mark.interop
@@ -45,68 +44,12 @@ def write_config(tmp: Path, names: list[str], replicas: int = 1, **extra) -> Pat
     return path
 
 
-class Node:
-    def __init__(self, tmp: Path, config: Path, name: str, memory: str, *exports: str, secret_dir: Path | None = None):
-        self.name = name
-        self.dir = tmp / name
-        self.dir.mkdir(exist_ok=True)
-        self.sock = self.dir / "nbd.sock"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [*RAMSTER, "node", "--config", str(config), "--name", name, "--memory", memory,
-               "--listen", f"unix:{self.sock}", "--metrics", f"127.0.0.1:{self.port}", "--log-level", "debug"]
-        for e in exports:
-            cmd += ["--export", e]
-        self.err = open(self.dir / "node.err", "wb")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, cwd=self.dir)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.name} exited: {self.stderr()}")
-            try:
-                self.stats()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"node {self.name} not ready: {self.stderr()}")
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url + "/stats", timeout=10) as r:
-            return json.load(r)
-
-    def counters(self) -> dict:
-        return self.stats()["counters"]
-
-    def uri(self, export: str) -> str:
-        return f"nbd+unix:///{export}?socket={self.sock}"
-
-    def stderr(self) -> str:
-        return (self.dir / "node.err").read_text(errors="replace")
-
-    def wait_for(self, predicate, what: str, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.stats()
-            if predicate(s):
-                return s
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {self.name}: {what} did not happen; stats={json.dumps(s)[:2000]}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.err.close()
-        return self.proc.returncode
+def Node(tmp: Path, config: Path, name: str, memory: str, *exports: str) -> NodeProcess:
+    """Node `name` of the cluster file, in tmp/name, logging at debug level."""
+    args = ["--config", str(config), "--name", name, "--memory", memory, "--log-level", "debug"]
+    for e in exports:
+        args += ["--export", e]
+    return NodeProcess(tmp / name, *args, name=name)
 
 
 @pytest.fixture

@@ -46,29 +46,8 @@ def write_toml(path: Path, names, public, addresses, **cluster) -> Path:
     return path
 
 
-class Node(NodeProcess):
-    def __init__(self, tmp: Path, config: Path, name: str, memory: str, *args: str):
-        d = tmp / name
-        d.mkdir(exist_ok=True)
-        self.name = name
-        super().__init__(d, "--config", str(config), "--name", name, "--memory", memory, *args)
-
-    def counters(self) -> dict:
-        return self.stats()["counters"]
-
-    def peer(self, name: str) -> dict:
-        return next(p for p in self.stats()["peers"] if p["name"] == name)
-
-    def wait_for(self, predicate, what: str, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            s = self.stats()
-            if predicate(s):
-                return s
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {self.name}: {what} did not happen; stats={json.dumps(s)[:2000]}\n"
-                                     f"log:\n{self.stderr()[-3000:]}")
-            time.sleep(0.05)  # a poll interval, not synchronisation: the predicate decides
+def Node(tmp: Path, config: Path, name: str, memory: str, *args: str) -> NodeProcess:
+    return NodeProcess(tmp / name, "--config", str(config), "--name", name, "--memory", memory, *args, name=name)
 
 
 @pytest.fixture

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ramster.remote.keys import node_keys
-from support import free_port
+from support import RAMSTER, NodeProcess, free_port
 
 from .proxy import LinkProxy, ProxyLoop
 
-RAMSTER = [sys.executable, "-m", "ramster.cli"]
 # Small timeouts keep pauses short: a pause longer than idle_timeout costs a few seconds.
 FAST_TIMEOUTS = {"request_timeout": 1.0, "keepalive": 0.25, "idle_timeout": 2.0,
                  "reconnect_delay": 0.1, "reconnect_max": 0.5}
@@ -146,115 +141,43 @@ class ClusterFiles:
 
 # ---- node processes ----------------------------------------------------------------------------------
 
-class NodeProc:
-    """One `ramster node`: started, killed, paused, restarted on the same files and ports."""
+class NodeProc(NodeProcess):
+    """One node of the cluster: started, killed, paused, restarted on the same files and ports.
+
+    Not started at construction (Cluster.start() starts nodes side by side, then waits);
+    every start writes this node's copy of the cluster file again, and may take another
+    compressor (a node restarted with other settings)."""
+
+    stats_timeout = STATS_TIMEOUT
 
     def __init__(self, files: ClusterFiles, spec: NodeDef):
         self.files = files
         self.spec = spec
-        self.name = spec.name
-        self.dir = files.dir(spec.name)
-        self.sock = self.dir / "nbd.sock"
-        self.metrics_port = free_port()
-        self.url = f"http://127.0.0.1:{self.metrics_port}"
-        self.proc: subprocess.Popen | None = None
-        self.err_path = self.dir / "node.err"
-        self.starts = 0
-        self.paused = False
+        self.compressor = spec.compressor
+        super().__init__(files.dir(spec.name), name=spec.name, start=False)
 
-    def command(self, compressor: str | None = None) -> list[str]:
+    def command(self) -> list[str]:
         s = self.spec
         cmd = [*RAMSTER, "node", "--config", str(self.files.write(s.name)), "--name", s.name,
                "--memory", s.memory, "--listen", f"unix:{self.sock}",
-               "--metrics", f"127.0.0.1:{self.metrics_port}", "--log-level", "info"]
-        comp = compressor or s.compressor
-        if comp:
-            cmd += ["--compressor", comp]
+               "--metrics", f"127.0.0.1:{self.port}", "--log-level", "info"]
+        if self.compressor:
+            cmd += ["--compressor", self.compressor]
         for e in s.exports:
             cmd += ["--export", e]
         return cmd + list(s.args)
 
     def start(self, compressor: str | None = None) -> None:
         """Start the process (wait_ready() waits for it); the log is appended across restarts."""
-        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
-        self.starts += 1
-        with open(self.err_path, "ab") as err:
-            err.write(f"==== start #{self.starts} at {time.monotonic():.3f} ====\n".encode())
-            err.flush()
-            self.proc = subprocess.Popen(self.command(compressor), stdout=subprocess.DEVNULL, stderr=err,
-                                         cwd=self.dir, start_new_session=True)
-        self.paused = False
-
-    def wait_ready(self, deadline: float) -> None:
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.sock.exists():
-                try:
-                    self.stats()
-                    return
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node {self.name} not ready in time:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stats(self, timeout: float = STATS_TIMEOUT) -> dict:
-        with urllib.request.urlopen(self.url + "/stats", timeout=timeout) as r:
-            return json.load(r)
-
-    def counters(self) -> dict:
-        return self.stats()["counters"]
-
-    def peer(self, name: str) -> dict:
-        return next(p for p in self.stats()["peers"] if p["name"] == name)
-
-    def uri(self, export: str) -> str:
-        return f"nbd+unix:///{export}?socket={self.sock}"
-
-    # ---- nemeses' hands ----------------------------------------------------------------------
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.paused = False
-
-    def pause(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
+        self.compressor = compressor or self.spec.compressor
+        super().start()
 
     def terminate(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (a clean stop: in-flight requests finish, the swap disk gets every page); kill if slow."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.paused = False
-        return self.proc.returncode
+        return self.stop(timeout)
 
     def log(self) -> str:
-        try:
-            return self.err_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return self.stderr()
 
 
 class Cluster:
