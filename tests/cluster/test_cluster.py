@@ -146,7 +146,7 @@ def test_metrics_and_stats_show_peers(tmp_path, nodes):
     with urllib.request.urlopen(a.url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     assert 'ramster_peer_connected{peer="b"} 1.0' in text
-    assert "ramster_ramster_pers_pages_remoted_total" in text and "ramster_peer_rtt_seconds" in text
+    assert 'ramster_pages_remoted_total{pool="pers"}' in text and "ramster_peer_rtt_seconds" in text
     r = run(*RAMSTER, "stats", "--url", a.url)
     assert r.returncode == 0 and "peers" in r.stdout and "connected" in r.stdout and "RAMster" in r.stdout
 

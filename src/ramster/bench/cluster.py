@@ -392,7 +392,7 @@ async def _bench(args, pages, payloads, tmp: Path, procs: common.Procs, client, 
 
 
 def run(args: argparse.Namespace, progress=lambda msg: None) -> ClusterResult:
-    b_cpu, a_cpu = common.two_cpus()
+    a_cpu, b_cpu = common.two_cpus()  # A (remotify, gets, the Redis client) works hardest: the last CPU
     if a_cpu == b_cpu:
         pinning = (f"only CPU {a_cpu} is available: node A (this process, also the Redis client), node B and "
                    f"redis-server all share it (taskset -c {b_cpu}); {os.cpu_count()} CPUs online")
