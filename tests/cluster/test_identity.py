@@ -167,7 +167,7 @@ def test_nodes_with_different_compressors_are_refused_and_no_page_moves(tmp_path
     assert st["counters"]["ramster.compressor_mismatches"] >= 2 and st["peers"][0]["refused"] >= 2
     with urllib.request.urlopen(a.url + "/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    assert "ramster_ramster_compressor_mismatches_total" in text
+    assert "ramster_compressor_mismatches_total" in text
     assert sb["counters"]["ramster.handshakes_refused"] >= 2
 
 

@@ -449,7 +449,7 @@ def add_parser(bsub) -> None:
                    help=f"frames per remotify_batch() call (default {FRAMES_PER_BATCH}, the worker's)")
     c.add_argument("--time-cap", type=float, default=120.0, metavar="S",
                    help="stop a remotify run after S seconds (default 120)")
-    c.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus)")
+    c.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus, else synthetic pages with its mix)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     c.add_argument("--markdown", action="store_true", help="print a Markdown table (for BENCHMARKS.md)")
     c.set_defaults(func=main)

@@ -386,7 +386,7 @@ def add_parser(bsub) -> None:
                    help=f"seconds per fio job (default {DEFAULT_RUNTIME})")
     p.add_argument("--targets", type=_targets, default=list(TARGETS), metavar="LIST",
                    help=f"comma-separated, run in this order (default {','.join(TARGETS)})")
-    p.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus)")
+    p.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus, else synthetic pages with its mix)")
     p.add_argument("--fio-compress-percentage", type=int, metavar="P",
                    help="fio's buffer_compress_percentage (default: chosen so that lz4 compresses fio's data "
                         "like the image)")

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
         "against a floor loop that only compresses into an arena and decompresses from it. Also fills a small "
         "budget to measure Python metadata bytes per stored page and zbud density.",
     )
-    e.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus)")
+    e.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus, else synthetic pages with its mix)")
     e.add_argument("--compressor", nargs="+", metavar="NAME", help="compressors to run (default: all: lz4 lzo zstd zlib)")
     e.add_argument("--pages", type=int, metavar="N", help="use at most N pages of each file")
     e.add_argument("--repeat", type=int, default=3, metavar="R", help="timed runs; the best is kept (default 3)")
