@@ -29,7 +29,7 @@ def boot(guest_image, node, tmp_path) -> vm.GuestRun:
 
 
 def check_guest(run: vm.GuestRun, *nodes) -> None:
-    logs = "\n".join(f"--- node {n.name} (last lines)\n{n.output()[-2000:]}" for n in nodes)
+    logs = "\n".join(f"--- node {n.name} (last lines)\n{n.stderr()[-2000:]}" for n in nodes)
     assert run.passed, f"{run.verdict()}\n--- guest console (last lines)\n{run.tail()}\n{logs}"
     assert run.vmstat.get("pswpout", 0) >= MIN_SWAPPED_OUT, f"the guest hardly swapped: {run.vmstat}"
 
@@ -37,7 +37,7 @@ def check_guest(run: vm.GuestRun, *nodes) -> None:
 def check_stopped_cleanly(*nodes) -> None:
     for n in nodes:
         status = n.stop()
-        out = n.output()
+        out = n.stderr()
         assert "Traceback" not in out, f"node {n.name} logged a traceback:\n{out[-5000:]}"
         assert status == 0, f"node {n.name} exited with {status} on SIGTERM:\n{out[-3000:]}"
 
