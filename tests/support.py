@@ -41,6 +41,8 @@ PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
     "redis-server": "redis-server",
     "taskset": "util-linux",
+    "mount": "mount",
+    "umount": "mount",
     "openssl": "openssl",
     "promtool": "prometheus",
 }

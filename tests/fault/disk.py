@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from support import need
+
 from .env import require
 
 
@@ -14,6 +16,7 @@ class SmallDisk:
 
     def __init__(self, path: Path, size: str = "24m"):
         require(os.geteuid() == 0, "mounting a tmpfs needs root")
+        need("mount", "umount")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(self.path)],
