@@ -27,6 +27,10 @@ This allocator is single-threaded: the seed's try-locks become plain checks.
 Element access to an array costs CPython about twice a list's, so the put path
 touches as few of them as it can: class and state share one byte, and a free
 frame is all zeroes, so a new frame writes only what differs.
+
+The allocator is one file of a little over 500 lines on purpose: the lists,
+the LRU, the zombie set and the byte of class and state must change together,
+and `check()` states their invariants in one place.
 """
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ written in three files by what the methods are for: this one (the front-ends'
 door, the put and get paths, the pamops tmem calls), zcache_reclaim.py
 (making room: ouroboros, shrinking, writeback) and zcache_remote.py (what
 RAMster asks of this node). A page that lives on a peer is an expected
-outcome: the synchronous gets return ON_PEER for it (pampd.py).
+outcome: the synchronous gets return ON_PEER for it (pampd.py). This file
+is a little over 500 lines because the put path is inlined into `put_page`
+(a call per page costs more than the engine's whole budget allows).
 
 Zcache is single-threaded by design (one asyncio loop per node); guard it
 with a lock if several threads share one.

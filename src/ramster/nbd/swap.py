@@ -36,7 +36,9 @@ read-modify-write on the partial pages at either end, under the page's write
 lock (`_busy`) when it must wait on the network. Everything runs on the
 node's one event loop and touches zcache synchronously (no await between
 looking at a page and changing it), so requests never see each other's
-half-done pages. Only fsync leaves the loop, for a thread.
+half-done pages. Only fsync leaves the loop, for a thread. The export is one
+file (about 500 lines) because the three places above and the page locks are
+one invariant: every path that moves a page between them is read side by side.
 """
 from __future__ import annotations
 
