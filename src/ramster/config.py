@@ -6,6 +6,7 @@
     listen = ["127.0.0.1:10809", "unix:/run/ramster.sock"]
     metrics = "127.0.0.1:9105"          # "off" disables the HTTP endpoint
     log_level = "info"
+    log_format = "text"                 # text | json | logfmt (see ramster.logsetup)
 
     [[node.export]]
     name = "swap"
@@ -28,10 +29,11 @@ from pathlib import Path
 
 from . import compress
 from .frames import MAX_FRAMES
+from .logsetup import FORMATS as LOG_FORMATS
+from .logsetup import LEVELS as LOG_LEVELS
 from .units import PAGE_SIZE, format_size, parse_address, parse_size
 
 KINDS = ("swap", "cache")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LISTEN = "127.0.0.1:10809"
 DEFAULT_METRICS = "127.0.0.1:9105"
 DEFAULT_MEMORY_CAP = 1 << 30
@@ -43,7 +45,7 @@ MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 # The longest export name NBD clients must accept (proto.md: SHOULD <= 256 bytes).
 MAX_NAME_BYTES = 256
 
-_NODE_KEYS = ("memory", "compressor", "listen", "metrics", "log_level", "export")
+_NODE_KEYS = ("memory", "compressor", "listen", "metrics", "log_level", "log_format", "export")
 _EXPORT_KEYS = ("name", "kind", "size", "backing")
 
 
@@ -112,6 +114,7 @@ class NodeConfig:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     metrics: str | None = DEFAULT_METRICS  # None: no metrics endpoint
     log_level: str = "info"
+    log_format: str = "text"
     exports: list[ExportConfig] = field(default_factory=list)
     source: Path | None = None  # the TOML file it came from, if any
 
@@ -182,6 +185,7 @@ def build(
     exports: list[str] | None = None,
     metrics: str | None = None,
     log_level: str | None = None,
+    log_format: str | None = None,
 ) -> NodeConfig:
     """The defaults, overridden by the file, overridden by flags; validated."""
     node: dict = {}
@@ -225,6 +229,12 @@ def build(
             raise ConfigError(f"invalid log level {lvl!r}")
         cfg.log_level = lvl.lower()
 
+    fmt = pick(log_format, "log_format")
+    if fmt is not None:
+        if not isinstance(fmt, str):
+            raise ConfigError(f"invalid log format {fmt!r}")
+        cfg.log_format = fmt.lower()
+
     if exports:
         cfg.exports = [parse_export_spec(s) for s in exports]
     elif file_exports:
@@ -247,6 +257,8 @@ def validate(cfg: NodeConfig) -> None:
         raise ConfigError(f"unknown compressor {cfg.compressor!r}; choose one of: {', '.join(compress.NAMES)}")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {cfg.log_level!r}; choose one of: {', '.join(LOG_LEVELS)}")
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"unknown log format {cfg.log_format!r}; choose one of: {', '.join(LOG_FORMATS)}")
     if not cfg.listen:
         raise ConfigError("nothing to listen on: give at least one --listen address")
     for a in cfg.listen:

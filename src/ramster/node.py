@@ -43,7 +43,7 @@ import signal
 import sys
 import time
 
-from . import __version__
+from . import __version__, logsetup, sdnotify
 from .config import DEFAULT_METRICS, ConfigError, NodeConfig
 from .frontends import Cleancache, Frontswap
 from .frontends.frontswap import unswiz
@@ -55,6 +55,9 @@ from .units import PAGE_SIZE, format_address, format_size, parse_address
 from .zcache import Zcache
 
 log = logging.getLogger("ramster.node")
+
+# how often `systemctl status` hears how full the budget is, when a service manager listens
+STATUS_INTERVAL = 10.0
 
 
 class Node:
@@ -239,25 +242,54 @@ class Node:
         caught: list[str] = []
 
         def on_signal(sig: signal.Signals) -> None:
+            if not caught:  # the manager hears of the stop at once, before the drain
+                sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight, syncing backing files")
             caught.append(sig.name)
             stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        status = None
         try:
             await self.start()
             log.info("node started: %s memory, %s, %d export(s)", format_size(self.config.memory),
                      self.config.compressor, len(self.exports))
             print(self.banner(), file=out, flush=True)
+            sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
+            if sdnotify.enabled():
+                status = asyncio.create_task(self._report_status(stop))
             await stop.wait()
             log.info("%s received: stopping", caught[0])
             await self.stop()
             log.info("node stopped")
             return 0
         finally:
+            if status is not None:
+                status.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             self._close_files()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: where it serves and how full the budget is."""
+        c = self.zc.stats()
+        frames = c["zcache.eph_pageframes"] + c["zcache.pers_pageframes"]
+        budget = c["zcache.max_pageframes"]
+        pages = c["zcache.eph_zpages"] + c["zcache.pers_zpages"]
+        where = ", ".join(self.addresses) or "nothing"
+        line = (f"{len(self.exports)} export(s) on {where}; {pages} pages in {format_size(frames * PAGE_SIZE)} "
+                f"of {format_size(budget * PAGE_SIZE)} ({100 * frames // max(budget, 1)}%)")
+        if self.net is not None:
+            peers = self.net.peers()
+            line += f"; {sum(p.connected for p in peers)} of {len(peers)} peer(s) up"
+        return line
+
+    async def _report_status(self, stop: asyncio.Event, interval: float = STATUS_INTERVAL) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except asyncio.TimeoutError:
+                sdnotify.status(self.status_line())
 
     def banner(self) -> str:
         lines = [f"ramster node {__version__}: {format_size(self.config.memory)} of memory "
@@ -299,13 +331,8 @@ def _oserror_text(err: Exception) -> str:
     return str(err)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-
-
 def run(config: NodeConfig, cluster=None) -> int:
     """Run a node in this process until a signal stops it."""
-    setup_logging(config.log_level)
+    logsetup.configure(config.log_format, config.log_level)
     node = Node(config, cluster)
     return asyncio.run(node.serve())

@@ -29,7 +29,7 @@ def test_defaults():
     assert cfg.memory == min(GiB, ram // 4) // 4096 * 4096
     assert cfg.listen == ["127.0.0.1:10809"]
     assert cfg.metrics == "127.0.0.1:9105"
-    assert cfg.log_level == "info"
+    assert cfg.log_level == "info" and cfg.log_format == "text"
     assert cfg.compressor == "lz4"
     assert cfg.exports == [ExportConfig("swap", "swap", 2 * cfg.memory, None)]
 
@@ -69,6 +69,7 @@ compressor = "zstd"
 listen = ["127.0.0.1:10900", "unix:/tmp/x.sock"]
 metrics = "off"
 log_level = "DEBUG"
+log_format = "JSON"
 
 [[node.export]]
 name = "swap"
@@ -87,15 +88,15 @@ backing = "disk.img"
     assert cfg.compressor == "zstd"
     assert cfg.listen == ["127.0.0.1:10900", "unix:/tmp/x.sock"]
     assert cfg.metrics is None
-    assert cfg.log_level == "debug"
+    assert cfg.log_level == "debug" and cfg.log_format == "json"
     # relative backing paths are beside the file, not the working directory
     assert cfg.exports == [ExportConfig("swap", "swap", GiB, tmp_path / "swap.img"),
                            ExportConfig("disk", "cache", 8 << 20, tmp_path / "disk.img")]
 
     cfg = build(p, memory="64M", compressor="LZ4", listen=["127.0.0.1:1"], exports=["s:swap:4M"],
-                metrics="127.0.0.1:0", log_level="warning")
-    assert (cfg.memory, cfg.compressor, cfg.listen, cfg.metrics, cfg.log_level) == (
-        64 << 20, "lz4", ["127.0.0.1:1"], "127.0.0.1:0", "warning")
+                metrics="127.0.0.1:0", log_level="warning", log_format="logfmt")
+    assert (cfg.memory, cfg.compressor, cfg.listen, cfg.metrics, cfg.log_level, cfg.log_format) == (
+        64 << 20, "lz4", ["127.0.0.1:1"], "127.0.0.1:0", "warning", "logfmt")
     assert cfg.exports == [ExportConfig("s", "swap", 4 << 20, None)]
 
 
@@ -138,6 +139,7 @@ def test_missing_config_file(tmp_path):
     (dict(metrics="unix:/tmp/m.sock"), "invalid metrics address"),
     (dict(metrics="nowhere"), "invalid metrics address"),
     (dict(log_level="loud"), "unknown log level"),
+    (dict(log_format="xml"), "unknown log format 'xml'; choose one of: text, json, logfmt"),
 ])
 def test_validation_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:

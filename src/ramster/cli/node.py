@@ -13,7 +13,7 @@ import argparse
 
 from .. import compress
 from . import UserError
-from ..config import DEFAULT_LISTEN, DEFAULT_METRICS, LOG_LEVELS, ConfigError, build
+from ..config import DEFAULT_LISTEN, DEFAULT_METRICS, LOG_FORMATS, LOG_LEVELS, ConfigError, build
 
 DESCRIPTION = """\
 Run a ramster node: one process holding a compressed-memory budget (zcache +
@@ -86,6 +86,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"HTTP address for /metrics and /stats, or \"off\" (default: {DEFAULT_METRICS})")
     p.add_argument("--log-level", metavar="LEVEL", type=str.lower,
                    help=f"one of {', '.join(LOG_LEVELS)} (default: info)")
+    p.add_argument("--log-format", metavar="FORMAT", type=str.lower,
+                   help=f"stderr lines as {', '.join(LOG_FORMATS)}: json is one object per line "
+                        "(ts, level, logger, msg, ...) for journald or Loki (default: text)")
     p.set_defaults(func=main)
     return p
 
@@ -95,7 +98,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         cfg = build(args.config, memory=args.memory, compressor=args.compressor, listen=args.listen,
-                    exports=args.exports, metrics=args.metrics, log_level=args.log_level)
+                    exports=args.exports, metrics=args.metrics, log_level=args.log_level,
+                    log_format=args.log_format)
         cluster = _cluster(args.config, args.name)
         return run(cfg, cluster)
     except ConfigError as e:
