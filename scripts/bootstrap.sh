@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Create or refresh .venv and install everything ramster and its tests need:
-# Debian packages (liblzo2-dev for python-lzo; the real NBD clients the tests
-# drive) and the Python package itself in editable mode.
+# Create or refresh .venv with ramster in editable mode, and the Debian packages it uses.
+# Without flags: what a node needs (python3-venv) and the NBD clients README's examples use
+# (libnbd-bin: nbdinfo, nbdcopy; qemu-utils: qemu-img; curl), and ramster's runtime
+# Python dependencies only.
 #
-#   --test   also what only the test suite needs: QEMU, a Debian kernel,
-#            busybox-static, musl-tools and gcc, for the Linux guest of tests/guest;
-#            prometheus for promtool, which checks a node's /metrics; and --bench's
-#   --bench  also what `ramster bench` needs beyond the NBD clients: redis-server,
-#            the baseline of `ramster bench cluster` (redis-py comes with the venv's
-#            bench extra)
+#   --lzo    the lzo compressor: python-lzo, built from source (gcc, liblzo2-dev, python3-dev)
+#   --bench  what `ramster bench` needs: redis-server (the cluster baseline), nbdkit and fio
+#            (the NBD benchmark), and the bench extra (redis-py, matplotlib)
+#   --test   what the test suite needs: --bench and --lzo, the test extra (pytest,
+#            hypothesis), libnbd's Python binding, and for the Linux guest of tests/guest
+#            QEMU, a Debian kernel, busybox-static, musl-tools and gcc; prometheus for
+#            promtool, which checks a node's /metrics
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-with_tests=0 with_bench=0
+with_tests=0 with_bench=0 with_lzo=0
 for arg in "$@"; do
     case $arg in
-        --test) with_tests=1 with_bench=1 ;;  # the test suite runs every benchmark, small
+        --test) with_tests=1 with_bench=1 with_lzo=1 ;;  # the test suite runs every benchmark, small
         --bench) with_bench=1 ;;
-        *) echo "bootstrap: unknown option $arg (known: --test, --bench)" >&2; exit 2 ;;
+        --lzo) with_lzo=1 ;;
+        *) echo "bootstrap: unknown option $arg (known: --test, --bench, --lzo)" >&2; exit 2 ;;
     esac
 done
 
@@ -32,15 +35,26 @@ if [[ -z $py ]]; then
     fi
 fi
 
-debs=(liblzo2-dev nbdkit libnbd-bin python3-libnbd fio qemu-utils)
+debs=(libnbd-bin qemu-utils curl)
+extras=()
 if [[ $py == /usr/bin/python3 ]]; then
-    debs+=(python3-venv python3-dev)  # venv's ensurepip, and headers to build python-lzo
+    debs+=(python3-venv)  # venv's ensurepip
+fi
+if ((with_lzo)); then
+    debs+=(liblzo2-dev gcc)
+    if [[ $py == /usr/bin/python3 ]]; then
+        debs+=(python3-dev)
+    fi
+    extras+=(lzo)
 fi
 if ((with_bench)); then
-    debs+=(redis-server)
+    debs+=(redis-server nbdkit fio)
+    extras+=(bench)
 fi
 test_debs=()
 if ((with_tests)); then
+    debs+=(python3-libnbd)
+    extras+=(test)
     test_debs=(qemu-system-x86 linux-image-cloud-amd64 busybox-static musl-tools gcc  # musl-gcc runs gcc
                prometheus)  # Debian ships promtool only in the server's package
 fi
@@ -80,7 +94,11 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "$want" > .venv/.interpreter
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test,bench]"
+spec=.
+if ((${#extras[@]})); then
+    spec=".[$(IFS=,; echo "${extras[*]}")]"
+fi
+.venv/bin/python -m pip install -q -e "$spec"
 
 # python3-libnbd is Debian-only: expose just its two files to the venv.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -90,3 +108,4 @@ for f in /usr/lib/python3/dist-packages/nbd.py /usr/lib/python3/dist-packages/li
     [[ -e $f ]] && ln -sf "$f" "$nbddir/"
 done
 echo "$nbddir" > "$site/debian-libnbd.pth"
+echo "bootstrap: ready: .venv/bin/ramster (or \`. .venv/bin/activate\`, then \`ramster\`)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything, then run ramster (arguments go to `ramster`; default: `ramster node`).
+# Install what a node needs (scripts/bootstrap.sh, no test or bench packages), then run
+# ramster: the arguments go to `ramster` (default: `ramster node`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh

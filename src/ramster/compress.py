@@ -32,6 +32,10 @@ def _lz4() -> Codec:
     )
 
 
+# Compressors whose library is an optional extra: the one line a user sees when it is missing.
+_EXTRAS = {"lzo": "python-lzo is not installed: pip install 'ramster[lzo]', or run scripts/bootstrap.sh --lzo"}
+
+
 def _lzo() -> Codec:
     import lzo
 
@@ -80,5 +84,18 @@ def get_codec(name: str) -> Codec:
         raise ValueError(f"unknown compressor {name!r}; choose one of: {', '.join(NAMES)}")
     try:
         return factory()
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ValueError(f"compressor {name!r} is not installed ({e.name} missing)") from e
+    except ImportError as e:
+        why = _EXTRAS.get(name.lower(), f"{e.name} is not installed")
+        raise ValueError(f"compressor {name.lower()!r} is not available: {why}") from None
+
+
+def available() -> tuple[str, ...]:
+    """The compressors this installation can run (lzo is an optional extra)."""
+    out = []
+    for name in NAMES:
+        try:
+            get_codec(name)
+        except ValueError:
+            continue
+        out.append(name)
+    return tuple(out)

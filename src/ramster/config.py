@@ -255,6 +255,10 @@ def validate(cfg: NodeConfig) -> None:
                           f"(at most {format_size(MAX_FRAMES * PAGE_SIZE)})")
     if cfg.compressor not in compress.NAMES:
         raise ConfigError(f"unknown compressor {cfg.compressor!r}; choose one of: {', '.join(compress.NAMES)}")
+    try:
+        compress.get_codec(cfg.compressor)
+    except ValueError as e:  # a known compressor whose optional library is missing
+        raise ConfigError(str(e)) from None
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {cfg.log_level!r}; choose one of: {', '.join(LOG_LEVELS)}")
     if cfg.log_format not in LOG_FORMATS:

@@ -21,7 +21,7 @@ import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..compress import NAMES, get_codec
+from ..compress import available, get_codec
 from ..zcache import Zcache
 from ..units import PAGE_SIZE
 from .corpus import corpus_files, load_pages
@@ -138,7 +138,7 @@ def _metadata(pages: list[bytes], name: str) -> tuple[float, int, int, int, floa
 
 def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | None, repeat: int, progress=None) -> list[EngineResult]:
     files = corpus_files(corpus)
-    names = compressors or list(NAMES)
+    names = compressors or list(available())
     for nm in names:
         get_codec(nm)  # fail early with the list of choices
     results = []

@@ -24,7 +24,7 @@ def start_redis(procs: common.Procs, tmp: Path, cpu: int, timeout: float = 20):
     try:
         import redis
     except ImportError:
-        raise ToolError("redis-py is not installed (pip install 'ramster[bench]', or run scripts/bootstrap.sh)") \
+        raise ToolError("redis-py is not installed (pip install 'ramster[bench]', or run scripts/bootstrap.sh --bench)") \
             from None
     server = common.require("redis-server")
     port = common.free_port()

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
         "budget to measure Python metadata bytes per stored page and zbud density.",
     )
     e.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus, else synthetic pages with its mix)")
-    e.add_argument("--compressor", nargs="+", metavar="NAME", help="compressors to run (default: all: lz4 lzo zstd zlib)")
+    e.add_argument("--compressor", nargs="+", metavar="NAME", help="compressors to run (default: every installed one of lz4 lzo zstd zlib)")
     e.add_argument("--pages", type=int, metavar="N", help="use at most N pages of each file")
     e.add_argument("--repeat", type=int, default=3, metavar="R", help="timed runs; the best is kept (default 3)")
     e.add_argument("--cpu", type=int, metavar="N", help="CPU to pin to (default: the last one)")
@@ -60,7 +60,7 @@ def _engine(args: argparse.Namespace) -> int:
     try:
         files = corpus_files(args.corpus)
         pinning = engine.pin_to_cpu(args.cpu)
-        names = args.compressor or list(engine.NAMES)
+        names = args.compressor or list(engine.available())
         for nm in names:
             engine.get_codec(nm)
     except (FileNotFoundError, ValueError) as e:
