@@ -205,6 +205,17 @@ _gauge("zcache.outstanding_writeback_pages", "zcache_outstanding_writeback_pages
        "Persistent pages on their way to a backing file now, a gauge.")
 _counter("zcache.writtenback_pages", "zcache_writtenback_pages",
          "Persistent pages moved from memory to a backing file to make room.")
+# zram's verbs, on the operator's word (zcache_reclaim.py)
+_counter("zcache.marked_idle", "zcache_marked_idle_pages",
+         "Pages marked idle by the operator (zram's idle mark), summed over every mark.")
+_gauge("zcache.idle_pages", "zcache_idle_pages",
+       "Pages held in frames not read, written or hit since the last idle mark, a gauge.")
+_counter("zcache.written_back_idle", "zcache_written_back_idle_pages",
+         "Idle persistent pages the operator's writeback moved to a backing file.")
+_counter("zcache.written_back_huge", "zcache_written_back_huge_pages",
+         "Uncompressed persistent pages the operator's writeback moved to a backing file.")
+_counter("zcache.dropped_idle", "zcache_dropped_idle_pages",
+         "Idle ephemeral pages the operator's writeback dropped (their file holds them).")
 _gauge("zcache.zero_filled_pages", "zcache_zero_filled_pages",
        "Pages stored now as all zeros, taking no frame, a gauge.")
 _gauge("zcache.same_filled_pages", "zcache_same_filled_pages",

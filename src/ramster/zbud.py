@@ -22,14 +22,20 @@ Lists, per class (EPH, PERS):
   and removal is one store. Stale entries are skipped at the head and the queue
   is compacted when they outnumber the live ones.
 - zombie: a dict used as an ordered set (rare: remotify and writeback only).
+- idle (zram's `echo all > idle`): `idle_mark[c]` is the LRU position that
+  was next when the frames were marked. Every put and touch re-stamps its
+  frame at the tail, so a frame is idle while its stamp is below the mark
+  and no get has set its byte in `seen` since: the put path pays nothing,
+  and a get pays one store only while a mark is in force. Compaction
+  renumbers the stamps and moves the mark with them, so the order holds.
 
 This allocator is single-threaded: the seed's try-locks become plain checks.
 Element access to an array costs CPython about twice a list's, so the put path
 touches as few of them as it can: class and state share one byte, and a free
 frame is all zeroes, so a new frame writes only what differs.
 
-The allocator is one file of a little over 500 lines on purpose: the lists,
-the LRU, the zombie set and the byte of class and state must change together,
+The allocator is one file of a little under 600 lines on purpose: the lists,
+the LRU and its idle mark, the zombie set and the byte of class and state must change together,
 and `check()` states their invariants in one place.
 """
 from __future__ import annotations
@@ -84,6 +90,7 @@ class Zbud:
         self.unevictable = bytearray()
         self.ubpos = array("i")  # position of a frame's zbudref in its unbuddied stack
         self.stamp = array("q")
+        self.seen = bytearray()  # 1: a page of the frame was read since the idle mark
         self.nodes = 0
         self._grow(NSENTINELS + nframes)
         self.bitmap = [0, 0]  # bit i set: unbuddied[i] of that class is not empty
@@ -92,6 +99,7 @@ class Zbud:
         self.lru_head = [0, 0]  # index of the first possibly-live entry
         self.lru_base = [0, 0]  # absolute position of lru[c][0]
         self.zombies: list[dict[int, None]] = [{}, {}]
+        self.idle_mark = [0, 0]  # frames stamped below it (and not seen) are idle
         # statistics (SPEC §3.9), indexed by class
         # Only cumulative and freed totals move on the hot paths; the current
         # zbytes/zpages are their difference (see zbytes()/zpages()).
@@ -113,6 +121,7 @@ class Zbud:
         self.unevictable.extend(bytes(extra))
         self.ubpos.frombytes(bytes(4 * extra))
         self.stamp.frombytes(b"\xff" * (8 * extra))  # -1: not on an LRU
+        self.seen.extend(bytes(extra))
         self.nodes = nodes
 
     def ensure_frames(self, nframes: int) -> None:
@@ -173,6 +182,10 @@ class Zbud:
         stamp, state, want = self.stamp, self.state, LIVE | c << CLASS_SHIFT
         live = array("i", (n for i, n in enumerate(q) if stamp[n] == base + i and state[n] == want))
         newbase = base + len(q)  # positions are never reused, so old stamps stay stale
+        # the idle mark keeps its place in the order: after the live frames stamped below it
+        cut = min(len(q), self.idle_mark[c] - base)
+        self.idle_mark[c] = newbase + sum(1 for i in range(self.lru_head[c], cut)
+                                          if stamp[q[i]] == base + i and state[q[i]] == want)
         for i, n in enumerate(live):
             stamp[n] = newbase + i
         self.lru[c] = live
@@ -386,6 +399,14 @@ class Zbud:
         n = self._lru_first_evictable(EPH)
         if not n:
             return 0, [], 0, 0
+        return self._evict(n)
+
+    def evict_pageframe(self, n: int) -> tuple[int, list[tuple], int, int]:
+        """evict_pageframe_lru for the ephemeral frame n (an idle one), wherever it is on the LRU."""
+        self.stamp[n] = -1
+        return self._evict(n)
+
+    def _evict(self, n: int) -> tuple[int, list[tuple], int, int]:
         self._unlink_live(n)
         self.state[n] |= DYING
         buds = self._read_buds(n, False)
@@ -413,6 +434,14 @@ class Zbud:
         n = self._lru_first_evictable(c)
         if not n:
             return []
+        return self._zombify(c, n, with_data)
+
+    def make_zombie(self, n: int, with_data: bool = True) -> list[tuple]:
+        """make_zombie_lru for frame n (an idle one), wherever it is on the LRU."""
+        self.stamp[n] = -1
+        return self._zombify(self.state[n] >> CLASS_SHIFT, n, with_data)
+
+    def _zombify(self, c: int, n: int, with_data: bool) -> list[tuple]:
         self._unlink_live(n)
         self.state[n] |= ZOMBIE
         self.zombies[c][n] = None
@@ -427,6 +456,40 @@ class Zbud:
         if not (s0 and s1):
             self._ub_add(c, (n << 1) | (not s0), nchunks(s0 or s1))
         self._lru_add_tail(c, n)
+
+    # ---- idleness -------------------------------------------------------------------------
+
+    def mark_idle(self) -> int:
+        """Mark every frame now on an LRU idle; returns the pages they hold."""
+        self.seen[:] = bytes(len(self.seen))
+        for c in (EPH, PERS):
+            self.idle_mark[c] = self.lru_base[c] + len(self.lru[c])
+        return sum(self.frame_zpages(n) for c in (EPH, PERS) for n in self.idle_frames(c))
+
+    def idle_and_evictable(self, n: int) -> bool:
+        """Whether frame n is still idle (on its LRU, untouched since the mark) and not
+        pinned, so it may leave: checked again for each frame as a writeback goes."""
+        st = self.state[n]
+        c = st >> CLASS_SHIFT
+        return (st == LIVE | c << CLASS_SHIFT and 0 <= self.stamp[n] < self.idle_mark[c]
+                and not self.seen[n] and not self.unevictable[n])
+
+    def idle_frames(self, c: int) -> list[int]:
+        """The idle frames of class c, least recently used first: they are the LRU's
+        live entries below the mark, so the walk stops there."""
+        q = self.lru[c]
+        base = self.lru_base[c]
+        stamp, state, seen = self.stamp, self.state, self.seen
+        want = LIVE | c << CLASS_SHIFT
+        out = []
+        for i in range(self.lru_head[c], min(len(q), self.idle_mark[c] - base)):
+            n = q[i]
+            if stamp[n] == base + i and state[n] == want and not seen[n]:
+                out.append(n)
+        return out
+
+    def frame_zpages(self, n: int) -> int:
+        return (self.sizes[n << 1] > 0) + (self.sizes[(n << 1) | 1] > 0)
 
     # ---- statistics -------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from .pampd import HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE,
 from .tmem import INDEX_LIMIT, LOCAL_CLIENT, MAX_POOLS_PER_CLIENT, OID_LIMIT, Pool, Tmem, TmemError
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
-from .zcache_reclaim import Reclaim
+from .zcache_reclaim import RECLAIM_COUNTERS, Reclaim
 from .zcache_remote import RemoteDoor
 
 # the codec a node uses unless told otherwise (peers must agree on it)
@@ -109,6 +109,14 @@ class Zcache(Reclaim, RemoteDoor):
         self.huge_taken: dict[int, tuple[Pool, int, int]] = {}
         self.huge_pages = 0
         self.huge_pages_max = 0
+        # zram's idle mark (zcache_reclaim.py): zbud frames keep theirs in zbud's
+        # stamps and `seen`, which a get sets only while a mark is in force; huge
+        # frames marked and not read since are in _huge_idle
+        self._idle_marked = False
+        self._seen = self.zbud.seen
+        self._huge_idle: set[int] = set()
+        for name in RECLAIM_COUNTERS:
+            setattr(self, name, 0)
         self._fill_ids: dict[bytes, int] = {}
         self._fills: list[bytes | None] = []
         self._fill_refs: list[int] = []
@@ -290,6 +298,8 @@ class Zcache(Reclaim, RemoteDoor):
         s["zcache.same_filled_pages"] = self.same_filled_pages
         s["zcache.huge_pages"] = self.huge_pages
         s["zcache.huge_pages_max"] = self.huge_pages_max
+        s.update((f"zcache.{k}", getattr(self, k)) for k in RECLAIM_COUNTERS)
+        s["zcache.idle_pages"] = self.idle_pages()
         s["zcache.pageframes_alloced"] = self.arena.pageframes_alloced
         s["zcache.pageframes_freed"] = self.arena.pageframes_freed
         s["zcache.max_pageframes"] = self.arena.budget
@@ -418,6 +428,7 @@ class Zcache(Reclaim, RemoteDoor):
         f = HUGE_BASE - p
         if self.huge_lru.pop(f, None) is None:
             del self.huge_taken[f]
+        self._huge_idle.discard(f)
         self.arena.free(f)
         self.huge_pages -= 1
         if pool.client_id != LOCAL_CLIENT:
@@ -432,6 +443,8 @@ class Zcache(Reclaim, RemoteDoor):
 
     def get_data(self, p: int, pool: Pool):
         if p > 0:
+            if self._idle_marked:
+                self._seen[p >> 1] = 1
             data = self._decompress(self.zbud.payload(p))
             if len(data) != PAGE_SIZE:
                 raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
@@ -441,6 +454,8 @@ class Zcache(Reclaim, RemoteDoor):
         if p > HUGE_BASE:
             return self._fills[SAME_FILLED_BASE - p] * 512
         if p > REMOTE_BASE:
+            if self._huge_idle:
+                self._huge_idle.discard(HUGE_BASE - p)
             return self._huge_page(p)
         return ON_PEER
 

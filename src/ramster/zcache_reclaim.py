@@ -13,7 +13,29 @@ from pages rather than give frames to them. Three ways, cheapest first:
   sink took is flushed; a frame whose pages it refused goes back to the LRU
   tail with them. Huge frames go first: no decompression, a frame per page;
 - shrink the budget (`set_max_pageframes`) or follow the caller's LRU sizes
-  (`shrink`, the seed's shrinker) with the two above.
+  (`shrink`, the seed's shrinker) with the two above;
+- on the operator's word, as zram's `idle` and `writeback` files: mark every
+  page held now idle (`mark_idle`), then send the idle ones, or the huge ones,
+  to the sink (`writeback_idle`, `writeback_huge`).
+
+Idleness is kept per frame, not per page, where the LRU already keeps its
+order: zbud's frames by their LRU stamp against a mark (zbud.py), huge frames
+in a set of the frames marked, left by a get and by a free. A zbud frame is
+one unit of memory, so a read of either of its pages makes both not idle,
+and a frame whose pages the sink refused goes back to the LRU tail and is
+idle again only at the next mark. Same-filled and zero pages hold no frame,
+and pages on a peer hold no memory here: marking them would free nothing,
+so they are not counted.
+
+What leaving memory means depends on the pool. A persistent page exists
+nowhere else, so it leaves only once the sink has acknowledged it (the trust
+contract: a copy is dropped only after its replacement is acknowledged), and
+a page the sink refuses or has no place for stays. An ephemeral page is a
+clean copy of what a file below already holds (cleancache's contract: it may
+vanish at any time), so "writing it back" is dropping it: the same act as
+ouroboros, done to idle frames rather than to the LRU frame. zram has no such
+pages; dropping them is how the operator's "move the cold pages out of
+memory" applies to them.
 
 It works on Zcache's arena, zbud, tmem, huge_lru/huge_taken and counters;
 nothing outside Zcache calls the private methods here.
@@ -23,6 +45,10 @@ from __future__ import annotations
 from .pampd import HUGE_BASE
 from .tmem import LOCAL_CLIENT, Pool
 from .zbud import EPH, HANDLE_SIZE, PERS
+
+
+# the counters of the operator's writeback verbs, "zcache." in stats()
+RECLAIM_COUNTERS = ("marked_idle", "written_back_idle", "written_back_huge", "dropped_idle")
 
 
 class Reclaim:
@@ -69,6 +95,99 @@ class Reclaim:
             self.writeback_lru(nr_writeback, self.writeback_sink)
         return max(0, self.zbud.pageframes[EPH] - (active_file + inactive_file))
 
+    # ---- zram's verbs: idle, writeback ---------------------------------------------------------
+
+    def mark_idle(self) -> int:
+        """Mark every page held now idle, as zram's `echo all > idle`; a later get
+        or put of the page or of its frame's buddy, or a hit, makes it not idle.
+        Returns the pages marked."""
+        marked = self.zbud.mark_idle()
+        self._huge_idle = set(self.huge_lru)
+        marked += len(self._huge_idle)
+        self._idle_marked = True
+        self.marked_idle += marked
+        return marked
+
+    def idle_pages(self) -> int:
+        """Pages still idle since the last mark (walks the marked part of the LRUs)."""
+        if not self._idle_marked:
+            return 0
+        zbud = self.zbud
+        n = sum(zbud.frame_zpages(f) for c in (EPH, PERS) for f in zbud.idle_frames(c))
+        return n + sum(1 for f in self._huge_idle if f in self.huge_lru)
+
+    def writeback_idle(self, max_pages: int | None = None) -> int:
+        """Move the idle pages out of memory, as zram's `echo idle > writeback`:
+        ephemeral frames are dropped (cheapest: no I/O), then huge persistent
+        pages and then zbud ones are written to the sink, least recently used
+        first. Returns the pages that left memory, at most `max_pages`; an
+        ephemeral frame goes whole or not at all."""
+        left = _page_budget(max_pages)
+        done = 0
+        zbud = self.zbud
+        for n in zbud.idle_frames(EPH):
+            k = zbud.frame_zpages(n)
+            if k > left - done:
+                break
+            if not zbud.idle_and_evictable(n):
+                continue
+            self.arena.free(self._drop_eph_frame(*zbud.evict_pageframe(n)))
+            self.dropped_idle += k
+            done += k
+        sink = self.writeback_sink
+        if sink is None:
+            return done
+        huge = [f for f in self.huge_lru if f in self._huge_idle]
+        n = self._write_back_huge_frames(huge, sink, left - done)
+        self.written_back_idle += n
+        done += n
+        accepts = getattr(sink, "accepts", None)
+        for f in zbud.idle_frames(PERS):
+            if done >= left:
+                break
+            if not zbud.idle_and_evictable(f):
+                continue
+            n, kept = self._write_back_buds(zbud.make_zombie(f, with_data=False), sink, accepts, left - done)
+            if kept:
+                zbud.revive_zombie(f)
+            self.written_back_idle += n
+            done += n
+        self.arena.release_free_frames()
+        return done
+
+    def writeback_huge(self, max_pages: int | None = None) -> int:
+        """Write the huge pages (stored raw, a frame each) to the sink, least recently
+        stored first, as zram's `echo huge > writeback`. Returns pages written."""
+        limit = _page_budget(max_pages)
+        if self.writeback_sink is None:
+            return 0
+        n = self._write_back_huge_frames(list(self.huge_lru), self.writeback_sink, limit)
+        self.written_back_huge += n
+        self.arena.release_free_frames()
+        return n
+
+    def _write_back_huge_frames(self, frames: list[int], sink, limit: int) -> int:
+        """Write the huge frames given (on huge_lru) to the sink, at most `limit`; a
+        frame the sink refuses goes to the tail of huge_lru. Returns pages written."""
+        accepts = getattr(sink, "accepts", None)
+        written = 0
+        for f in frames:
+            if written >= limit:
+                break
+            h = self.huge_lru.get(f)
+            if h is None:
+                continue
+            pool, oid, index = h
+            if pool.client_id != LOCAL_CLIENT or (accepts is not None and not accepts(pool, oid, index)):
+                continue
+            self.huge_taken[f] = self.huge_lru.pop(f)
+            if self._write_back_page(sink, HUGE_BASE - f, pool, oid, index):
+                written += 1
+            else:  # to the tail, like a refused zbud frame; the read for the sink
+                # made it not idle, so it is idle again only at the next mark
+                self._revive_huge(HUGE_BASE - f)
+        return written
+
     # ---- ouroboros (SPEC §4.4) --------------------------------------------------------------
 
     def _ouroboros(self, c: int) -> int:
@@ -99,6 +218,10 @@ class Reclaim:
         n, buds, stored, zpages = self.zbud.evict_pageframe_lru()
         if not n:
             return -1
+        return self._drop_eph_frame(n, buds, stored, zpages)
+
+    def _drop_eph_frame(self, n: int, buds: list[tuple], stored: int, zpages: int) -> int:
+        """Unlink the pages of the dying ephemeral frame n from tmem; its arena frame."""
         tmem = self.tmem
         for p, client_id, pool_id, oid, index, _ in buds:
             pool = tmem.get_pool(client_id, pool_id)
@@ -147,22 +270,32 @@ class Reclaim:
             buds = self.zbud.make_zombie_lru(PERS, with_data=False)
             if not buds:
                 break
-            kept = False
-            for p, client_id, pool_id, oid, index, _ in buds:
-                pool = self.tmem.get_pool(client_id, pool_id)
-                if (pool is None or client_id != LOCAL_CLIENT or self.tmem.lookup(pool, oid, index) != p
-                        or (accepts is not None and not accepts(pool, oid, index))):
-                    # not ours to move (a foreign page is compressed with its owner's codec,
-                    # and no sink of ours could take it), or nowhere to go: leave the frame
-                    kept = True
-                    continue
-                if not self._write_back_page(sink, p, pool, oid, index):
-                    kept = True
+            _, kept = self._write_back_buds(buds, sink, accepts, len(buds))
             if kept:
                 self.zbud.revive_zombie(buds[0][0] >> 1)
             else:
                 freed += 1
         return freed
+
+    def _write_back_buds(self, buds: list[tuple], sink, accepts, limit: int) -> tuple[int, bool]:
+        """Write up to `limit` pages of a zombie frame's buds to the sink.
+        Returns (pages written, whether any page stayed behind)."""
+        written = 0
+        kept = False
+        for p, client_id, pool_id, oid, index, _ in buds:
+            pool = self.tmem.get_pool(client_id, pool_id)
+            if (written >= limit or pool is None or client_id != LOCAL_CLIENT
+                    or self.tmem.lookup(pool, oid, index) != p
+                    or (accepts is not None and not accepts(pool, oid, index))):
+                # not ours to move (a foreign page is compressed with its owner's codec,
+                # and no sink of ours could take it), or nowhere to go: leave the frame
+                kept = True
+                continue
+            if self._write_back_page(sink, p, pool, oid, index):
+                written += 1
+            else:
+                kept = True
+        return written, kept
 
     def _write_back_page(self, sink, p: int, pool: Pool, oid: int, index: int) -> bool:
         page = self.get_data(p, pool)
@@ -187,3 +320,13 @@ class Reclaim:
             done += 1
         return done
 
+
+
+def _page_budget(max_pages: int | None) -> int:
+    if max_pages is None:
+        return 1 << 62
+    if isinstance(max_pages, bool) or not isinstance(max_pages, int):
+        raise TypeError(f"max_pages must be an int or None, not {type(max_pages).__name__}")
+    if max_pages < 0:
+        raise ValueError(f"max_pages must be >= 0, got {max_pages}")
+    return max_pages
