@@ -10,7 +10,8 @@
 #   --test   what the test suite needs: --bench and --lzo, the test extra (pytest,
 #            hypothesis), libnbd's Python binding, and for the Linux guest of tests/guest
 #            QEMU, a Debian kernel, busybox-static, musl-tools and gcc; prometheus for
-#            promtool, which checks a node's /metrics
+#            promtool, which checks a node's /metrics; systemd for systemd-analyze,
+#            which checks the example unit contrib/ramster.service
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +57,8 @@ if ((with_tests)); then
     debs+=(python3-libnbd)
     extras+=(test)
     test_debs=(qemu-system-x86 linux-image-cloud-amd64 busybox-static musl-tools gcc  # musl-gcc runs gcc
-               prometheus)  # Debian ships promtool only in the server's package
+               prometheus  # Debian ships promtool only in the server's package
+               systemd)  # systemd-analyze verifies contrib/ramster.service
 fi
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"

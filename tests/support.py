@@ -45,6 +45,7 @@ PACKAGES = {
     "umount": "mount",
     "openssl": "openssl",
     "promtool": "prometheus",
+    "systemd-analyze": "systemd",
 }
 
 

@@ -19,6 +19,21 @@ file's list rather than adding to it, so a command line always says exactly
 what is served. Tables other than [node] belong to other parts of ramster
 (cluster, remotify) and are left alone here; inside [node] every key is
 checked so that a typo is an error rather than a silently ignored setting.
+
+Relative paths follow one rule: a path written in the config file (a backing
+file, a unix: listen socket, and in [cluster] the key and TLS files) is
+relative to the directory the file is in; a path given on the command line is
+relative to the working directory. A config file is installed somewhere
+(/etc/ramster) and started from anywhere (systemd starts services in /), so
+its paths must not depend on where it is started from, the way a Cargo.toml's
+or a compose file's paths are the file's; a command line is typed in a shell,
+where every tool reads a relative path from the working directory.
+Command-line paths are made absolute when parsed, so the banner, /stats and
+the logs name the file that is used.
+
+The memory budget must fit in what the machine (and the process's cgroup)
+has: a budget above it is refused, one above 90% of it logged as a warning
+(ramster.hostmem says why the node cannot simply find out later).
 """
 from __future__ import annotations
 
@@ -27,7 +42,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import compress
+from . import compress, hostmem
 from .frames import MAX_FRAMES
 from .logsetup import FORMATS as LOG_FORMATS
 from .logsetup import LEVELS as LOG_LEVELS
@@ -117,6 +132,8 @@ class NodeConfig:
     log_format: str = "text"
     exports: list[ExportConfig] = field(default_factory=list)
     source: Path | None = None  # the TOML file it came from, if any
+    # things allowed but probably unwise (a budget near all of the RAM), logged when the node starts
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def max_pageframes(self) -> int:
@@ -133,7 +150,25 @@ def parse_export_spec(spec: str) -> ExportConfig:
     if backing == "":
         raise ConfigError(f"invalid --export {spec!r}: empty backing path")
     return ExportConfig(name, kind.lower(), _size(size, f"size of export {name!r}"),
-                        Path(backing) if backing is not None else None)
+                        command_line_path(backing) if backing is not None else None)
+
+
+def command_line_path(text: str) -> Path:
+    """A path given on the command line: relative to the working directory, made absolute
+    now so that the banner, /stats and the logs say which file it is."""
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def file_path(text: str, base: Path) -> Path:
+    """A path written in a config file: relative to the file's directory `base`."""
+    return base / Path(text).expanduser()
+
+
+def _file_address(address, base: Path):
+    """A listen address from a config file: a relative unix: socket path is the file's, too."""
+    if isinstance(address, str) and address.startswith("unix:") and len(address) > 5:
+        return f"unix:{file_path(address[5:], base)}"
+    return address
 
 
 def load_file(path: str | os.PathLike) -> dict:
@@ -170,8 +205,7 @@ def _file_exports(node: dict, base: Path, path: Path) -> list[ExportConfig]:
             raise ConfigError(f"{where}: name and kind must be strings")
         if backing is not None and (not isinstance(backing, str) or not backing):
             raise ConfigError(f"{where}: backing must be a non-empty path string")
-        # relative paths in a file mean "beside the file", wherever ramster is started from
-        bpath = None if backing is None else base / Path(backing).expanduser()
+        bpath = None if backing is None else file_path(backing, base)
         out.append(ExportConfig(name, kind.lower(), _size(t["size"], f"size of export {name!r}"), bpath))
     return out
 
@@ -191,10 +225,12 @@ def build(
     node: dict = {}
     src = None
     file_exports: list[ExportConfig] = []
+    base = None  # the config file's directory
     if config_file is not None:
         src = Path(config_file)
         node = load_file(src)
-        file_exports = _file_exports(node, src.resolve().parent, src)
+        base = src.resolve().parent
+        file_exports = _file_exports(node, base, src)
 
     def pick(flag, key):
         return flag if flag is not None else node.get(key)
@@ -215,7 +251,7 @@ def build(
             lst = [lst]
         if not isinstance(lst, list) or not all(isinstance(a, str) for a in lst):
             raise ConfigError("invalid listen: expected a list of addresses like \"127.0.0.1:10809\"")
-        cfg.listen = list(lst)
+        cfg.listen = list(lst) if listen else [_file_address(a, base) for a in lst]
 
     met = pick(metrics, "metrics")
     if met is not None:
@@ -243,6 +279,12 @@ def build(
         cfg.exports = [ExportConfig("swap", "swap", 2 * cfg.memory)]
 
     validate(cfg)
+    try:
+        warning = hostmem.check_budget(cfg.memory)
+    except ValueError as e:
+        raise ConfigError(f"{e} (lower --memory, or memory in [node])") from None
+    if warning is not None:
+        cfg.warnings.append(warning)
     return cfg
 
 

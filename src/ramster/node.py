@@ -334,5 +334,7 @@ def _oserror_text(err: Exception) -> str:
 def run(config: NodeConfig, cluster=None) -> int:
     """Run a node in this process until a signal stops it."""
     logsetup.configure(config.log_format, config.log_level)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     node = Node(config, cluster)
     return asyncio.run(node.serve())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -91,14 +92,16 @@ def test_log_lines_parse(tmp_path, fmt):
     assert {r["logger"] for r in records} >= {"ramster.node"}
 
 
-def parse_logfmt(line: str) -> dict:
-    import re
+LOGFMT_PAIR = r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"=]*)'
 
+
+def parse_logfmt(line: str) -> dict:
+    """key=value pairs separated by single spaces, and nothing else on the line."""
+    assert re.fullmatch(f"{LOGFMT_PAIR}( {LOGFMT_PAIR})*", line), line
     out = {}
-    for m in re.finditer(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)', line):
+    for m in re.finditer(LOGFMT_PAIR, line):
         v = m.group(2)
         out[m.group(1)] = re.sub(r'\\(.)', r"\1", v[1:-1]) if v.startswith('"') else v
-    assert " ".join(f"{k}=" for k in out) and line.startswith("ts="), line
     return out
 
 
@@ -107,3 +110,128 @@ def test_log_format_from_the_config_file(tmp_path):
     node = NodeProcess(tmp_path, "--config", "ramster.toml")
     assert node.stop() == 0
     assert [json.loads(line)["msg"] for line in node.stderr().splitlines()][-1] == "node stopped"
+
+
+# ---- the example systemd unit --------------------------------------------------------
+
+UNIT = REPO / "contrib" / "ramster.service"
+VENV_RAMSTER = "/opt/ramster/.venv/bin/ramster"
+
+
+def installed_unit(tmp_path: Path) -> Path:
+    """The unit as an operator installs it: ExecStart pointed at this venv's ramster
+    (systemd-analyze checks that the program exists), nothing else changed."""
+    text = UNIT.read_text()
+    assert f"ExecStart={VENV_RAMSTER} node --config /etc/ramster/ramster.toml" in text
+    ramster = Path(sys.executable).with_name("ramster")
+    assert ramster.is_file(), f"no {ramster}: the venv's entry point is what ExecStart names"
+    unit = tmp_path / "ramster.service"
+    unit.write_text(text.replace(VENV_RAMSTER, str(ramster)))
+    return unit
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    need("systemd-analyze")
+    unit = installed_unit(tmp_path)
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # verify exits 0 on an unknown key or a bad value, only saying so: both must be silent
+    assert r.returncode == 0 and r.stderr == "" and r.stdout == "", r.stderr + r.stdout
+
+
+def test_systemd_analyze_verify_would_catch_a_mistake(tmp_path):
+    need("systemd-analyze")
+    unit = installed_unit(tmp_path)
+    unit.write_text(unit.read_text().replace("Type=notify", "Type=notfy"))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert "Failed to parse service type" in r.stderr
+
+
+def test_the_unit_is_hardened(tmp_path):
+    """systemd's own score of what the service could do if taken over: at most 2.0 of 10
+    ("OK"); the node needs no root, no devices and no other address families."""
+    need("systemd-analyze")
+    unit = installed_unit(tmp_path)
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    text = UNIT.read_text()
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "DynamicUser=yes"):
+        assert f"\n{line}\n" in text, line
+
+
+def test_the_example_config_loads():
+    from ramster import config
+
+    toml = REPO / "contrib" / "ramster.toml"
+    node = config.load_file(toml)
+    assert node["log_format"] == "logfmt"
+    # its paths are absolute (the unit lets the node write only under /var/lib and /run)
+    assert all(not a.startswith("unix:") or a.startswith("unix:/") for a in node["listen"])
+    assert all(Path(e["backing"]).is_absolute() for e in node["export"])
+    # everything but the paths, which need the unit's directories, validates here
+    cfg = config.build(toml, listen=["127.0.0.1:1"], exports=["swap:swap:4M"])
+    assert cfg.memory == 1 << 30 and cfg.log_format == "logfmt"
+
+
+# ---- budgets and paths ------------------------------------------------------------------
+
+def test_a_budget_above_the_machine_is_refused_in_one_line(tmp_path):
+    from ramster import hostmem
+
+    most, where = hostmem.limit()
+    over = (most // 4096 + 1) * 4096
+    r = subprocess.run([*RAMSTER, "node", "--memory", str(over), "--listen", f"unix:{tmp_path}/s.sock",
+                        "--metrics", "off"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("ramster node: memory ") and r.stderr.count("\n") == 1, r.stderr
+    assert where in r.stderr and r.stdout == ""
+    assert not (tmp_path / "s.sock").exists()
+
+
+def test_a_budget_near_the_machine_starts_with_one_warning(tmp_path):
+    from ramster import hostmem
+
+    most, where = hostmem.limit()
+    near = most * 19 // 20 // 4096 * 4096  # 95%, less the rounding down to a page
+    node = NodeProcess(tmp_path, "--memory", str(near), "--export", "s:swap:1M", "--log-format", "json")
+    assert node.stop() == 0
+    records = [json.loads(line) for line in node.stderr().splitlines()]
+    warnings = [r for r in records if r["level"] == "warning"]
+    assert len(warnings) == 1 and where in warnings[0]["msg"], warnings
+    assert re.search(r"is 9[45]% of", warnings[0]["msg"]), warnings
+
+
+def test_relative_paths_file_beside_the_file_command_line_in_the_working_directory(tmp_path):
+    etc, cwd = tmp_path / "etc", tmp_path / "run"
+    etc.mkdir()
+    (etc / "ramster.toml").write_text('[node]\nmemory = "4M"\n[[node.export]]\n'
+                                      'name = "f"\nkind = "swap"\nsize = "1M"\nbacking = "f.img"\n')
+    node = NodeProcess(cwd, "--config", "../etc/ramster.toml")  # started in cwd
+    try:
+        assert node.stats()["exports"]["f"]["backing"] == str(etc / "f.img")
+    finally:
+        assert node.stop() == 0
+    assert (etc / "f.img").exists() and not (cwd / "f.img").exists()
+    node = NodeProcess(cwd, "--config", "../etc/ramster.toml", "--export", "c:swap:1M:c.img")
+    try:
+        assert node.stats()["exports"]["c"]["backing"] == str(cwd / "c.img")
+    finally:
+        assert node.stop() == 0
+    assert (cwd / "c.img").exists() and not (etc / "c.img").exists()
+
+
+# ---- what the program says it is --------------------------------------------------------
+
+@pytest.mark.parametrize("module", ["ramster", "ramster.cli"])
+def test_version(module):
+    import tomllib
+
+    import ramster
+
+    want = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert ramster.__version__ == want
+    r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"ramster {want}\n", r.stdout + r.stderr
+    entry = Path(sys.executable).with_name("ramster")
+    r = subprocess.run([str(entry), "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"ramster {want}\n", r.stdout + r.stderr

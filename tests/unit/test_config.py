@@ -190,3 +190,25 @@ def test_stats_url_forms(url, want):
     from ramster.cli.stats import node_base_url
 
     assert node_base_url(url) == want
+
+
+def test_relative_paths_in_the_file_are_the_files_and_on_the_command_line_the_working_directorys(
+        tmp_path, monkeypatch):
+    etc, cwd = tmp_path / "etc", tmp_path / "cwd"
+    etc.mkdir()
+    cwd.mkdir()
+    p = etc / "ramster.toml"
+    p.write_text('[node]\nlisten = ["unix:nbd.sock", "unix:/abs/n.sock", "127.0.0.1:1"]\n'
+                 '[[node.export]]\nname = "s"\nkind = "swap"\nsize = "1M"\nbacking = "s.img"\n')
+    monkeypatch.chdir(cwd)
+    cfg = build(p)
+    assert cfg.listen == [f"unix:{etc}/nbd.sock", "unix:/abs/n.sock", "127.0.0.1:1"]
+    assert cfg.exports[0].backing == etc / "s.img"
+    # the same file named by a relative path: still the file's directory
+    assert build(Path("../etc/ramster.toml")).exports[0].backing.resolve() == etc / "s.img"
+    # on the command line: the working directory's, made absolute; addresses are passed as given
+    cfg = build(p, exports=["c:swap:1M:c.img"], listen=["unix:here.sock"])
+    assert [e.backing for e in cfg.exports] == [cwd / "c.img"]
+    assert cfg.listen == ["unix:here.sock"]
+    assert parse_export_spec("x:cache:1M:img/x.img").backing == cwd / "img" / "x.img"
+    assert parse_export_spec("x:cache:1M:~/x.img").backing == Path.home() / "x.img"

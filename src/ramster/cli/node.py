@@ -43,13 +43,17 @@ EPILOG = """\
 sizes: bytes, or with a K, M, G, T suffix (KiB, MiB, ... also accepted; all binary).
 addresses: HOST:PORT, [IPV6]:PORT, or unix:PATH for NBD.
 flags override the config file; --listen and --export replace its lists.
+relative paths: in the config file, relative to the file's directory (wherever the
+  node is started from); on the command line, relative to the working directory.
+memory: a budget above the machine's RAM (MemTotal) or the cgroup's memory.max is
+  refused; above 90% of it, the node starts with a warning.
 
 examples:
   ramster node
   ramster node --config cluster.toml --name a --listen 127.0.0.1:10809 --metrics 127.0.0.1:9105
   ramster node --memory 2G --export swap:swap:8G:/var/tmp/ramster.swap
   ramster node --listen unix:/run/ramster.sock --export disk:cache:20G:disk.img --metrics off
-  ramster node --config /etc/ramster.toml --log-level debug
+  ramster node --config /etc/ramster/ramster.toml --log-level debug --log-format json
 
 config file (TOML):
   [node]
@@ -59,7 +63,10 @@ config file (TOML):
   name = "swap"
   kind = "swap"
   size = "4G"
-  backing = "/var/tmp/ramster.swap"
+  backing = "/var/tmp/ramster.swap"   # a relative path is beside the config file
+
+contrib/ramster.service is an example systemd unit (Type=notify: the node
+sends READY=1 once it listens, STOPPING=1 on SIGTERM, over $NOTIFY_SOCKET).
 """
 
 
@@ -73,7 +80,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", metavar="NAME",
                    help="this node's name in the config's [cluster] (runs the node as a RAMster peer)")
     p.add_argument("--memory", metavar="SIZE",
-                   help="memory budget for compressed pages, a multiple of 4096 (default: min(1G, RAM/4))")
+                   help="memory budget for compressed pages, a multiple of 4096, at most the RAM "
+                        "(default: min(1G, RAM/4))")
     p.add_argument("--compressor", metavar="NAME",
                    help=f"page compressor: {', '.join(compress.NAMES)} (default: {compress.DEFAULT})")
     p.add_argument("--listen", action="append", metavar="ADDR",
