@@ -23,6 +23,9 @@ port fails before any NBD client connected), then the NBD listeners, then
 the peer port; `stop()` undoes it the other way: the NBD server drains the
 requests in flight and closes the exports, the writeback sink is closed,
 RAMster and the peer connections stop, and the backing files are fsynced.
+Under a service manager (ramster.sdnotify) `serve()` says READY=1 only after
+start() has bound everything, so a unit ordered after this one finds it
+listening, and STOPPING=1 as soon as the stop signal arrives, before the drain.
 
 Everything runs on the one loop `serve()` runs on, with no threads: every
 zcache operation is synchronous (a put or get never awaits), so the loop
