@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import NodeProcess, need
+from support import IN_CI, NodeProcess, need, need_nbd
 
 pytestmark = pytest.mark.interop
 
@@ -171,6 +171,44 @@ def test_the_example_config_loads():
     # everything but the paths, which need the unit's directories, validates here
     cfg = config.build(toml, listen=["127.0.0.1:1"], exports=["swap:swap:4M"])
     assert cfg.memory == 1 << 30 and cfg.log_format == "logfmt"
+
+
+# The kernel's own form of the unit's MemoryDenyWriteExecute=yes (prctl PR_SET_MDWE, Linux
+# 6.3): no mapping may become writable and executable, in this process and what it execs.
+MDWE_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(f"PR_SET_MDWE: {os.strerror(ctypes.get_errno())}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+class MdweNode(NodeProcess):
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", MDWE_EXEC, *super().command()]
+
+
+def test_the_node_runs_with_memory_deny_write_execute(tmp_path):
+    """The unit denies W+X memory; a node under that rule starts, stores and returns pages."""
+    probe = subprocess.run([sys.executable, "-c", MDWE_EXEC, sys.executable, "-c",
+                            "import mmap; mmap.mmap(-1, 4096, prot=7)"], capture_output=True, text=True)
+    if "PR_SET_MDWE" in probe.stderr:
+        (pytest.fail if IN_CI else pytest.skip)(f"this kernel has no PR_SET_MDWE: {probe.stderr.strip()}")
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr, probe.stderr  # the rule holds
+    nbd = need_nbd()
+    node = MdweNode(tmp_path, "--memory", "4M", "--export", "s:swap:1M")
+    try:
+        h = nbd.NBD()
+        h.connect_uri(node.uri("s"))
+        data = b"".join(bytes([i]) * 2048 + os.urandom(2048) for i in range(64))
+        h.pwrite(data, 0)
+        assert h.pread(len(data), 0) == data
+        h.shutdown()
+        assert node.counters()["zcache.pers_zpages"] > 0
+    finally:
+        assert node.stop() == 0
+    assert "Traceback" not in node.stderr()
 
 
 # ---- budgets and paths ------------------------------------------------------------------
