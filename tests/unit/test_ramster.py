@@ -21,6 +21,7 @@ class PeerState:
     number: int
     connected: bool = True
     free_frames: int | None = None
+    down: bool = False  # marked down by the operator (PeerNetwork.mark_down)
 
 
 class Unavailable(Exception):

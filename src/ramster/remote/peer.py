@@ -20,7 +20,12 @@ stop can close them all. Unlike r2net:
 - a connection that is refused (a bad signature, another compressor, a
   stranger) is counted, logged at a readable rate, and told why; the node it
   claimed to be keeps its connection: only a connection that completed the
-  handshake replaces one, and only the real node can complete it.
+  handshake replaces one, and only the real node can complete it;
+- the operator may mark a peer down (the seed's manual_node_up, inverted):
+  its connection and keepalives go on, but `request` refuses to send to it
+  and `connected` says no, so the engine takes the path it takes for a lost
+  peer (no new pages there, its copies unavailable, repairs elsewhere) and
+  is told of it as of a disconnect, then of a reconnect when it is marked up.
 
 A dialler retries with capped exponential backoff (reconnect_delay doubling
 up to reconnect_max, with jitter so that a cluster that lost a node does not
@@ -71,6 +76,9 @@ class PeerState:
     # connections claiming this node that were refused: the signature failed, or
     # the (proven) node uses another compressor
     refused: int = 0
+    # marked down by the operator (`ramster ctl peer NAME down`): the engine treats it
+    # as disconnected, whatever its connection does
+    down: bool = False
 
 
 
@@ -206,8 +214,21 @@ class PeerNetwork:
             st.rtt = None
             st.free_frames = None
         log.info("%s: connected%s", conn.name, " (restarted: its pages are gone)" if restarted else "")
-        self._notify(n, True, restarted)
+        self._notify(n, not st.down, restarted)
         return st
+
+    def mark_down(self, number: int, down: bool) -> bool:
+        """Mark a peer down or up again; False if it already was. The engine hears of
+        it as of a lost or regained connection (only if the connection is up)."""
+        st = self._states[number]
+        if st.down == down:
+            return False
+        st.down = down
+        if number in self._conns:
+            self._notify(number, not down, False)
+        else:
+            self.state_changed()
+        return True
 
     def connection_lost(self, conn: PeerConnection, was_ready: bool) -> None:
         self._all.discard(conn)
@@ -280,10 +301,13 @@ class PeerNetwork:
         conn = self._conns.get(node_number)
         if conn is None:
             raise PeerUnavailable(f"node {node_number} is not connected")
+        if self._states[node_number].down:
+            raise PeerUnavailable(f"node {node_number} is marked down")
         return await conn.request(msg, self.config.request_timeout if timeout is None else timeout)
 
     def connected(self, node_number: int) -> bool:
-        return node_number in self._conns
+        """Connected and not marked down: worth asking."""
+        return node_number in self._conns and not self._states[node_number].down
 
     def counters(self) -> dict[str, int]:
         """The network's counters under their /stats names."""

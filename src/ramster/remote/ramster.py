@@ -207,7 +207,7 @@ class Ramster(Remotify, Fetch, Host):
 
     def _candidates(self) -> list:
         wanted = set(self.policy.targets)
-        return [p for p in self.net.peers() if p.number in wanted and p.connected]
+        return [p for p in self.net.peers() if p.number in wanted and p.connected and not p.down]
 
     def choose_targets(self) -> list[int]:
         """Up to `replicas` distinct connected targets; each pick is the emptier of two

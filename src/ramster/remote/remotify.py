@@ -29,6 +29,7 @@ SELFSHRINK_HYSTERESIS, else 5 % a pass), never by evicting anything.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -121,6 +122,41 @@ class Remotify:
                 continue
             done += 1
         return done
+
+    async def selfshrink_now(self, max_pages: int | None = None) -> int:
+        """Bring up to `max_pages` (default: every) remote persistent pages home now,
+        without waiting for the inertia: `ramster ctl selfshrink`. Like a pass, only
+        into free frames and only while the budget is not short; returns pages moved."""
+        done = 0
+        for pool, oid, index, _ in self.zc.remote_slots(persistent=True):
+            if (max_pages is not None and done >= max_pages) or not self._has_room() or self._wants_room():
+                break
+            try:
+                await self.get(pool, oid, index)  # a non-freeing get repatriates
+            except RemoteError:
+                continue
+            done += 1
+        return done
+
+    # ---- runtime settings (ramster.control) -------------------------------------------------
+
+    def set_remotify(self, persistent: bool, on: bool) -> None:
+        """Turn remotify of one pool kind on or off (pages already remote stay there)."""
+        field = "persistent" if persistent else "ephemeral"
+        self.policy = dataclasses.replace(self.policy, **{field: on})
+        self.wake()
+
+    def set_targets(self, targets: tuple[int, ...]) -> None:
+        """The peers new pages may go to; pages already on others stay there."""
+        self.policy = dataclasses.replace(self.policy, targets=tuple(targets))
+        self.wake()
+
+    def set_selfshrink(self, on: bool) -> None:
+        self.policy = dataclasses.replace(self.policy, selfshrink=on)
+
+    def wake(self) -> None:
+        """Run a remotify pass now (the budget or the policy changed)."""
+        self._wake.set()
 
     def _wants_room(self) -> bool:
         zc = self.zc
