@@ -119,6 +119,14 @@ def restart_changes(old_config, new_config, old_cluster=None, new_cluster=None) 
     return out
 
 
+def _plain(value) -> str:
+    """A config value as the log shows it: exports by their --export spec."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    spec = getattr(value, "spec", None)
+    return spec() if callable(spec) else str(value)
+
+
 def machine_memory() -> int:
     """Bytes of RAM this machine has."""
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -266,11 +274,19 @@ class Control:
         running_config, running_cluster = self._running
         for what, running, wanted in restart_changes(running_config, config, running_cluster, cluster):
             log.warning("%s: %s changed in the config (%s -> %s): needs a restart, not applied",
-                        source, what, running, wanted)
+                        source, what, _plain(running), _plain(wanted))
             lines.append(f"{what}: needs a restart")
         if not lines:
             log.info("%s: nothing changed in the config", source)
         return lines
+
+    async def sighup(self) -> None:
+        """A reload for SIGHUP: what it did is in the log; it never stops the node."""
+        async with self._lock:
+            try:
+                self.reload("SIGHUP")
+            except ControlError:
+                pass  # logged: the running settings stay
 
     # ---- the verbs ------------------------------------------------------------------------
 

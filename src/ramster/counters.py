@@ -302,6 +302,34 @@ _counter("ramster.compressor_mismatches", "compressor_mismatches",
 _counter("ramster.handshakes_refused", "handshakes_refused",
          "Peer connections refused during the handshake, for any reason.")
 
+_per_pool("ramster.{pool}_remotify_enable", "remotify_enabled", GAUGE,
+          "1 while the remotify worker may move pages of the pool kind to peers, else 0 "
+          "(the seed's eph/pers_remotify_enable), a gauge.")
+_gauge("ramster.selfshrink_enable", "selfshrink_enabled",
+       "1 while remote swap pages are brought home when the node is idle (selfshrink), else 0, a gauge.")
+
+# ---- runtime control (ramster ctl, SIGHUP) ------------------------------------------------
+
+changes = _metric("control_changes", COUNTER, NUMBER,
+                  "Runtime settings changed by `ramster ctl` or a reload, by setting.", ("setting",))
+for _key, _setting in (("memory_changes", "memory"), ("log_level_changes", "log_level"),
+                       ("eph_remotify_switches", "eph_remotify"), ("pers_remotify_switches", "pers_remotify"),
+                       ("selfshrink_switches", "selfshrink"), ("target_changes", "targets"),
+                       ("peers_marked_down", "peer_down"), ("peers_marked_up", "peer_up")):
+    _declare(COUNTERS, f"control.{_key}", changes, _setting)
+actions = _metric("control_actions", COUNTER, NUMBER,
+                  "Actions run by `ramster ctl` (selfshrink, mark-idle, writeback), by action.", ("action",))
+for _key, _action in (("selfshrinks", "selfshrink"), ("idle_marks", "mark_idle"),
+                      ("idle_writebacks", "writeback_idle"), ("huge_writebacks", "writeback_huge")):
+    _declare(COUNTERS, f"control.{_key}", actions, _action)
+del changes, actions, _key, _setting, _action
+_counter("control.reloads", "control_reloads", "Reloads of the config file (SIGHUP or `ramster ctl reload`).")
+_counter("control.reload_failures", "control_reload_failures",
+         "Reloads that could not read the config file; the running settings stayed.")
+_counter("control.requests", "control_requests", "Requests served on the control socket.")
+_counter("control.requests_refused", "control_requests_refused",
+         "Control socket connections refused because the caller is neither the node's user nor root.")
+
 # ---- NBD exports: labels export and kind, then the metric's own ---------------------------
 
 EXPORT_LABELS = ("export", "kind")
@@ -352,6 +380,9 @@ _peer("refused", "peer_refused", COUNTER, "Connections claiming to be the peer t
 _peer("pages_held", "peer_pages_held", GAUGE, "This node's pages the peer holds a copy of now, a gauge.")
 _peer("pages_only_copy", "peer_pages_only_copy", GAUGE,
       "This node's pages whose only copy the peer holds now, a gauge.")
+_peer("target", "peer_target", GAUGE, "1 while remotify may put new pages on the peer, else 0, a gauge.")
+_peer("down", "peer_down", GAUGE,
+      "1 while the peer is marked down by `ramster ctl peer NAME down` (no new pages, not asked), a gauge.")
 
 # ---- the node -----------------------------------------------------------------------------
 
@@ -367,6 +398,8 @@ DESCRIPTIVE: dict[str, str] = {
     "node.page_size": "a constant, PAGE_SIZE",
     "node.listen": "configuration, not a measurement",
     "node.metrics": "configuration, not a measurement",
+    "node.log_level": "configuration, not a measurement",
+    "node.control": "a path, not a measurement",
     "exports.kind": "the kind label",
     "exports.backing": "a path, not a measurement",
     "peers.name": "the peer label",

@@ -47,7 +47,9 @@ import sys
 import time
 
 from . import __version__, logsetup, sdnotify
-from .config import DEFAULT_METRICS, ConfigError, NodeConfig
+from .config import DEFAULT_LISTEN, DEFAULT_METRICS, ConfigError, NodeConfig
+from .control import Control
+from .control_server import ControlServer, default_path
 from .frontends import Cleancache, Frontswap
 from .frontends.frontswap import unswiz
 from .nbd.base import Export
@@ -64,7 +66,9 @@ STATUS_INTERVAL = 10.0
 
 
 class Node:
-    def __init__(self, config: NodeConfig, cluster=None):
+    def __init__(self, config: NodeConfig, cluster=None, *, loader=None, control: str | None = None):
+        """`loader()` re-reads the configuration for a reload (SIGHUP, `ramster ctl reload`);
+        `control` is the control socket's path, "off", or None for the default one."""
         self.config = config
         # a ramster.remote.clusterconf.ClusterConfig: this node is one of a RAMster cluster
         self.cluster = cluster
@@ -85,6 +89,10 @@ class Node:
         self._files: list[BackingFile] = []
         self.server = None
         self.metrics = None
+        self.control_path = control
+        self.control_server = None
+        self.ready = False  # start() is done: a SIGHUP may reload
+        self._reloads: set[asyncio.Task] = set()
         self.addresses: list[str] = []
         if cluster is not None:
             self.net, self.ramster = self._cluster(cluster)
@@ -108,6 +116,7 @@ class Node:
         except BaseException:
             self._close_files()
             raise
+        self.control = Control(self.zc, config, cluster, ramster=self.ramster, net=self.net, loader=loader)
 
     def _cluster(self, cl):
         """The peer network and the RAMster that serves it, for ClusterConfig `cl`."""
@@ -147,12 +156,14 @@ class Node:
         counters = self.zc.stats()
         counters.update(self.frontswap.stats())
         counters.update(self.cleancache.stats())
+        counters.update(self.control.stats())
         peers = []
         if self.ramster is not None:
             counters.update(self.net.counters())
             for p in self.net.peers():
                 peers.append({"name": p.name, "number": p.number, "connected": p.connected,
                               "rtt_seconds": p.rtt, "free_frames": p.free_frames, "refused": p.refused,
+                              "target": p.number in self.ramster.policy.targets, "down": p.down,
                               "pages_held": self.ramster.pages_on(p.number),
                               "pages_only_copy": self.ramster.pages_only_on(p.number)})
         exports = {}
@@ -170,11 +181,13 @@ class Node:
                 "version": __version__,
                 "pid": os.getpid(),
                 "uptime_seconds": round(time.time() - self.started, 3),
-                "memory": self.config.memory,
+                "memory": self.zc.max_pageframes * PAGE_SIZE,
+                "log_level": logsetup.level(),
                 "compressor": self.config.compressor,
                 "page_size": PAGE_SIZE,
                 "listen": list(self.addresses),
                 "metrics": self.metrics.address if self.metrics is not None else None,
+                "control": str(self.control_server.path) if self.control_server is not None else None,
             },
             "counters": counters,
             "exports": exports,
@@ -209,8 +222,28 @@ class Node:
         self.addresses = list(self.server.addresses)
         if self.metrics is not None:
             log.info("metrics on http://%s/metrics", self.metrics.address)
+        await self._start_control()
         if self.cluster is not None:
             await self._start_cluster()
+
+    async def _start_control(self) -> None:
+        """The control socket: a path given that cannot be used is an error; the default
+        one only a warning (the node serves without `ramster ctl` then)."""
+        if self.control_path == "off":
+            return
+        path = self.control_path or default_path(self.config.listen)
+        server = ControlServer(self.control, path)
+        try:
+            await server.start()
+        except OSError as err:
+            if self.control_path is not None:
+                await self.stop()
+                raise ConfigError(f"cannot serve control socket {path}: {_oserror_text(err)}") from None
+            log.warning("no control socket at %s (%s): `ramster ctl` cannot reach this node; "
+                        "give --control PATH, or --control off", path, _oserror_text(err))
+            return
+        self.control_server = server
+        log.info("control socket %s", path)
 
     async def _start_cluster(self) -> None:
         cl = self.cluster
@@ -226,6 +259,9 @@ class Node:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish, fsync and close the backing files."""
+        if self.control_server is not None:
+            await self.control_server.stop()
+            self.control_server = None
         if self.server is not None:
             await self.server.stop()  # also closes (fsyncs) every export
         self.writeback.close()  # the swap disks' maps are closed: evicted pages stay in memory now
@@ -252,12 +288,15 @@ class Node:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        # SIGHUP reloads (ramster.control); until start() is done it is ignored, not fatal
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         status = None
         try:
             await self.start()
             log.info("node started: %s memory, %s, %d export(s)", format_size(self.config.memory),
                      self.config.compressor, len(self.exports))
             print(self.banner(), file=out, flush=True)
+            self.ready = True
             sdnotify.notify("READY=1\nSTATUS=" + self.status_line())
             if sdnotify.enabled():
                 status = asyncio.create_task(self._report_status(stop))
@@ -269,9 +308,18 @@ class Node:
         finally:
             if status is not None:
                 status.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             self._close_files()
+
+    def _on_sighup(self) -> None:
+        if not self.ready:
+            log.info("SIGHUP received while starting: ignored")
+            return
+        log.info("SIGHUP received: reloading %s", self.config.source or "the configuration")
+        task = asyncio.get_running_loop().create_task(self.control.sighup())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def status_line(self) -> str:
         """One line for `systemctl status`: where it serves and how full the budget is."""
@@ -308,6 +356,10 @@ class Node:
                              f"&& swapon /dev/nbd0")
         for a in self.addresses[1:]:
             lines.append(f"  also listening on {a}")
+        if self.control_server is not None:
+            path = self.control_server.path
+            ctl = "ramster ctl" if path == default_path([DEFAULT_LISTEN]) else f"ramster ctl --control {path}"
+            lines.append(f"  control: {path}   {ctl} show")
         if self.metrics is not None:
             stats = "ramster stats" if self.metrics.address == DEFAULT_METRICS else \
                 f"ramster stats --url http://{self.metrics.address}"
@@ -334,10 +386,11 @@ def _oserror_text(err: Exception) -> str:
     return str(err)
 
 
-def run(config: NodeConfig, cluster=None) -> int:
-    """Run a node in this process until a signal stops it."""
+def run(config: NodeConfig, cluster=None, *, loader=None, control: str | None = None) -> int:
+    """Run a node in this process until a signal stops it (SIGHUP reloads via `loader`)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() handles it: a reload, never an exit
     logsetup.configure(config.log_format, config.log_level)
     for warning in config.warnings:
         log.warning("%s", warning)
-    node = Node(config, cluster)
+    node = Node(config, cluster, loader=loader, control=control)
     return asyncio.run(node.serve())

@@ -2,6 +2,8 @@
 
     ramster node     run a node: compressed memory served as NBD swap/cache exports
     ramster stats    a running node's counters, summarised like zramctl
+    ramster ctl      change a running node's settings (memory, remotify, peers) or
+                     make it act (selfshrink, mark idle, write back), no restart
     ramster keygen   make a node's key pair, its identity in a RAMster cluster
     ramster bench    measure the engine, the NBD path, a cluster or a guest against
                      a baseline taken in the same run

@@ -15,6 +15,7 @@ from . import UserError
 SUBCOMMANDS = {
     "node": "ramster.cli.node",
     "stats": "ramster.cli.stats",
+    "ctl": "ramster.cli.ctl",
     "keygen": "ramster.cli.keygen",
     "bench": "ramster.cli.bench",
     "ramdisk": "ramster.cli.ramdisk",

@@ -24,6 +24,9 @@ With no arguments it serves one export "swap" (kind swap, twice the memory)
 on 127.0.0.1:10809 with metrics on 127.0.0.1:9105, using 1 GiB of memory or a
 quarter of the RAM, whichever is smaller. It prints how to connect, and runs
 until SIGINT or SIGTERM (in-flight requests finish, backing files are synced).
+SIGHUP re-reads the config file and applies what can change at run time
+(memory, log level, remotify switches and targets); `ramster ctl` changes
+the same settings and more while it runs.
 
 Export kinds:
   swap   frontswap over the shared budget; every page is accepted (those that
@@ -97,6 +100,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--log-format", metavar="FORMAT", type=str.lower,
                    help=f"stderr lines as {', '.join(LOG_FORMATS)}: json is one object per line "
                         "(ts, level, logger, msg, ...) for journald or Loki (default: text)")
+    p.add_argument("--control", metavar="PATH",
+                   help="the control socket `ramster ctl` talks to (mode 0600, this user and root only), "
+                        "or \"off\" (default: beside a unix: listen socket, else "
+                        "$XDG_RUNTIME_DIR/ramster-PORT.ctl; see `ramster ctl --help`)")
     p.set_defaults(func=main)
     return p
 
@@ -104,12 +111,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from ..node import run
 
-    try:
+    def load():
+        # a reload reads the file again with the same flags on top: a flag still wins
         cfg = build(args.config, memory=args.memory, compressor=args.compressor, listen=args.listen,
                     exports=args.exports, metrics=args.metrics, log_level=args.log_level,
                     log_format=args.log_format)
-        cluster = _cluster(args.config, args.name)
-        return run(cfg, cluster)
+        return cfg, _cluster(args.config, args.name)
+
+    try:
+        cfg, cluster = load()
+        return run(cfg, cluster, loader=load, control=args.control)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
