@@ -304,7 +304,7 @@ _counter("ramster.handshakes_refused", "handshakes_refused",
 
 _per_pool("ramster.{pool}_remotify_enable", "remotify_enabled", GAUGE,
           "1 while the remotify worker may move pages of the pool kind to peers, else 0 "
-          "(the seed's eph/pers_remotify_enable), a gauge.")
+          "(the seed's sysfs switch of that name), a gauge.")
 _gauge("ramster.selfshrink_enable", "selfshrink_enabled",
        "1 while remote swap pages are brought home when the node is idle (selfshrink), else 0, a gauge.")
 
