@@ -41,12 +41,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import logsetup, sdnotify
+from . import hostmem, logsetup, sdnotify
 from .config import ConfigError
+from .frames import MAX_FRAMES
 from .control_protocol import FAILED, INVALID, Reply, Request, ok, refusal
 from .units import PAGE_SIZE, format_size, parse_size
 
@@ -127,19 +127,18 @@ def _plain(value) -> str:
     return spec() if callable(spec) else str(value)
 
 
-def machine_memory() -> int:
-    """Bytes of RAM this machine has."""
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def check_memory(value: int) -> int:
-    """The budget in bytes, or ControlError (one line) for one a node cannot take."""
+def check_memory(value: int) -> str | None:
+    """ControlError (one line) for a budget a node cannot take, as at start-up
+    (hostmem: more than the machine or the cgroup has); a warning for one near it."""
     if value <= 0 or value % PAGE_SIZE:
         raise ControlError(f"memory {value} is not a positive multiple of {PAGE_SIZE} bytes")
-    ram = machine_memory()
-    if value > ram:
-        raise ControlError(f"memory {format_size(value)} is more than this machine has ({format_size(ram)})")
-    return value
+    if value // PAGE_SIZE > MAX_FRAMES:
+        raise ControlError(f"memory {format_size(value)} is more than one node can hold "
+                           f"(at most {format_size(MAX_FRAMES * PAGE_SIZE)})")
+    try:
+        return hostmem.check_budget(value)
+    except ValueError as e:
+        raise ControlError(str(e)) from None
 
 
 def _switch(word: str) -> bool:
@@ -211,11 +210,15 @@ class Control:
             return None
         extra = ""
         if key == "memory":
-            over = self.zc.set_max_pageframes(check_memory(value) // PAGE_SIZE)
+            warning = check_memory(value)
+            if warning is not None:
+                log.warning("%s: %s", source, warning)
+                extra = f"; {warning}"
+            over = self.zc.set_max_pageframes(value // PAGE_SIZE)
             if self.ramster is not None:
                 self.ramster.wake()  # over the new budget: the worker moves pages to peers
             if over:
-                extra = f" ({format_size(over * PAGE_SIZE)} still above it until pages leave)"
+                extra = f" ({format_size(over * PAGE_SIZE)} still above it until pages leave){extra}"
         elif key == "log_level":
             try:
                 logsetup.set_level(value)
@@ -417,7 +420,7 @@ class Control:
         else:
             n = self.zc.writeback_huge(limit)
             self.huge_writebacks += 1
-        text = f"writeback {kind}: {n} page(s) written to the backing file"
+        text = f"writeback {kind}: {n} page(s) left memory"
         log.info("ctl: %s", text)
         return ok(text, pages=n)
 

@@ -12,12 +12,13 @@ Each connection carries requests and replies one JSON line each
 node runs one request at a time, in the order they come (ramster.control
 holds the lock), on the loop that serves everything else.
 
-Where the socket is, unless `--control PATH` says (`--control off`: none):
+Where the socket is, unless `--control PATH` says (`--control off`: none),
+decided by the first listen address:
 
-    a Unix listen address unix:P        P.ctl, beside it
-    otherwise (TCP port N)              DIR/ramster-N.ctl, where DIR is
+    unix:P                              P.ctl, beside it
+    HOST:N (TCP)                        DIR/ramster-N.ctl, where DIR is
         $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else $XDG_RUNTIME_DIR,
-        else /run for root, else /tmp/ramster-UID (made 0700)
+        else /run/ramster for root, else /tmp/ramster-UID (made 0700)
 
 so two nodes on one machine never share one, and `ramster ctl` without
 --control finds a node started without --listen. A socket file left by a
@@ -50,17 +51,15 @@ def runtime_dir() -> Path:
         if v:
             return Path(v)
     if os.getuid() == 0:
-        return Path("/run")
+        return Path("/run/ramster")
     return Path(f"/tmp/ramster-{os.getuid()}")
 
 
 def default_path(listen: list[str]) -> Path:
     """The control socket of a node listening on `listen` (see the module comment)."""
-    for a in listen:
-        host, port, path = parse_address(a, unix=True)
-        if path is not None:
-            return Path(path + ".ctl")
-    _, port, _ = parse_address(listen[0], unix=True)
+    _, port, path = parse_address(listen[0], unix=True)
+    if path is not None:
+        return Path(path + ".ctl")
     return runtime_dir() / f"ramster-{port}.ctl"
 
 
@@ -75,7 +74,11 @@ def allowed(uid: int) -> bool:
 
 
 def _private_dir(d: Path) -> None:
-    """/tmp/ramster-UID: made 0700 if missing, and refused unless ours and private."""
+    """/tmp/ramster-UID (or root's /run/ramster): made 0700 if missing; the one in
+    /tmp is refused unless ours and private (anyone may create names there)."""
+    if d == Path("/run/ramster") and os.getuid() == 0:
+        d.mkdir(mode=0o700, exist_ok=True)
+        return
     if d != Path(f"/tmp/ramster-{os.getuid()}"):
         return
     try:

@@ -10,7 +10,8 @@ import pytest
 
 from ramster import logsetup
 from ramster.config import build
-from ramster.control import Control, check_memory, machine_memory, restart_changes
+from ramster import hostmem
+from ramster.control import Control, check_memory, restart_changes
 from ramster.control_protocol import (FAILED, INVALID, MAX_LINE, VERBS, LineBuffer, ProtocolError, Reply,
                                       Request, decode_reply, decode_request, encode_reply, encode_request, refusal)
 from ramster.units import PAGE_SIZE
@@ -172,7 +173,7 @@ def test_bad_values_are_refused_as_the_users_mistake(tmp_path, restore_level):
     for verb, args, text in (
         ("memory", ("12X",), "invalid memory '12X'"),
         ("memory", ("1000",), "not a positive multiple of 4096"),
-        ("memory", (str(machine_memory() + PAGE_SIZE),), "more than this machine has"),
+        ("memory", (str(hostmem.limit()[0] // PAGE_SIZE * PAGE_SIZE + PAGE_SIZE),), "is more than"),
         ("log-level", ("loud",), "unknown log level 'loud'"),
         ("remotify", ("pers", "off"), "not in a cluster"),
         ("peer", ("b", "down"), "not in a cluster"),
@@ -186,9 +187,11 @@ def test_bad_values_are_refused_as_the_users_mistake(tmp_path, restore_level):
 
 
 def test_check_memory_refuses_more_than_the_machine():
-    assert check_memory(4 * MiB) == 4 * MiB
-    with pytest.raises(Exception, match="more than this machine has"):
-        check_memory(machine_memory() + PAGE_SIZE)
+    assert check_memory(4 * MiB) is None
+    most = hostmem.limit()[0] // PAGE_SIZE * PAGE_SIZE
+    with pytest.raises(Exception, match="is more than"):
+        check_memory(most + PAGE_SIZE)
+    assert "little is left" in check_memory(most)
 
 
 def test_restart_changes_name_only_the_fixed_settings(tmp_path):

@@ -34,11 +34,10 @@ edited in the config file: then the file's new value wins.
 """
 
 EPILOG = """\
-the control socket: --control PATH, or where the node puts it by default:
-beside a unix:PATH listen socket (PATH.ctl), else
-$RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /run (root) or /tmp/ramster-UID, as
-ramster-PORT.ctl. The node's banner prints it. Only the node's user and root
-may use it.
+the control socket: --control PATH, or where the node puts it by default,
+after its first listen address: PATH.ctl for unix:PATH, else ramster-PORT.ctl in
+$RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /run/ramster (root) or /tmp/ramster-UID.
+The node's banner prints it. Only the node's user and root may use it.
 
 examples:
   ramster ctl show

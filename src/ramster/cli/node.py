@@ -102,8 +102,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(ts, level, logger, msg, ...) for journald or Loki (default: text)")
     p.add_argument("--control", metavar="PATH",
                    help="the control socket `ramster ctl` talks to (mode 0600, this user and root only), "
-                        "or \"off\" (default: beside a unix: listen socket, else "
-                        "$XDG_RUNTIME_DIR/ramster-PORT.ctl; see `ramster ctl --help`)")
+                        "or \"off\" (default: after the first --listen, PATH.ctl for unix:PATH, else "
+                        "ramster-PORT.ctl in $XDG_RUNTIME_DIR or /run/ramster; see `ramster ctl --help`)")
     p.set_defaults(func=main)
     return p
 
