@@ -129,7 +129,10 @@ def _ask(path: str, request: bytes) -> bytes:
         except OSError as e:
             raise _NotRunning(f"cannot reach {path}: {e.strerror or e}") from None
         try:
-            s.sendall(request)
+            try:
+                s.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a node that refuses the caller answers and closes at once: read why
             data = bytearray()
             while not data.endswith(b"\n"):
                 chunk = s.recv(65536)
