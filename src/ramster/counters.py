@@ -352,9 +352,11 @@ def _export(key: str, base: str, kind: str, help: str, unit: str = NUMBER) -> No
 _export("size", "export_size", GAUGE, "The size clients see of an export, a gauge.", BYTES)
 _export("counters.errors", "export_errors", COUNTER, "NBD requests an export answered with an error.")
 _export("counters.backing_writes", "export_backing_writes", COUNTER,
-        "Pages a swap export wrote to its backing file because memory refused them.")
+        "Pages an export wrote to its backing file itself: a swap export's that memory refused, "
+        "every page a cache export's writes touch.")
 _export("counters.backing_reads", "export_backing_reads", COUNTER,
-        "Pages a swap export read from its backing file.")
+        "Pages an export read from its backing file: a swap export's written back or refused pages, "
+        "a cache export's misses and prefetches.")
 _export("counters.written_back", "export_written_back_pages", COUNTER,
         "Pages a swap export moved from memory to its backing file.")
 _export("counters.failed_writes", "export_failed_writes", COUNTER,

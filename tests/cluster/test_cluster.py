@@ -147,8 +147,10 @@ def test_metrics_and_stats_show_peers(tmp_path, nodes):
         text = r.read().decode()
     assert 'ramster_peer_connected{peer="b"} 1.0' in text
     assert 'ramster_pages_remoted_total{pool="pers"}' in text and "ramster_peer_rtt_seconds" in text
-    r = run(*RAMSTER, "stats", "--url", a.url)
+    r = run(*RAMSTER, "stats", "--summary", "--url", a.url)
     assert r.returncode == 0 and "peers" in r.stdout and "connected" in r.stdout and "RAMster" in r.stdout
+    r = run(*RAMSTER, "stats", "-n", "--raw", "-o", "name,peers,remote", "--url", a.url)
+    assert r.returncode == 0 and r.stdout.split()[:3] == ["swap", "1/1", str(a.counters()["ramster.remote_pers_pages"])]
 
 
 def test_kill_one_replica_during_load_loses_nothing_and_rereplicates(tmp_path, nodes):

@@ -253,10 +253,16 @@ def test_ramster_stats(node):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["node"]["memory"] == 4 * MiB and set(s["exports"]) == {"swap", "disk", "small"}
-    r = run(*RAMSTER, "stats", "--url", node.url, env={**os.environ, "COLUMNS": "120"})
+    r = run(*RAMSTER, "stats", "--summary", "--url", node.url, env={**os.environ, "COLUMNS": "120"})
     assert r.returncode == 0, r.stderr
     for word in ("original data", "compressed", "memory used", "ratio", "written back", "swap", "disk"):
         assert word in r.stdout
+    # the default view: zramctl's table, a row per export and one for the node
+    r = run(*RAMSTER, "stats", "--url", node.url)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "KIND", "ALGORITHM", "DISKSIZE"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["swap", "disk", "small", "(node)"]
     r = run(*RAMSTER, "stats", "--url", f"http://127.0.0.1:{free_port()}")
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "no ramster node" in r.stderr

@@ -1,32 +1,42 @@
-"""`ramster stats`: a running node's counters, summarised like zramctl.
+"""`ramster stats`: a running node's numbers as zramctl shows a zram device's.
 
 It reads the node's /stats document (JSON, served beside /metrics on the
 metrics address) and never the node's memory: a node is a separate process,
-possibly on another machine. The summary follows zramctl's columns:
+possibly on another machine. Three views of one document:
 
-    original data  (eph_zpages + pers_zpages + huge_pages) x PAGE_SIZE  -- DATA
-    compressed     eph_zbytes + pers_zbytes + huge_pages x PAGE_SIZE    -- COMPR
-    memory used    (eph_pageframes + pers_pageframes + huge_pages) x PAGE_SIZE -- TOTAL
-    ratio          original data / memory used (what the budget really buys;
-                   zbud's two-per-frame packing is why it is below the codec's ratio)
+- the table (default): zramctl's columns and flags, one row per export
+  (stats_columns.py says which counters fill which column, and why the
+  memory columns are the export's pool kind's);
+- --summary: the counters grouped for reading (stats_summary.py);
+- --json: the document itself.
 
-then the exports' I/O counters and, in a cluster, each peer's state. The
-counter names are the seed's debugfs names (SPEC), so a number here can be
-looked up there. `--json` prints the document as it came; an unreachable
-node is one line on stderr and exit status 1.
+--watch refetches every --interval seconds. On a terminal the table or the
+summary is redrawn in place; into a pipe or a file every refresh is printed
+in full, as plain text without styling or truncation, and flushed, so
+`ramster stats --watch | tee log` shows each refresh as it comes; with
+--json every refresh is one line of JSON (NDJSON). An unreachable node is
+one line on stderr and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from . import UserError
+
 from ..config import DEFAULT_METRICS
-from ..units import PAGE_SIZE, format_size
+from .stats_columns import ZRAMCTL_COLUMNS, columns_help, parse_columns, table
+from .stats_summary import render, summary, width_needed
+
+__all__ = ["NodeUnreachable", "fetch", "main", "node_base_url", "render", "summary"]
 
 DEFAULT_URL = f"http://{DEFAULT_METRICS}"
 TIMEOUT = 5.0
@@ -75,192 +85,134 @@ def fetch(url: str) -> dict:
         raise NodeUnreachable(f"{target} did not return JSON: is that a ramster node?") from None
 
 
-def summary(stats: dict) -> dict:
-    """The zramctl-like figures, in bytes and counts."""
-    c = stats.get("counters", {})
-    g = c.get
-    eph_pages, pers_pages = g("zcache.eph_zpages", 0), g("zcache.pers_zpages", 0)
-    eph_frames, pers_frames = g("zcache.eph_pageframes", 0), g("zcache.pers_pageframes", 0)
-    huge = g("zcache.huge_pages", 0)  # kept as they are, a frame each
-    original = (eph_pages + pers_pages + huge) * PAGE_SIZE
-    compressed = g("zcache.eph_zbytes", 0) + g("zcache.pers_zbytes", 0) + huge * PAGE_SIZE
-    used = (eph_frames + pers_frames + huge) * PAGE_SIZE
-    return {
-        "original": original,
-        "compressed": compressed,
-        "memory_used": used,
-        "memory_limit": g("zcache.max_pageframes", 0) * PAGE_SIZE,
-        "ratio": original / used if used else 0.0,
-        "compress_ratio": original / compressed if compressed else 0.0,
-        "eph_pageframes": eph_frames,
-        "pers_pageframes": pers_frames,
-        "eph_zpages": eph_pages,
-        "pers_zpages": pers_pages,
-        "zero_filled_pages": g("zcache.zero_filled_pages", 0),
-        "same_filled_pages": g("zcache.same_filled_pages", 0),
-        "huge_pages": huge,
-        "evicted_eph_pageframes": g("zcache.evicted_eph_pageframes", 0),
-        "evicted_eph_zpages": g("zcache.evicted_eph_zpages", 0),
-        "writtenback_pages": g("zcache.writtenback_pages", 0),
-        "outstanding_writeback_pages": g("zcache.outstanding_writeback_pages", 0),
-        "compress_poor": g("zcache.compress_poor", 0),
-        "mean_compress_poor": g("zcache.mean_compress_poor", 0),
-        "failed_eph_puts": g("zcache.failed_eph_puts", 0),
-        "failed_pers_puts": g("zcache.failed_pers_puts", 0),
-    }
+EPILOG = """\
+columns (NAME to MOUNTPOINT as zramctl(8) defines them, then ramster's own):
+{columns}
 
+where the numbers come from, for an export whose pages are of pool kind K
+(pers for swap, eph for cache; huge pages, stored raw, are persistent only):
+  DATA        (zcache.K_zpages + zcache.huge_pages) x 4096
+  COMPR       zcache.K_zbytes + zcache.huge_pages x 4096
+  ZERO-PAGES  zcache.K_zpages - zbud.K_zpages
+  TOTAL       (zcache.K_pageframes + zcache.huge_pages) x 4096
+  MEM-LIMIT   zcache.max_pageframes x 4096
+  MEM-USED    (zcache.K_pageframes_max + zcache.huge_pages_max) x 4096
+  REMOTE      ramster.remote_K_pages
+  WRITTEN-BACK, BACKING-READS, BACKING-WRITES
+              the export's written_back, backing_reads, backing_writes
+  IDLE        zcache.idle_pages
 
-def _kv(title: str, rows: list[tuple[str, str]]):
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left", title_style="bold", box=None, show_header=False,
-              pad_edge=False)
-    t.add_column(no_wrap=True)
-    t.add_column(justify="right", no_wrap=True)
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
-
-
-def render(stats: dict):
-    from rich.columns import Columns
-    from rich.console import Group
-    from rich.table import Table
-
-    s = summary(stats)
-    node = stats.get("node", {})
-    memory = _kv("memory", [
-        ("algorithm", str(node.get("compressor", "?"))),
-        ("original data", format_size(s["original"])),
-        ("compressed", format_size(s["compressed"])),
-        ("memory used", format_size(s["memory_used"])),
-        ("memory limit", format_size(s["memory_limit"])),
-        ("ratio (data/used)", f"{s['ratio']:.2f}"),
-        ("compression ratio", f"{s['compress_ratio']:.2f}"),
-    ])
-    pages = _kv("pages", [
-        ("eph frames", str(s["eph_pageframes"])),
-        ("pers frames", str(s["pers_pageframes"])),
-        ("eph pages", str(s["eph_zpages"])),
-        ("pers pages", str(s["pers_zpages"])),
-        ("zero-filled", str(s["zero_filled_pages"])),
-        ("same-filled", str(s["same_filled_pages"])),
-        ("huge (incompressible)", str(s["huge_pages"])),
-    ])
-    events = _kv("events", [
-        ("evicted eph frames", str(s["evicted_eph_pageframes"])),
-        ("evicted eph pages", str(s["evicted_eph_zpages"])),
-        ("written back", str(s["writtenback_pages"])),
-        ("writeback outstanding", str(s["outstanding_writeback_pages"])),
-        ("rejected: compress poor", str(s["compress_poor"] + s["mean_compress_poor"])),
-        ("failed eph/pers puts", f"{s['failed_eph_puts']}/{s['failed_pers_puts']}"),
-    ])
-    ex = Table(title="exports", title_justify="left", title_style="bold", box=None, header_style="bold",
-               pad_edge=False)
-    for col in ("export", "kind", "size", "reads", "writes", "read", "written", "errors", "failed", "lost",
-                "hits", "miss"):
-        ex.add_column(col, justify="left" if col in ("export", "kind") else "right", no_wrap=True)
-    for name, e in stats.get("exports", {}).items():
-        k = e.get("counters", {})
-        ex.add_row(name, e.get("kind", ""), format_size(e.get("size", 0)), str(k.get("reads", 0)),
-                   str(k.get("writes", 0)), format_size(k.get("bytes_read", 0)),
-                   format_size(k.get("bytes_written", 0)), str(k.get("errors", 0)),
-                   str(k["failed_writes"]) if "failed_writes" in k else "-",
-                   str(e.get("gauges", {})["lost_pages"]) if "lost_pages" in e.get("gauges", {}) else "-",
-                   str(k["cache_hits"]) if "cache_hits" in k else "-",
-                   str(k["cache_misses"]) if "cache_misses" in k else "-")
-    title = (f"ramster node {node.get('version', '?')}  pid {node.get('pid', '?')}  "
-             f"up {_duration(node.get('uptime_seconds', 0))}  listen {' '.join(node.get('listen', []))}")
-    parts = [title, "", Columns([memory, pages, events], padding=(0, 4)), "", ex]
-    peers = stats.get("peers") or []
-    if peers:
-        c = stats.get("counters", {})
-        g = lambda k: str(c.get(f"ramster.{k}", 0))  # noqa: E731
-        remote = _kv("RAMster", [
-            ("pages remoted eph/pers", f"{g('eph_pages_remoted')}/{g('pers_pages_remoted')}"),
-            ("remote pages now eph/pers", f"{g('remote_eph_pages')}/{g('remote_pers_pages')}"),
-            ("foreign pages eph/pers", f"{g('foreign_eph_pages')}/{g('foreign_pers_pages')}"),
-            ("remote gets ok/miss", f"{g('remote_pers_pages_succ_get')}/{g('remote_pers_pages_unsucc_get')}"),
-            ("pages lost", g("remote_pers_pages_lost")),
-            ("pages short of copies", g("remote_pages_short")),
-            ("checksum errors", g("remote_checksum_errors")),
-            ("handshakes refused", g("handshakes_refused")),
-        ])
-        pt = Table(title="peers", title_justify="left", title_style="bold", box=None, header_style="bold",
-                   pad_edge=False)
-        for col in ("peer", "number", "state", "rtt", "pages held", "only copy", "free", "refused"):
-            pt.add_column(col, justify="left" if col in ("peer", "state") else "right", no_wrap=True)
-        for p in peers:
-            rtt = p.get("rtt_seconds")
-            free = p.get("free_frames")
-            pt.add_row(p["name"], str(p["number"]), "connected" if p["connected"] else "down",
-                       f"{rtt * 1e3:.2f} ms" if rtt is not None else "-", str(p.get("pages_held", 0)),
-                       str(p.get("pages_only_copy", 0)),
-                       format_size(free * PAGE_SIZE) if free is not None else "-", str(p.get("refused", 0)))
-        parts += ["", Columns([remote, pt], padding=(0, 4))]
-    return Group(*parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    d, rest = divmod(seconds, 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    return f"{d}d{h:02d}h{m:02d}m" if d else f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+examples:
+  ramster stats
+  ramster stats -b -o name,data,compr,total --raw
+  ramster stats --watch --json | jq -c .counters
+  ramster stats --summary --url http://10.0.0.2:9105
+"""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "stats", help="show a running node's counters",
-        description="Show a running node's memory use and counters (from its /stats endpoint), "
-                    "summarised like zramctl: DATA is the original size of the stored pages, COMPR "
-                    "their compressed size, TOTAL the memory holding them, RATIO DATA/TOTAL.",
-        epilog="examples:\n  ramster stats\n  ramster stats --watch\n"
-               "  ramster stats --url http://10.0.0.2:9105 --json",
+        "stats", help="show a running node's memory and counters, like zramctl",
+        description=textwrap.fill("Show a running node's memory use and counters (from its /stats endpoint) "
+                    "with zramctl's columns, one row per export. An export's memory columns "
+                    "are those of the pool kind its pages live in (swap: persistent, cache: "
+                    "ephemeral), which all exports of that kind share; with several exports "
+                    "a last row, (node), shows the whole node.", 79),
+        epilog=EPILOG.format(columns=columns_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=DEFAULT_URL, help=f"the node's metrics address (default: {DEFAULT_URL})")
-    p.add_argument("--json", action="store_true", help="print the raw /stats document as JSON")
-    p.add_argument("--watch", action="store_true", help="refresh in place every second until Ctrl-C")
+    p.add_argument("-b", "--bytes", action="store_true", help="print sizes in bytes rather than in human readable format")
+    p.add_argument("-o", "--output", metavar="LIST", help="columns to print, comma-separated; +LIST adds to the defaults")
+    p.add_argument("--output-all", action="store_true", help="print all columns")
+    p.add_argument("-n", "--noheadings", action="store_true", help="don't print headings")
+    p.add_argument("--raw", action="store_true", help="raw output: one space between cells, no alignment")
+    p.add_argument("--json", action="store_true", help="print the /stats document as JSON (one line per refresh with --watch)")
+    p.add_argument("--summary", action="store_true", help="the counters grouped for reading instead of the table")
+    p.add_argument("--watch", action="store_true", help="refresh every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="seconds between refreshes (default: 1)")
     p.set_defaults(func=main)
     return p
 
 
+class _View:
+    """Writes one refresh of the chosen view to stdout."""
+
+    def __init__(self, args: argparse.Namespace, columns: list[str]):
+        self.args = args
+        self.columns = columns
+        self.out = sys.stdout
+        self.tty = self.out.isatty()
+        self.live = None
+
+    def show(self, doc: dict) -> None:
+        a = self.args
+        if a.json:
+            self.out.write(json.dumps(doc, separators=(",", ":")) + "\n" if a.watch else json.dumps(doc, indent=1) + "\n")
+        elif a.summary:
+            self._summary(doc)
+        else:
+            width = shutil.get_terminal_size().columns if self.tty else None
+            text = table(doc, self.columns, in_bytes=a.bytes, headings=not a.noheadings, raw=a.raw, width=width,
+                         fit=self.tty and not (a.output or a.output_all))
+            if a.watch and self.tty:
+                text = "\x1b[H\x1b[J" + text  # redraw in place
+            self.out.write(text)
+        self.out.flush()
+
+    def _summary(self, doc: dict) -> None:
+        from rich.console import Console
+
+        view = render(doc)
+        # never narrower than a part needs: a cell is folded or cut by nothing, and a
+        # terminal narrower than that wraps the line instead
+        need = width_needed(view)
+        if self.tty:
+            width = max(shutil.get_terminal_size().columns, need)
+            console = Console(width=width)
+        else:  # into a pipe: plain text, one line per line
+            console = Console(file=self.out, width=max(80, need), color_system=None, highlight=False,
+                              emoji=False)
+        if not (self.args.watch and self.tty):
+            console.print(view, crop=False)
+        elif self.live is None:
+            from rich.live import Live
+
+            self.live = Live(view, console=console, auto_refresh=False)
+            self.live.start(refresh=True)
+        else:
+            self.live.console.width = console.width
+            self.live.update(view, refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        stats = fetch(args.url)
-    except NodeUnreachable as e:
-        print(f"ramster stats: {e}", file=sys.stderr)
-        return 1
-    if args.json and not args.watch:
-        try:
-            json.dump(stats, sys.stdout, indent=1)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        except BrokenPipeError:  # `ramster stats --json | head`
-            sys.stderr.close()
-        return 0
-    from rich.console import Console
-
-    console = Console()
-    if not args.watch:
-        console.print(render(stats))
-        return 0
-    from rich.live import Live
-    from rich.pretty import Pretty
-
-    def view(st):
-        return Pretty(st) if args.json else render(st)
-
+        columns = parse_columns(args.output, args.output_all)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not args.interval > 0:
+        raise UserError(f"--interval must be above 0, not {args.interval}")
+    view = _View(args, columns)
     try:
-        with Live(view(stats), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(1.0)
-                try:
-                    stats = fetch(args.url)
-                except NodeUnreachable as e:
-                    live.stop()
-                    print(f"ramster stats: {e}", file=sys.stderr)
-                    return 1
-                live.update(view(stats), refresh=True)
+        while True:
+            try:
+                doc = fetch(args.url)
+            except NodeUnreachable as e:
+                view.close()
+                print(f"ramster stats: {e}", file=sys.stderr)
+                return 1
+            view.show(doc)
+            if not args.watch:
+                return 0
+            time.sleep(args.interval)
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:  # `ramster stats --watch | head`
+        # the reader is gone: nothing more to say, and nothing on stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        view.close()

@@ -29,6 +29,8 @@ _CC_MASK = (1 << _CC_SHIFT) - 1
 class CacheCounters(ExportCounters):
     cache_hits: int = 0  # pages read from memory
     cache_misses: int = 0  # pages read from the backing file (and then cached)
+    backing_reads: int = 0  # pages read from the backing file: misses and prefetches
+    backing_writes: int = 0  # pages written to the backing file (every write goes through)
 
 
 class CacheExport(Export):
@@ -78,6 +80,7 @@ class CacheExport(Export):
             page = self._cached(first)
             if page is None:
                 counters.cache_misses += 1
+                counters.backing_reads += 1
                 page = self.backing.pread(first << PAGE_SHIFT, PAGE_SIZE)
                 self._fill(first, page)
             else:
@@ -109,6 +112,7 @@ class CacheExport(Export):
         i = (p - first) << PAGE_SHIFT
         self.backing.preadinto(mv[i:(stop - first) << PAGE_SHIFT], p << PAGE_SHIFT)
         self.counters.cache_misses += stop - p
+        self.counters.backing_reads += stop - p
         for q in range(p, stop):
             j = (q - first) << PAGE_SHIFT
             self._fill(q, mv[j:j + PAGE_SIZE])
@@ -123,6 +127,7 @@ class CacheExport(Export):
                        f"writing {self.backing.path}: {e.strerror}") from None
         mv = memoryview(data)
         end = offset + len(mv)
+        self.counters.backing_writes += ((end - 1) >> PAGE_SHIFT) - (offset >> PAGE_SHIFT) + 1 if end > offset else 0
         p = offset >> PAGE_SHIFT
         pos = 0
         while offset < end:
@@ -202,6 +207,7 @@ class CacheExport(Export):
         for p in range(first, stop):
             if not zc.contains(self.fsid, p >> _CC_SHIFT, p & _CC_MASK):
                 self._fill(p, self.backing.pread(p << PAGE_SHIFT, PAGE_SIZE))
+                self.counters.backing_reads += 1
             if not (p - first + 1) % 1024:
                 await asyncio.sleep(0)  # the pool may be replaced meanwhile: looked up per page
 
