@@ -81,10 +81,6 @@ class Reply:
     kind: str | None = None  # for a refusal: INVALID, REFUSED, FAILED or PROTOCOL
     result: dict = field(default_factory=dict)
 
-    @property
-    def error(self) -> str:
-        return self.message
-
 
 def _line(obj: dict) -> bytes:
     data = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"

@@ -25,6 +25,12 @@ and told "no" by a pass that freed none. Selfshrink is the way back: once
 the persistent page count stopped growing for SELFSHRINK_INERTIA passes,
 remote pages are fetched home into free frames (all of them up to
 SELFSHRINK_HYSTERESIS, else 5 % a pass), never by evicting anything.
+
+The policy can change while the node runs (ramster.control, the seed's
+sysfs switches): a pool kind's remotify on or off, the targets, selfshrink
+on or off, and a selfshrink now. A change replaces the policy object (the
+worker reads it afresh each batch) and wakes the worker; pages already on
+a peer stay there.
 """
 from __future__ import annotations
 
