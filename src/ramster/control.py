@@ -107,6 +107,8 @@ def restart_changes(old_config, new_config, old_cluster=None, new_cluster=None) 
         if f.name in _NODE_RUNTIME:
             continue
         a, b = getattr(old_config, f.name), getattr(new_config, f.name, None)
+        if f.name == "exports" and _default_exports(old_config) and _default_exports(new_config):
+            continue  # no exports given: the default follows the memory, which is a runtime setting
         if a != b:
             out.append((f.name, a, b))
     if (old_cluster is None) != (new_cluster is None):
@@ -117,6 +119,12 @@ def restart_changes(old_config, new_config, old_cluster=None, new_cluster=None) 
             if a != b:
                 out.append((f"cluster.{name}", a, b))
     return out
+
+
+def _default_exports(config) -> bool:
+    """True when the exports are the default one (config.build: "swap", twice the memory)."""
+    e = config.exports
+    return len(e) == 1 and (e[0].name, e[0].kind, e[0].size, e[0].backing) == ("swap", "swap", 2 * config.memory, None)
 
 
 def _plain(value) -> str:

@@ -214,3 +214,28 @@ def test_sighup_before_a_config_file_changes_nothing_and_does_not_kill(tmp_path)
         assert node.alive() and s["node"]["memory"] == 8 * MiB
     finally:
         assert node.stop() == 0
+
+
+def test_a_reload_tells_the_service_manager(tmp_path, monkeypatch):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(tmp_path / "notify.sock"))
+        manager.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+        cfg = write_config(tmp_path / "node.toml", "8M")
+        node = NodeProcess(tmp_path / "n", "--config", str(cfg))
+
+        def next_state(*wanted: str) -> list[str]:
+            while True:
+                states = manager.recv(4096).decode().split("\n")
+                if any(w in states for w in wanted):
+                    return states
+
+        try:
+            assert "READY=1" in next_state("READY=1")
+            write_config(cfg, "16M")
+            node.proc.send_signal(signal.SIGHUP)
+            assert "RELOADING=1" in next_state("RELOADING=1", "READY=1")
+            assert "READY=1" in next_state("READY=1")
+            assert node.stats()["node"]["memory"] == 16 * MiB
+        finally:
+            assert node.stop() == 0

@@ -197,7 +197,9 @@ def test_check_memory_refuses_more_than_the_machine():
 def test_restart_changes_name_only_the_fixed_settings(tmp_path):
     a = build(None, memory="8M")
     b = build(None, memory="16M", log_level="debug")
-    assert restart_changes(a, b) == [("exports", a.exports, b.exports)]  # the default export is 2 x memory
+    assert restart_changes(a, b) == []  # the default export follows the memory: no restart to ask for
+    d = build(None, memory="8M", exports=["swap:swap:32M"])
+    assert [w for w, _, _ in restart_changes(a, d)] == ["exports"]
     c = build(None, memory="8M", compressor="zlib")
     assert [w for w, _, _ in restart_changes(a, c)] == ["compressor"]
 
