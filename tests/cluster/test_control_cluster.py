@@ -85,9 +85,13 @@ def test_remotify_switches_pins_and_peers_marked_down_steer_placement(tmp_path, 
     c.wait_for(lambda s: s["counters"]["ramster.foreign_pers_pages"] > 0, "c holding a's pages")
     assert b.counters()["ramster.foreign_pers_pages_max"] == held_by_b
     assert "ctl: peer b up -> down" in a.stderr()
+    # b's copies are unavailable while it is down: those pages come from the swap disk
+    whole = first + bytes(4 * MiB) + second + bytes(4 * MiB)
+    assert read(a.uri("swap"), 32 * MiB) == whole
+    assert a.counters()["ramster.remote_pers_pages_unsucc_get"] > 0
     # b up again: everything reads back, wherever it is
     assert ctl(a, "peer", "b", "up") == "peer b down -> up"
-    assert read(a.uri("swap"), 32 * MiB) == first + bytes(4 * MiB) + second + bytes(4 * MiB)
+    assert read(a.uri("swap"), 32 * MiB) == whole
     c_ = a.counters()
     assert c_["control.peers_marked_down"] == 1 and c_["control.peers_marked_up"] == 1
     # selfshrink on demand: with room again, remote pages come home
