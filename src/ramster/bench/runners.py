@@ -149,10 +149,25 @@ def zram_unavailable() -> str | None:
     return None
 
 
+def zram_recompress_unavailable(algorithm: str) -> str | None:
+    """Why a zram device here cannot recompress with `algorithm`, or None (asks a device made for it)."""
+    num = int((ZRAM_CONTROL / "hot_add").read_text().strip())
+    try:
+        recomp = Path(f"/sys/block/zram{num}/recomp_algorithm")
+        if not recomp.exists():
+            return "not available: this kernel's zram has no recomp_algorithm (CONFIG_ZRAM_MULTI_COMP)"
+        algs = Path(f"/sys/block/zram{num}/comp_algorithm").read_text().replace("[", " ").replace("]", " ").split()
+        if algorithm not in algs:
+            return f"not available: this kernel's zram has no {algorithm} (has: {', '.join(algs)})"
+        return None
+    finally:
+        (ZRAM_CONTROL / "hot_remove").write_text(str(num))
+
+
 class ZramDevice:
     """A zram device made for the benchmark (hot_add) and removed afterwards (reset + hot_remove)."""
 
-    def __init__(self, size: int, algorithm: str = "lz4"):
+    def __init__(self, size: int, algorithm: str = "lz4", recompress: str | None = None):
         self.num: int | None = None
         self.num = int((ZRAM_CONTROL / "hot_add").read_text().strip())
         try:
@@ -161,6 +176,8 @@ class ZramDevice:
             if algorithm not in algs:
                 raise RuntimeError(f"the kernel's zram has no {algorithm} (has: {', '.join(algs)})")
             (sysdir / "comp_algorithm").write_text(algorithm)
+            if recompress is not None:  # a second algorithm is chosen before disksize, as the first is
+                (sysdir / "recomp_algorithm").write_text(f"algo={recompress} priority=1")
             (sysdir / "disksize").write_text(str(size))
             self.path = Path(f"/dev/zram{self.num}")
             deadline = time.monotonic() + 10

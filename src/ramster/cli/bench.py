@@ -2,7 +2,7 @@
 
 A ratio to a floor measured seconds earlier on the same machine survives a
 noisy neighbour or another CPU; an absolute rate does not. `engine` is
-declared here; the bigger benchmarks (nbd, cluster, guest) keep their flags
+declared here; the bigger benchmarks (nbd, density, cluster, guest) keep their flags
 beside their bodies in ramster.bench and are registered here.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from . import UserError
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
-        help="run a benchmark (engine, nbd, cluster, guest)",
+        help="run a benchmark (engine, nbd, density, cluster, guest)",
         description="Benchmarks measure their baseline in the same run and report the ratio to it.",
     )
     bsub = p.add_subparsers(dest="bench", metavar="BENCHMARK")
@@ -38,10 +38,11 @@ def add_parser(sub) -> None:
     e.add_argument("--markdown", action="store_true", help="print Markdown tables (for BENCHMARKS.md)")
     e.set_defaults(func=_engine)
     # the cluster, NBD and guest benchmarks declare their own flags beside their bodies
-    from ..bench import cluster, guest, nbd
+    from ..bench import cluster, density, guest, nbd
 
     cluster.add_parser(bsub)
     nbd.add_parser(bsub)
+    density.add_parser(bsub)
     guest.add_parser(bsub)
 
 

@@ -1,0 +1,110 @@
+"""`ramster bench density` end to end on 4 MiB images: every target and variant has a row, every measured
+figure is a number, what is missing says why, and nothing is left behind."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import need
+
+from ramster.bench.density import TARGETS, WORKLOADS
+from ramster.bench.density_rates import VARIANTS
+
+pytestmark = pytest.mark.interop
+
+TINY = ("--held-out-size", "4M", "--workers-size", "4M", "--workers", "2", "--rate-pages", "256", "--repeat", "1")
+
+
+def bench(*args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TMPDIR=str(tmp))
+    return subprocess.run([sys.executable, "-m", "ramster.cli", "bench", "density", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=tmp)
+
+
+def number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def zram_devices() -> set[str]:
+    return {p.name for p in Path("/sys/block").glob("zram*")}
+
+
+def test_bench_density_json(tmp_path):
+    need("nbdkit", "nbdcopy", "taskset")
+    work = tmp_path / "tmp"
+    work.mkdir()
+    zram_before = zram_devices()
+    r = bench(*TINY, "--json", tmp=work)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert "taskset -c" in d["pinning"] and "CPU" in d["pinning"]
+    for wl in WORKLOADS:
+        img = d["images"][wl]
+        assert img["size"] == 4 << 20 and img["pages"] == 1024 and img["lz4_ratio"] > 1
+    # the held-out pages repeat nothing; the forked workers share pages they never wrote
+    assert d["images"]["held-out"]["duplicate_share"] < 0.05
+    assert d["images"]["workers"]["duplicate_share"] > 0.2
+    # one row per target and image, in order, each measured or saying why not
+    assert [(s["target"], s["workload"]) for s in d["stored"]] == [(t, wl) for wl in WORKLOADS for t in TARGETS]
+    for s in d["stored"]:
+        if s["status"] == "ok":
+            assert number(s["memory"]["memory_per_original_byte"]), s
+            assert s["memory"]["memory_per_original_byte"] < 1.5, s  # compressible pages cost less than their size
+        else:
+            assert s["status"] == "not available" and s["reason"], s
+    by = {(s["target"], s["workload"]): s for s in d["stored"]}
+    for wl in WORKLOADS:
+        assert by[("ramster-zbud", wl)]["status"] == "ok"
+        assert by[("nbdkit-zstd", wl)]["status"] == "ok"
+        assert by[("ramster-zbud", wl)]["memory"]["counters"]["zcache.pers_zpages"] > 0
+    # rates: every variant on every image, ratios to the floor are numbers
+    assert [(r["workload"], r["variant"]) for r in d["rates"]] == [(wl, v[0]) for wl in WORKLOADS for v in VARIANTS]
+    for rate in d["rates"]:
+        if rate["status"] == "ok":
+            for k in ("put_pps", "get_pps", "put_ratio", "get_ratio", "bytes_per_original_byte"):
+                assert number(rate[k]), (rate, k)
+        else:
+            assert rate["status"] == "not available" and rate["reason"], rate
+    assert all(r["status"] == "ok" for r in d["rates"] if r["variant"] == "zbud")
+    acc = d["acceptance"]
+    assert len(acc) == 5
+    for a in acc:
+        assert (a["value"] is None and a["note"]) or (isinstance(a["value"], float) and a["passed"] in (True, False))
+    # every temporary file removed, every process started gone, every zram device made removed
+    assert list(work.iterdir()) == []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            continue
+        assert str(work).encode() not in text, text
+    assert zram_devices() == zram_before
+
+
+def test_bench_density_markdown(tmp_path):
+    need("nbdkit", "nbdcopy", "taskset")
+    r = bench(*TINY, "--targets", "ramster-zbud,nbdkit-zstd", "--markdown", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tables = [block.splitlines() for block in r.stdout.split("\n\n") if block.startswith("| ")]
+    assert len(tables) == 2
+    mem, rates = tables
+    assert len(mem) == 2 + 2 and mem[2].startswith("| ramster-zbud | 0.") and mem[3].startswith("| nbdkit-zstd | 0.")
+    assert len(rates) == 2 + len(WORKLOADS) * len(VARIANTS)
+    zbud = [row for row in rates if "| zbud |" in row]
+    assert len(zbud) == len(WORKLOADS)
+    for row in zbud:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[5]) > 0  # × floor, put and get
+    assert "Pinning: servers" in r.stdout
+
+
+def test_bench_density_user_errors(tmp_path):
+    r = bench("--targets", "ramster-zbud,zswap", tmp=tmp_path, timeout=60)
+    assert r.returncode == 2 and "unknown target 'zswap'" in r.stderr
+    r = bench("--workers", "1", tmp=tmp_path, timeout=60)
+    assert r.returncode == 2 and "--workers" in r.stderr
