@@ -223,6 +223,15 @@ _gauge("zcache.same_filled_pages", "zcache_same_filled_pages",
 _gauge("zcache.huge_pages", "zcache_huge_pages",
        "Pages stored now uncompressed, a whole frame each, because they do not compress, a gauge.")
 _gauge("zcache.huge_pages_max", "zcache_huge_pages_max", "The most uncompressed pages stored at once, a gauge.")
+# dedup (dedup.py): identical pages stored once, on a node started with dedup
+_counter("zcache.dedup_hits", "zcache_dedup_hits",
+         "Puts whose page equalled a stored page byte for byte and shared its copy.")
+_counter("zcache.dedup_collisions", "zcache_dedup_collisions",
+         "Puts whose page had a stored page's hash but not its bytes, stored unshared.")
+_gauge("zcache.dedup_pages", "zcache_dedup_pages",
+       "Stored copies shared by two or more pages now, a gauge.")
+_gauge("zcache.dedup_saved_pages", "zcache_dedup_saved_pages",
+       "Pages held now without a copy of their own because they share one, a gauge.")
 _counter("zcache.pageframes_alloced", "zcache_pageframes_alloced", "Page frames taken from the frame arena.")
 _counter("zcache.pageframes_freed", "zcache_pageframes_freed", "Page frames given back to the frame arena.")
 _gauge("zcache.max_pageframes", "zcache_pageframes_limit",

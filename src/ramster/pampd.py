@@ -17,17 +17,22 @@ ranges, so one comparison tells the kinds apart on the hot paths:
     HUGE_BASE - f                 huge page     arena frame f, as it is (uncompressed)
     REMOTE_BASE - r               remote page   on peers: entry r of RAMster's remote
                                                 table says which nodes hold a copy
+    DEDUP_BASE - d                dedup page    entry d of zcache's dedup table (dedup.py)
+                                                names the zbud page every owner shares
 
-        2**31-1 ......... 1 | 0 | -1 | -2 ... -(2**24)+1 | -(2**24) ... | -(2**24)-2**30 ... -2**31
-        zbud refs          empty zero  same-filled (k)     huge (frame f)  remote (r)
+        2**31-1 ... 1 | 0 | -1 | -2 ... -(2**24)+1 | -(2**24) ... | -(2**24)-2**30 ... | DEDUP_BASE ... -2**31
+        zbud refs      empty zero  same-filled (k)     huge (frame f)  remote (r)           dedup (d)
 
 So `p > 0` is the zbud fast path, `p > HUGE_BASE` (p < 0) a page with no frame,
-`REMOTE_BASE < p <= HUGE_BASE` a huge frame and `p <= REMOTE_BASE` a page on a
-peer. The ranges are wide enough for what fills them: a zbudref is below 2**31
+`REMOTE_BASE < p <= HUGE_BASE` a huge frame, `DEDUP_BASE < p <= REMOTE_BASE`
+a page on a peer and `p <= DEDUP_BASE` a page shared through the dedup table
+(only a node started with dedup has those; the remote test comes first on every
+path, so a node without dedup pays nothing for the range). The ranges are wide enough for what fills them: a zbudref is below 2**31
 because the arena has fewer than 2**30 frames (frames.MAX_FRAMES); the fill
 table is capped at MAX_FILLS patterns (after that a same-filled page is
-compressed like any other); a huge page's frame number is an arena frame, and
-the remote table holds fewer than MAX_REMOTE entries.
+compressed like any other); a huge page's frame number is an arena frame, the
+remote table holds fewer than MAX_REMOTE (2**29) entries and the dedup table
+fewer than MAX_DEDUP (about 2**29).
 
 Only zcache decodes pampds. tmem hands them to zcache's pamops and learns
 nothing more from them than what those return (a get that cannot be served
@@ -46,9 +51,14 @@ SAME_FILLED_BASE = -2
 HUGE_BASE = -(1 << 24)
 # fill patterns stay above HUGE_BASE
 MAX_FILLS = (1 << 24) - 2
+# lz4, lzo, zstd and zlib all shrink a same-filled page below this, so only
+# pages this short are compared with their first word repeated
+SAME_FILLED_MAX_CLEN = 64
 REMOTE_BASE = HUGE_BASE - (1 << 30)
+MAX_REMOTE = 1 << 29
+DEDUP_BASE = REMOTE_BASE - MAX_REMOTE
 # tmem's slots are signed 32-bit
-MAX_REMOTE = REMOTE_BASE + (1 << 31) + 1
+MAX_DEDUP = DEDUP_BASE + (1 << 31) + 1
 
 
 
@@ -85,7 +95,20 @@ def remote_entry(p: int) -> int:
 
 
 def is_remote(p: int) -> bool:
-    return p <= REMOTE_BASE
+    return DEDUP_BASE < p <= REMOTE_BASE
+
+
+def dedup(d: int) -> int:
+    """The pampd of the page in dedup table entry d."""
+    return DEDUP_BASE - d
+
+
+def dedup_entry(p: int) -> int:
+    return DEDUP_BASE - p
+
+
+def is_dedup(p: int) -> bool:
+    return p <= DEDUP_BASE
 
 
 class _OnPeer:

@@ -36,10 +36,13 @@ from collections.abc import Callable
 from . import compress as _compress
 from .frames import FrameArena
 from .handles import check_index, check_page, normalize_oid
-from .pampd import HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE, ZERO_FILLED, is_frameless, is_huge
+from .dedup import DEDUP_COUNTERS, DedupTable
+from .pampd import (DEDUP_BASE, HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE, SAME_FILLED_MAX_CLEN,
+                    ZERO_FILLED, is_frameless, is_huge, is_remote)
 from .tmem import INDEX_LIMIT, LOCAL_CLIENT, MAX_POOLS_PER_CLIENT, OID_LIMIT, Pool, Tmem, TmemError
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
+from .zcache_dedup import DedupPaths
 from .zcache_reclaim import RECLAIM_COUNTERS, Reclaim
 from .zcache_remote import RemoteDoor
 
@@ -49,8 +52,6 @@ DEFAULT_COMPRESSOR = _compress.DEFAULT
 __all__ = ["DEFAULT_COMPRESSOR", "EPH", "PERS", "INDEX_LIMIT", "OID_LIMIT", "ON_PEER", "TmemError", "Zcache", "check_index", "check_page", "normalize_oid"]
 
 ZERO_PAGE = bytes(PAGE_SIZE)
-# lz4, lzo, zstd and zlib all shrink a same-filled page below this
-SAME_FILLED_MAX_CLEN = 64
 # persistent policy (SPEC §4.5)
 PERS_MAX_ZSIZE = PAGE_SIZE // 8 * 7  # 3584
 PERS_MAX_MEAN_ZSIZE = PAGE_SIZE // 8 * 5  # 2560
@@ -69,7 +70,7 @@ _EVENT_COUNTERS = (
 )  # fmt: skip
 
 
-class Zcache(Reclaim, RemoteDoor):
+class Zcache(Reclaim, RemoteDoor, DedupPaths):
     """Compressed transcendent memory in a fixed budget of page frames."""
 
     # The pampd under a handle of a Pool (0: none; pampd.py says what it means):
@@ -78,7 +79,7 @@ class Zcache(Reclaim, RemoteDoor):
     lookup: Callable[[Pool, int, int], int]
 
     def __init__(self, max_pageframes: int, compressor: str = _compress.DEFAULT, *,
-                 reserve_pageframes: int | None = None, writeback_sink=None):
+                 reserve_pageframes: int | None = None, writeback_sink=None, dedup: bool = False):
         if isinstance(max_pageframes, bool) or not isinstance(max_pageframes, int):
             raise TypeError(f"max_pageframes must be an int, not {type(max_pageframes).__name__}")
         if max_pageframes < 0:
@@ -90,6 +91,13 @@ class Zcache(Reclaim, RemoteDoor):
         self.zbud = Zbud(self.arena.buf, max_pageframes)
         self.tmem = Tmem(self)
         self.lookup = self.tmem.lookup
+        # identical pages stored once (dedup.py, zcache_dedup.py); _store links
+        # what it placed through _link, which only a node with dedup makes an entry
+        self.dedup = DedupTable() if dedup else None
+        self._dedup_key = None
+        self._link = self._dedup_link if dedup else self.tmem.put
+        for name in DEDUP_COUNTERS:
+            setattr(self, name, 0)
         self._pools: dict[int, Pool] = {}  # local client's pools by id
         for name in _EVENT_COUNTERS:
             setattr(self, name, 0)
@@ -184,6 +192,8 @@ class Zcache(Reclaim, RemoteDoor):
             index = check_index(index)
         if type(page) is not bytes or len(page) != PAGE_SIZE:
             page = check_page(page)
+        if self.dedup is not None:
+            return self._put_dedup(pool, oid, index, page, huge, keep_old)
         # the put path (SPEC §4.3–4.5): the hottest path of the project
         c = pool.cls
         cdata = self._compress(page)
@@ -235,6 +245,8 @@ class Zcache(Reclaim, RemoteDoor):
         oid = normalize_oid(oid)
         index = check_index(index)
         p = self.tmem.lookup(pool, oid, index)
+        if p <= DEDUP_BASE:
+            p = self.dedup.under[DEDUP_BASE - p]
         if not p or p <= REMOTE_BASE:
             return None
         if p > 0:
@@ -247,8 +259,7 @@ class Zcache(Reclaim, RemoteDoor):
 
     def on_peer(self, pool_id: int, oid, index: int) -> bool:
         """Whether the page lives on a peer (RAMster), so only the asynchronous get can read it."""
-        p = self.tmem.lookup(self._pool(pool_id), normalize_oid(oid), check_index(index))
-        return p != 0 and p <= REMOTE_BASE
+        return is_remote(self.tmem.lookup(self._pool(pool_id), normalize_oid(oid), check_index(index)))
 
     def flush_page(self, pool_id: int, oid, index: int) -> bool:
         pool = self._pools.get(pool_id)
@@ -298,6 +309,7 @@ class Zcache(Reclaim, RemoteDoor):
         s["zcache.same_filled_pages"] = self.same_filled_pages
         s["zcache.huge_pages"] = self.huge_pages
         s["zcache.huge_pages_max"] = self.huge_pages_max
+        s.update((f"zcache.{k}", getattr(self, k)) for k in DEDUP_COUNTERS)
         s.update((f"zcache.{k}", getattr(self, k)) for k in RECLAIM_COUNTERS)
         s["zcache.idle_pages"] = self.idle_pages()
         s["zcache.pageframes_alloced"] = self.arena.pageframes_alloced
@@ -355,7 +367,7 @@ class Zcache(Reclaim, RemoteDoor):
         self.zbytes[c] = n
         if n > self.zbytes_max[c]:
             self.zbytes_max[c] = n
-        self.tmem.put(pool, oid, index, p)
+        self._link(pool, oid, index, p)
         return True
 
     def _put_failed(self, pool: Pool, oid: int, index: int, c: int) -> bool:
@@ -457,7 +469,9 @@ class Zcache(Reclaim, RemoteDoor):
             if self._huge_idle:
                 self._huge_idle.discard(HUGE_BASE - p)
             return self._huge_page(p)
-        return ON_PEER
+        if p > DEDUP_BASE:
+            return ON_PEER
+        return self.get_data(self.dedup.under[DEDUP_BASE - p], pool)
 
     def get_data_and_free(self, p: int, pool: Pool):
         """The page, freed; ON_PEER (falsy: tmem then leaves the slot) for a page on a peer."""
@@ -465,7 +479,7 @@ class Zcache(Reclaim, RemoteDoor):
             data = self._decompress(self.zbud.payload(p))
             if len(data) != PAGE_SIZE:
                 raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
-        elif p > REMOTE_BASE:
+        elif p > REMOTE_BASE or p <= DEDUP_BASE:
             data = self.get_data(p, pool)
         else:
             return ON_PEER
@@ -486,7 +500,10 @@ class Zcache(Reclaim, RemoteDoor):
             return
         if p <= HUGE_BASE:
             if p <= REMOTE_BASE:
-                self.remote.free_remote(REMOTE_BASE - p, pool, oid, index)
+                if p <= DEDUP_BASE:
+                    self._dedup_free(p, pool)
+                else:
+                    self.remote.free_remote(REMOTE_BASE - p, pool, oid, index)
             else:
                 self._free_huge(p, pool)
             return
@@ -545,3 +562,4 @@ class Zcache(Reclaim, RemoteDoor):
             assert self.zpages[c] == self.zbud.zpages(c) + specials[c]
         assert self.zero_filled_pages + self.same_filled_pages == specials[EPH] + specials[PERS]
         assert huge == self.huge_pages
+        self._check_dedup()

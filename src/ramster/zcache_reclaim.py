@@ -23,7 +23,8 @@ order: zbud's frames by their LRU stamp against a mark (zbud.py), huge frames
 in a set of the frames marked, left by a get and by a free. A zbud frame is
 one unit of memory, so a read of either of its pages makes both not idle,
 and a frame whose pages the sink refused goes back to the LRU tail and is
-idle again only at the next mark. Same-filled and zero pages hold no frame,
+idle again only at the next mark. A page shared through the dedup table leaves
+for each of its owners, or stays (zcache_dedup.py). Same-filled and zero pages hold no frame,
 and pages on a peer hold no memory here: marking them would free nothing,
 so they are not counted.
 
@@ -229,6 +230,8 @@ class Reclaim:
                 tmem.delete(pool, oid, index)
                 if client_id != LOCAL_CLIENT:
                     self.foreign_pages[EPH] -= 1
+            elif self.dedup is not None:  # the copy of a dedup entry: every owner goes
+                self._drop_dedup_bud(p, pool, oid, index)
         self.zbytes[EPH] -= stored - HANDLE_SIZE * zpages
         self.zpages[EPH] -= zpages
         self.evicted_eph_pageframes += 1
@@ -284,6 +287,13 @@ class Reclaim:
         kept = False
         for p, client_id, pool_id, oid, index, _ in buds:
             pool = self.tmem.get_pool(client_id, pool_id)
+            if self.dedup is not None and client_id == LOCAL_CLIENT:
+                # the copy of a dedup entry goes to each owner's place, or stays
+                done = self._write_back_dedup_bud(p, pool, oid, index, sink, accepts, limit - written)
+                if done is not None:
+                    written += done[0]
+                    kept |= done[1]
+                    continue
             if (written >= limit or pool is None or client_id != LOCAL_CLIENT
                     or self.tmem.lookup(pool, oid, index) != p
                     or (accepts is not None and not accepts(pool, oid, index))):

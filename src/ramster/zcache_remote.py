@@ -9,6 +9,9 @@ for a page on peers the number r of its entry in RAMster's remote table
 
 Remotify is a three-step protocol, because the network sits in the middle:
 
+A page a dedup entry shares stays here; a single entry's page travels as
+its owner's, its pampd the entry's (zcache_dedup.py).
+
 1. `take_lru` takes LRU frames off their LRU (zbud makes them zombies; huge
    frames move to huge_taken) and returns their local pages' payloads. The
    pages stay readable and may be overwritten or flushed meanwhile.
@@ -26,7 +29,7 @@ budget and policies, counted in foreign_pages, and never remotified again.
 """
 from __future__ import annotations
 
-from .pampd import REMOTE_BASE, huge, huge_frame, is_huge, is_remote, remote, remote_entry
+from .pampd import DEDUP_BASE, REMOTE_BASE, huge, huge_frame, is_huge, is_remote, remote, remote_entry
 from .tmem import LOCAL_CLIENT, Pool
 from .units import PAGE_SIZE
 from .zbud import EPH, MAX_BUDDY_SIZE, PERS, ZOMBIE
@@ -99,6 +102,10 @@ class RemoteDoor:
                 pool = tmem.get_pool(client_id, pool_id)
                 if pool is not None and tmem.lookup(pool, oid, index) == p:
                     pages.append((p, pool, oid, index, data))
+                elif self.dedup is not None:  # a single dedup entry travels; a shared copy stays
+                    q = self._dedup_travels(p, pool, oid, index)
+                    if q:
+                        pages.append((q, pool, oid, index, data))
         return pages, taken
 
     def still_taken(self, p: int, pool: Pool, oid: int, index: int) -> bool:
@@ -144,6 +151,8 @@ class RemoteDoor:
         """True while the page of pampd p is off its LRU for remotify or writeback."""
         if p > 0:
             return bool(self.zbud.state[p >> 1] & ZOMBIE)
+        if p <= DEDUP_BASE:
+            return self._dedup_taken(p)
         return huge_frame(p) in self.huge_taken
 
     def decode(self, payload) -> bytes:
@@ -171,7 +180,8 @@ class RemoteDoor:
             if q is None or (persistent is not None and q.persistent != persistent):
                 continue
             for o, index, p in self.tmem.scan_below(q, REMOTE_BASE, oid):
-                yield q, o, index, remote_entry(p)
+                if p > DEDUP_BASE:  # not a dedup entry's pampd
+                    yield q, o, index, remote_entry(p)
 
     def drop_page(self, pool: Pool, oid: int, index: int) -> bool:
         """Flush one page of a Pool, not counted as a caller's flush (RAMster: a remote
@@ -223,6 +233,8 @@ class RemoteDoor:
     def get_raw(self, pool: Pool, oid: int, index: int, free: bool) -> bytes | None:
         """The stored payload under the handle (see decode()), or None (zbud and huge pages only)."""
         p = self.tmem.lookup(pool, oid, index)
+        if p <= DEDUP_BASE:
+            p = self.dedup.under[DEDUP_BASE - p]
         if p > 0:
             data = bytes(self.zbud.payload(p))
         elif is_huge(p):

@@ -1,0 +1,216 @@
+"""Zcache's dedup paths: the put that shares a stored copy, and how a shared
+copy leaves memory (eviction, writeback, remotify) correctly for every owner.
+
+A part of Zcache (one of its bases), used only by a Zcache built with
+dedup=True; dedup.py says what the table holds. The put: the page's xxh3-128
+digest and its pool's class make a key; a key in the index leads to a stored
+copy, which is decompressed and compared with the page byte for byte, and
+only an equal page is shared: the handle's slot gets the entry's pampd and
+the refcount grows. Any other page is compressed and stored as without dedup,
+and `_dedup_link` (what `_store` links with on such a node) makes it an entry
+before tmem sees it. A write to one owner never changes another: a put
+replaces the slot's pampd and drops one reference, as it frees any old page.
+
+A copy in a frame that leaves memory, by owner kind:
+
+- ephemeral frame eaten (ouroboros, an idle writeback's drop): every
+  current owner's slot is unlinked, as an ephemeral page's would be, and
+  the entry goes with the frame;
+- persistent frame written back: the page is handed to the sink once per
+  current owner, and each owner the sink took is flushed (one reference
+  each); an owner it refused keeps the copy, and the frame goes back to the
+  LRU with it. So every owner's page is either in its own place in the
+  backing file or still in memory;
+- remotify: a single entry travels as its owner's page (the remote commit
+  replaces that one slot and drops the one reference); a shared copy is not
+  remotified: it is one page of memory standing for several, and is the last
+  thing worth sending away.
+
+A put that shares a copy taken off its LRU meanwhile is safe: the copy stays
+until its last reference goes, whichever path drops the others.
+"""
+from __future__ import annotations
+
+from xxhash import xxh3_128_intdigest
+
+from .pampd import DEDUP_BASE, SAME_FILLED_MAX_CLEN
+from .tmem import Pool
+from .zbud import ZOMBIE
+
+
+class DedupPaths:
+    """Zcache's dedup paths (see the module comment)."""
+
+    # ---- the put -----------------------------------------------------------------------------
+
+    def _put_dedup(self, pool: Pool, oid: int, index: int, page: bytes, huge: bool, keep_old: bool) -> bool:
+        c = pool.cls
+        key = xxh3_128_intdigest(page) << 1 | c
+        dt = self.dedup
+        d = dt.index.get(key)
+        if d is not None:
+            p = dt.under[d]
+            if self._decompress(self.zbud.payload(p)) == page:
+                self.dedup_hits += 1
+                q = DEDUP_BASE - d
+                if self.tmem.lookup(pool, oid, index) != q:  # else: the same page again
+                    self._dedup_share(d, p, (pool, oid, index))
+                    self.tmem.put(pool, oid, index, q)
+                self.zbud.touch(p)
+                return True
+            self.dedup_collisions += 1
+        cdata = self._compress(page)
+        clen = len(cdata)
+        if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
+            return self._put_same_filled(pool, oid, index, page)
+        self._dedup_key = key
+        ok = self._store(pool, oid, index, cdata, clen, c, page if huge else None)
+        self._dedup_key = None
+        if ok:
+            return True
+        if keep_old:
+            self.failed_puts[c] += 1
+            return False
+        return self._put_failed(pool, oid, index, c)
+
+    def _dedup_link(self, pool: Pool, oid: int, index: int, p: int) -> None:
+        """_store's last step on a node with dedup: link zbudref p, as an entry
+        when the put path gave it a key (foreign and repatriated payloads: plain)."""
+        key = self._dedup_key
+        if key is None:
+            self.tmem.put(pool, oid, index, p)
+            return
+        self._dedup_key = None
+        dt = self.dedup
+        d = dt.new(key, p, key not in dt.index)
+        self.tmem.put(pool, oid, index, DEDUP_BASE - d)
+
+    def _dedup_share(self, d: int, p: int, owner: tuple) -> None:
+        dt = self.dedup
+        first = None
+        if d not in dt.owners:
+            client_id, pool_id, oid, index = self.zbud.handle(p)
+            first = (self.tmem.get_pool(client_id, pool_id), oid, index)
+        q = DEDUP_BASE - d
+        lookup = self.tmem.lookup
+        dt.share(d, first, owner, lambda o: lookup(*o) == q)
+        if dt.refs[d] == 2:
+            self.dedup_pages += 1
+        self.dedup_saved_pages += 1
+
+    # ---- pamops on an entry --------------------------------------------------------------------
+
+    def _dedup_free(self, q: int, pool: Pool) -> None:
+        """One reference of entry DEDUP_BASE - q goes; the last frees the copy."""
+        dt = self.dedup
+        d = DEDUP_BASE - q
+        n = dt.refs[d] - 1
+        if n:
+            dt.refs[d] = n
+            self.dedup_saved_pages -= 1
+            if n == 1:
+                self.dedup_pages -= 1
+            return
+        self.free(dt.drop(d), pool, None, 0)
+
+    # ---- a copy leaving memory -----------------------------------------------------------------
+
+    def _bud_entry(self, p: int, pool: Pool | None, oid: int, index: int) -> int:
+        """The entry whose copy is zbudref p (zbud's handle names (pool, oid, index)), or -1."""
+        dt = self.dedup
+        d = dt.shared.get(p)
+        if d is not None:
+            return d
+        if pool is not None:
+            q = self.tmem.lookup(pool, oid, index)
+            if q <= DEDUP_BASE and dt.under[DEDUP_BASE - q] == p:
+                return DEDUP_BASE - q
+        return -1
+
+    def _entry_owners(self, d: int, pool: Pool, oid: int, index: int) -> list[tuple]:
+        """The handles that hold entry d now; (pool, oid, index) is what zbud's handle names."""
+        dt = self.dedup
+        if d not in dt.owners:
+            return [(pool, oid, index)]
+        q = DEDUP_BASE - d
+        lookup = self.tmem.lookup
+        return dt.current_owners(d, lambda o: lookup(*o) == q)
+
+    def _drop_dedup_bud(self, p: int, pool: Pool | None, oid: int, index: int) -> None:
+        """The ephemeral frame holding zbudref p dies: if p is an entry's copy,
+        unlink every owner (the frame's accounting covers the copy) and free the entry."""
+        d = self._bud_entry(p, pool, oid, index)
+        if d < 0:
+            return
+        tmem = self.tmem
+        for o in self._entry_owners(d, pool, oid, index):
+            tmem.delete(*o)
+        dt = self.dedup
+        refs = dt.refs[d]
+        if refs > 1:
+            self.dedup_pages -= 1
+            self.dedup_saved_pages -= refs - 1
+        dt.drop(d)
+
+    def _write_back_dedup_bud(self, p: int, pool: Pool | None, oid: int, index: int,
+                              sink, accepts, limit: int) -> tuple[int, bool] | None:
+        """Write the page of an entry's copy p to the sink for each of its owners
+        (at most `limit`); None if p is not an entry's copy. Returns (pages
+        written, whether an owner kept the copy)."""
+        d = self._bud_entry(p, pool, oid, index)
+        if d < 0:
+            return None
+        written = 0
+        kept = False
+        for o in self._entry_owners(d, pool, oid, index):
+            if written >= limit or (accepts is not None and not accepts(*o)):
+                kept = True
+            elif self._write_back_page(sink, p, *o):  # flushes the owner: one reference
+                written += 1
+            else:
+                kept = True
+        return written, kept
+
+    def _dedup_travels(self, p: int, pool: Pool | None, oid: int, index: int) -> int:
+        """The pampd a remotify batch sends for zbudref p if it is the copy of a
+        single entry (its owner's page); 0 for a shared copy or no entry."""
+        d = self._bud_entry(p, pool, oid, index)
+        if d < 0 or d in self.dedup.owners:
+            return 0
+        return DEDUP_BASE - d
+
+    def _dedup_taken(self, q: int) -> bool:
+        return bool(self.zbud.state[self.dedup.under[DEDUP_BASE - q] >> 1] & ZOMBIE)
+
+    # ---- checking (tests) ----------------------------------------------------------------------
+
+    def _check_dedup(self) -> None:
+        """Entries against tmem's slots and zbud's copies: every reference is a slot."""
+        dt = self.dedup
+        if dt is None:
+            return
+        dt.check()
+        slots: dict[int, list[tuple]] = {}
+        for pool in self.tmem.pools():
+            for oid, index, q in self.tmem.scan_below(pool, DEDUP_BASE):
+                slots.setdefault(DEDUP_BASE - q, []).append((pool, oid, index))
+        pages = saved = 0
+        for d, p in enumerate(dt.under):
+            if not p:
+                assert d not in slots, f"free dedup entry {d} still linked"
+                continue
+            held = slots.get(d, [])
+            assert len(held) == dt.refs[d], f"entry {d}: {dt.refs[d]} refs, {len(held)} slots"
+            assert self.zbud.sizes[p], f"entry {d}: copy {p} freed"
+            assert self.zbud.cls(p >> 1) == dt.keys[d] & 1, f"entry {d}: copy in the other class"
+            for pool, _, _ in held:
+                assert pool.cls == dt.keys[d] & 1 and pool.client_id == 0xFFFF
+            if d in dt.owners:
+                assert set(held) <= set(dt.owners[d]), f"entry {d}: an owner not written down"
+            else:
+                client_id, pool_id, oid, index = self.zbud.handle(p)
+                assert held == [(self.tmem.get_pool(client_id, pool_id), oid, index)]
+            pages += dt.refs[d] > 1
+            saved += dt.refs[d] - 1
+        assert self.dedup_pages == pages and self.dedup_saved_pages == saved
+        assert saved == dt.saved_pages()
