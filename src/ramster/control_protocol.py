@@ -61,6 +61,9 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("mark-idle", "", "mark every page held now idle (zram's `echo all > idle`)"),
     Verb("writeback", "idle|huge [PAGES]", "write idle or uncompressible swap pages to the backing file "
                                            "(zram's `echo idle > writeback`)", 1, 2),
+    Verb("recompress", "[PAGES]", "store huge pages and pages idle since the last mark again with the "
+                                  "recompression codec where it saves memory; look at most at PAGES "
+                                  "(zram's `echo type=idle > recompress`)", 0, 1),
 )}
 
 

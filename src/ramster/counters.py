@@ -216,6 +216,13 @@ _counter("zcache.written_back_huge", "zcache_written_back_huge_pages",
          "Uncompressed persistent pages the operator's writeback moved to a backing file.")
 _counter("zcache.dropped_idle", "zcache_dropped_idle_pages",
          "Idle ephemeral pages the operator's writeback dropped (their file holds them).")
+# recompression of cold pages with a second codec (zcache_recompress.py)
+_counter("zcache.recompressed", "zcache_recompressed_pages",
+         "Cold or uncompressible pages stored again with the recompression codec because it saved memory.")
+_counter("zcache.recompress_skipped", "zcache_recompress_skipped_pages",
+         "Pages recompression tried and left as they were, because the second codec saved no chunk.")
+_counter("zcache.recompress_saved_bytes", "zcache_recompress_saved",
+         "Stored bytes recompression saved, handles included, summed over every page it recompressed.", BYTES)
 _gauge("zcache.zero_filled_pages", "zcache_zero_filled_pages",
        "Pages stored now as all zeros, taking no frame, a gauge.")
 _gauge("zcache.same_filled_pages", "zcache_same_filled_pages",
@@ -327,9 +334,10 @@ for _key, _setting in (("memory_changes", "memory"), ("log_level_changes", "log_
                        ("peers_marked_down", "peer_down"), ("peers_marked_up", "peer_up")):
     _declare(COUNTERS, f"control.{_key}", changes, _setting)
 actions = _metric("control_actions", COUNTER, NUMBER,
-                  "Actions run by `ramster ctl` (selfshrink, mark-idle, writeback), by action.", ("action",))
+                  "Actions run by `ramster ctl` (selfshrink, mark-idle, writeback, recompress), by action.", ("action",))
 for _key, _action in (("selfshrinks", "selfshrink"), ("idle_marks", "mark_idle"),
-                      ("idle_writebacks", "writeback_idle"), ("huge_writebacks", "writeback_huge")):
+                      ("idle_writebacks", "writeback_idle"), ("huge_writebacks", "writeback_huge"),
+                      ("recompressions", "recompress")):
     _declare(COUNTERS, f"control.{_key}", actions, _action)
 del changes, actions, _key, _setting, _action
 _counter("control.reloads", "control_reloads", "Reloads of the config file (SIGHUP or `ramster ctl reload`).")

@@ -2,7 +2,8 @@
 
 A handle is (pool, oid, index): oid an int in [0, 2**192) (or the seed's three
 u64 words, oid[0] least significant), index an int in [0, 2**32); a page is
-any bytes-like of exactly PAGE_SIZE bytes. The put and get paths test the
+any bytes-like of exactly PAGE_SIZE bytes; a page limit (max_pages of the
+operator's verbs) is None or an int >= 0. The put and get paths test the
 common case inline (an int in range, bytes of the right length) and call these
 only for anything else, so the checks cost nothing per page on the hot paths;
 the messages name the argument, as DESIGN's API contract asks.
@@ -55,3 +56,14 @@ def check_page(page):
     if not mv.c_contiguous:
         return mv.tobytes()
     return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
+def page_budget(max_pages: int | None) -> int:
+    """A page limit a verb was given (None: no limit) as an int, checked."""
+    if max_pages is None:
+        return 1 << 62
+    if isinstance(max_pages, bool) or not isinstance(max_pages, int):
+        raise TypeError(f"max_pages must be an int or None, not {type(max_pages).__name__}")
+    if max_pages < 0:
+        raise ValueError(f"max_pages must be >= 0, got {max_pages}")
+    return max_pages

@@ -207,6 +207,17 @@ class Tmem:
         self.pamops.free(old, pool, None, index)
         return True
 
+    def relink(self, pool: Pool, oid: int, index: int, new: int) -> int:
+        """Point an existing slot at a new pampd for the same page (zcache moved it);
+        returns the old pampd, not freed, or 0 (and nothing changes) if the slot is empty."""
+        obj = pool.objs.get(oid)
+        leaf = obj.get(index >> OBJNODE_SHIFT) if obj is not None else None
+        if leaf is None or not leaf[index & OBJNODE_MASK]:
+            return 0
+        old = leaf[index & OBJNODE_MASK]
+        leaf[index & OBJNODE_MASK] = new
+        return old
+
     def flush_object(self, pool: Pool, oid: int) -> bool:
         if oid not in pool.objs:
             return False

@@ -22,6 +22,12 @@ Lists, per class (EPH, PERS):
   and removal is one store. Stale entries are skipped at the head and the queue
   is compacted when they outnumber the live ones.
 - zombie: a dict used as an ordered set (rare: remotify and writeback only).
+- the codec byte: a page recompressed with a second codec says so in a byte
+  of its handle (HANDLE), not in any array: only recompression, remotify and
+  a get whose codec refused the payload read it (`codec`), and a put writes 0
+  with the rest of the handle for nothing. Recompression moves a smaller
+  payload into a half-full frame without making that frame recent
+  (`match_cold`), or shrinks it where it is (`rewrite`).
 - idle (zram's `echo all > idle`): `idle_mark[c]` is the LRU position that
   was next when the frames were marked. Every put and touch re-stamps its
   frame at the tail, so a frame is idle while its stamp is below the mark
@@ -62,13 +68,18 @@ ZOMBIE = 2
 DYING = 4
 CLASS_SHIFT = 3
 
-# oid (24 bytes, little-endian: oid[0] first), index u32, pool_id u16, client_id u16
-HANDLE = struct.Struct("<24sIHH")
-# the same bytes written as oid + one u64 "tag" = index | pool_id << 32 | client_id << 48
+# oid (24 bytes, little-endian: oid[0] first), index u32, pool_id u8, codec u8, client_id u16
+HANDLE = struct.Struct("<24sIBBH")
+# the same bytes written as oid + one u64 "tag" = index | pool_id << 32 | codec << 40 | client_id << 48
 _pack_handle = struct.Struct("<24sQ").pack_into
+# where the codec byte is in a handle: which format the payload is in, 0 for the
+# node's own codec (zcache_recompress.py gives the other values their meaning)
+CODEC_OFFSET = 29
+CODEC_SHIFT = 40
 
 
 _unpack_handle = HANDLE.unpack_from
+_unpack_tag = struct.Struct("<24sQ").unpack
 
 
 def handle_tag(client_id: int, pool_id: int, index: int) -> int:
@@ -255,8 +266,15 @@ class Zbud:
 
     def handle(self, p: int) -> tuple[int, int, int, int]:
         """(client_id, pool_id, oid, index) read back from the frame itself."""
-        o, index, pool_id, client_id = _unpack_handle(self.buf, self._offset(p))
+        o, index, pool_id, _, client_id = _unpack_handle(self.buf, self._offset(p))
         return client_id, pool_id, int.from_bytes(o, "little"), index
+
+    def codec(self, p: int) -> int:
+        """The codec byte of zbudref p's handle (see CODEC_OFFSET)."""
+        return self.buf[self._offset(p) + CODEC_OFFSET]
+
+    def set_codec(self, p: int, k: int) -> None:
+        self.buf[self._offset(p) + CODEC_OFFSET] = k
 
     def copy_to_zbud(self, p: int, data: bytes) -> None:
         """Fill a zbud reserved with cdata=None (RAMster repatriation)."""
@@ -336,6 +354,76 @@ class Zbud:
         self.cumul_zbytes[c] += stored
         self.cumul_zpages[c] += 1
         return p
+
+    def match_cold(self, c: int, stored: int, cdata, handle: bytes) -> int:
+        """match_prep for a page that moves rather than arrives (recompression): the
+        frame it joins keeps its place on the LRU, and `handle` is the 32 bytes to
+        write in front, as they are. 0 if no half-full frame has room."""
+        nch = (stored + CHUNK_SIZE - 1) >> CHUNK_SHIFT
+        m = self.bitmap[c] & ((2 << (NCHUNKS - nch)) - 2)
+        if not m:
+            return 0
+        i = m.bit_length() - 1
+        stack = self.ub[c][i]
+        p = stack.pop() ^ 1
+        if not stack:
+            self.bitmap[c] ^= 1 << i
+        off = ((p >> 1) << PAGE_SHIFT) - self._base
+        if p & 1:
+            off += PAGE_SIZE - (nch << CHUNK_SHIFT)
+        self.sizes[p] = stored
+        self.buf[off : off + HANDLE_SIZE] = handle
+        self.buf[off + HANDLE_SIZE : off + stored] = cdata
+        self.cumul_zbytes[c] += stored
+        self.cumul_zpages[c] += 1
+        return p
+
+    def rewrite(self, p: int, cdata, handle: bytes) -> int:
+        """Replace the payload of zbudref p by a smaller one where it is, with
+        `handle` in front (recompression, when no other frame has room). The frame
+        keeps its LRU place; a single zbud moves to the unbuddied list of its new
+        size. Returns the bytes freed."""
+        n = p >> 1
+        c = self.state[n] >> CLASS_SHIFT
+        old = self.sizes[p]
+        stored = len(cdata) + HANDLE_SIZE
+        single = not self.sizes[p ^ 1] and not self.state[n] & ZOMBIE
+        if single:
+            self._ub_del(n, nchunks(old))
+        self.sizes[p] = stored
+        off = self._offset(p)  # buddy 1 ends at the frame's end, so it starts later now
+        self.buf[off : off + HANDLE_SIZE] = handle
+        self.buf[off + HANDLE_SIZE : off + stored] = cdata
+        if single:
+            self._ub_add(c, p, nchunks(stored))
+        self.freed_zbytes[c] += old - stored
+        return old - stored
+
+    def create_cold(self, c: int, frame: int, cdata, handle: bytes) -> int:
+        """create_prep for a page that moves (a huge page recompressed in its own
+        frame): the frame goes to the LRU head, the coldest place, not the tail."""
+        stored = len(cdata) + HANDLE_SIZE
+        oid, tag = _unpack_tag(handle)
+        p = self.create_prep(c, frame, stored, cdata, oid, tag)
+        n = p >> 1
+        self.stamp[n] = -1  # the entry create_prep appended goes stale
+        self.seen[n] = 0
+        head = self.lru_head[c]
+        if not head:
+            if not self.lru_base[c]:  # positions must stay >= 0: renumber to make room
+                self._lru_compact(c)
+            self.lru_base[c] -= 1
+            self.lru[c].insert(0, n)
+        else:
+            head -= 1
+            self.lru[c][head] = n
+            self.lru_head[c] = head
+        self.stamp[n] = self.lru_base[c] + self.lru_head[c]
+        return p
+
+    def handle_bytes(self, p: int) -> bytes:
+        off = self._offset(p)
+        return bytes(self.buf[off : off + HANDLE_SIZE])
 
     def pin(self, p: int) -> None:
         """Make the frame of zbudref p unevictable until `create_finish(p)`: for a zbud

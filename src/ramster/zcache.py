@@ -20,8 +20,9 @@ Every caller goes through Zcache's public methods: the front-ends by pool id
 RAMster through the named operations of zcache_remote.py. The class is
 written in three files by what the methods are for: this one (the front-ends'
 door, the put and get paths, the pamops tmem calls), zcache_reclaim.py
-(making room: ouroboros, shrinking, writeback) and zcache_remote.py (what
-RAMster asks of this node). A page that lives on a peer is an expected
+(making room: ouroboros, shrinking, writeback), zcache_recompress.py (cold
+pages stored again with a denser codec) and zcache_remote.py (what RAMster
+asks of this node). A page that lives on a peer is an expected
 outcome: the synchronous gets return ON_PEER for it (pampd.py). This file
 is a little over 500 lines because the put path is inlined into `put_page`
 (a call per page costs more than the engine's whole budget allows).
@@ -44,12 +45,13 @@ from .units import PAGE_SHIFT, PAGE_SIZE
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
 from .zcache_dedup import DedupPaths
 from .zcache_reclaim import RECLAIM_COUNTERS, Reclaim
+from .zcache_recompress import DEFAULT_RECOMPRESSOR, RECOMPRESS_COUNTERS, Recompress, recompress_init
 from .zcache_remote import RemoteDoor
 
 # the codec a node uses unless told otherwise (peers must agree on it)
 DEFAULT_COMPRESSOR = _compress.DEFAULT
 
-__all__ = ["DEFAULT_COMPRESSOR", "EPH", "PERS", "INDEX_LIMIT", "OID_LIMIT", "ON_PEER", "TmemError", "Zcache", "check_index", "check_page", "normalize_oid"]
+__all__ = ["DEFAULT_COMPRESSOR", "DEFAULT_RECOMPRESSOR", "EPH", "PERS", "INDEX_LIMIT", "OID_LIMIT", "ON_PEER", "TmemError", "Zcache", "check_index", "check_page", "normalize_oid"]
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 # persistent policy (SPEC §4.5)
@@ -70,7 +72,7 @@ _EVENT_COUNTERS = (
 )  # fmt: skip
 
 
-class Zcache(Reclaim, RemoteDoor, DedupPaths):
+class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
     """Compressed transcendent memory in a fixed budget of page frames."""
 
     # The pampd under a handle of a Pool (0: none; pampd.py says what it means):
@@ -79,7 +81,8 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
     lookup: Callable[[Pool, int, int], int]
 
     def __init__(self, max_pageframes: int, compressor: str = _compress.DEFAULT, *,
-                 reserve_pageframes: int | None = None, writeback_sink=None, dedup: bool = False):
+                 reserve_pageframes: int | None = None, writeback_sink=None, dedup: bool = False,
+                 recompressor: str = DEFAULT_RECOMPRESSOR):
         if isinstance(max_pageframes, bool) or not isinstance(max_pageframes, int):
             raise TypeError(f"max_pageframes must be an int, not {type(max_pageframes).__name__}")
         if max_pageframes < 0:
@@ -123,6 +126,7 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
         self._idle_marked = False
         self._seen = self.zbud.seen
         self._huge_idle: set[int] = set()
+        self._idle_epoch = 0  # how many marks so far: a new one starts a new recompression pass
         for name in RECLAIM_COUNTERS:
             setattr(self, name, 0)
         self._fill_ids: dict[bytes, int] = {}
@@ -136,6 +140,8 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
         self.remote = None
         self.foreign_pages = [0, 0]  # pages this node holds for other nodes
         self.foreign_pages_max = [0, 0]
+        # the second codec cold pages are recompressed with (zcache_recompress.py)
+        recompress_init(self, recompressor)
 
     # ---- public API (DESIGN.md) ----------------------------------------------------
 
@@ -311,6 +317,7 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
         s["zcache.huge_pages_max"] = self.huge_pages_max
         s.update((f"zcache.{k}", getattr(self, k)) for k in DEDUP_COUNTERS)
         s.update((f"zcache.{k}", getattr(self, k)) for k in RECLAIM_COUNTERS)
+        s.update((f"zcache.{k}", getattr(self, k)) for k in RECOMPRESS_COUNTERS)
         s["zcache.idle_pages"] = self.idle_pages()
         s["zcache.pageframes_alloced"] = self.arena.pageframes_alloced
         s["zcache.pageframes_freed"] = self.arena.pageframes_freed
@@ -441,6 +448,8 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
         if self.huge_lru.pop(f, None) is None:
             del self.huge_taken[f]
         self._huge_idle.discard(f)
+        if self._huge_tried:
+            self._huge_tried.discard(f)
         self.arena.free(f)
         self.huge_pages -= 1
         if pool.client_id != LOCAL_CLIENT:
@@ -457,9 +466,14 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
         if p > 0:
             if self._idle_marked:
                 self._seen[p >> 1] = 1
-            data = self._decompress(self.zbud.payload(p))
+            # A payload the codec refuses is a recompressed one (zcache_recompress.py):
+            # only then is the codec byte of its handle read.
+            try:
+                data = self._decompress(self.zbud.payload(p))
+            except Exception:
+                return self._decode_tagged(p)
             if len(data) != PAGE_SIZE:
-                raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
+                return self._decode_tagged(p)
             return data
         if p == ZERO_FILLED:
             return ZERO_PAGE
@@ -476,9 +490,12 @@ class Zcache(Reclaim, RemoteDoor, DedupPaths):
     def get_data_and_free(self, p: int, pool: Pool):
         """The page, freed; ON_PEER (falsy: tmem then leaves the slot) for a page on a peer."""
         if p > 0:
-            data = self._decompress(self.zbud.payload(p))
+            try:
+                data = self._decompress(self.zbud.payload(p))
+            except Exception:
+                data = self._decode_tagged(p)
             if len(data) != PAGE_SIZE:
-                raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
+                data = self._decode_tagged(p)
         elif p > REMOTE_BASE or p <= DEDUP_BASE:
             data = self.get_data(p, pool)
         else:

@@ -43,6 +43,7 @@ nothing outside Zcache calls the private methods here.
 """
 from __future__ import annotations
 
+from .handles import page_budget
 from .pampd import HUGE_BASE
 from .tmem import LOCAL_CLIENT, Pool
 from .zbud import EPH, HANDLE_SIZE, PERS
@@ -106,6 +107,7 @@ class Reclaim:
         self._huge_idle = set(self.huge_lru)
         marked += len(self._huge_idle)
         self._idle_marked = True
+        self._idle_epoch += 1
         self.marked_idle += marked
         return marked
 
@@ -123,7 +125,7 @@ class Reclaim:
         pages and then zbud ones are written to the sink, least recently used
         first. Returns the pages that left memory, at most `max_pages`; an
         ephemeral frame goes whole or not at all."""
-        left = _page_budget(max_pages)
+        left = page_budget(max_pages)
         done = 0
         zbud = self.zbud
         for n in zbud.idle_frames(EPH):
@@ -159,7 +161,7 @@ class Reclaim:
     def writeback_huge(self, max_pages: int | None = None) -> int:
         """Write the huge pages (stored raw, a frame each) to the sink, least recently
         stored first, as zram's `echo huge > writeback`. Returns pages written."""
-        limit = _page_budget(max_pages)
+        limit = page_budget(max_pages)
         if self.writeback_sink is None:
             return 0
         n = self._write_back_huge_frames(list(self.huge_lru), self.writeback_sink, limit)
@@ -329,14 +331,3 @@ class Reclaim:
             self.arena.free(f)
             done += 1
         return done
-
-
-
-def _page_budget(max_pages: int | None) -> int:
-    if max_pages is None:
-        return 1 << 62
-    if isinstance(max_pages, bool) or not isinstance(max_pages, int):
-        raise TypeError(f"max_pages must be an int or None, not {type(max_pages).__name__}")
-    if max_pages < 0:
-        raise ValueError(f"max_pages must be >= 0, got {max_pages}")
-    return max_pages

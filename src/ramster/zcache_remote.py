@@ -101,6 +101,8 @@ class RemoteDoor:
             for p, client_id, pool_id, oid, index, data in buds:
                 pool = tmem.get_pool(client_id, pool_id)
                 if pool is not None and tmem.lookup(pool, oid, index) == p:
+                    if zbud.codec(p):  # recompressed, perhaps: peers get the cluster's codec
+                        data = self._portable(p)
                     pages.append((p, pool, oid, index, data))
                 elif self.dedup is not None:  # a single dedup entry travels; a shared copy stays
                     q = self._dedup_travels(p, pool, oid, index)
@@ -236,7 +238,7 @@ class RemoteDoor:
         if p <= DEDUP_BASE:
             p = self.dedup.under[DEDUP_BASE - p]
         if p > 0:
-            data = bytes(self.zbud.payload(p))
+            data = self._portable(p)  # in the cluster's codec, even if recompressed here
         elif is_huge(p):
             data = self._huge_page(p)
         else:

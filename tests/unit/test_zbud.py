@@ -50,11 +50,11 @@ def test_buddy0_at_start_buddy1_ends_at_end_with_handles(zb):
     p1 = match(zb, EPH, b"B" * 1000, oid=(1 << 150) + 9, index=0xFFFFFFFF, pool=5, client=3)
     assert p0 >> 1 == p1 >> 1 and p0 & 1 == 0 and p1 & 1 == 1
     frame = bytes(zb.arena.buf[0:PAGE_SIZE])
-    assert frame[:HANDLE_SIZE] == HANDLE.pack(oidb(7), 3, 2, 0xFFFF)
+    assert frame[:HANDLE_SIZE] == HANDLE.pack(oidb(7), 3, 2, 0, 0xFFFF)
     assert frame[HANDLE_SIZE : HANDLE_SIZE + 100] == b"A" * 100
     stored1 = 1000 + HANDLE_SIZE
     start1 = PAGE_SIZE - ((stored1 + 63) // 64) * 64
-    assert frame[start1 : start1 + HANDLE_SIZE] == HANDLE.pack(oidb((1 << 150) + 9), 0xFFFFFFFF, 5, 3)
+    assert frame[start1 : start1 + HANDLE_SIZE] == HANDLE.pack(oidb((1 << 150) + 9), 0xFFFFFFFF, 5, 0, 3)
     assert frame[start1 + HANDLE_SIZE : start1 + stored1] == b"B" * 1000
     assert zb.handle(p1) == (3, 5, (1 << 150) + 9, 0xFFFFFFFF)
     assert bytes(zb.payload(p0)) == b"A" * 100 and bytes(zb.payload(p1)) == b"B" * 1000

@@ -19,12 +19,13 @@ import sys
 from ..config import DEFAULT_LISTEN
 from . import UserError
 
-TIMEOUT = 120.0  # a selfshrink or a writeback moves pages before it answers
+TIMEOUT = 120.0  # a selfshrink, a writeback or a recompression moves pages before it answers
 
 DESCRIPTION = """\
 Change a running node's settings, or make it act, through its control socket:
 the settings the seed exposed in sysfs (remotify switches, targets, a peer
-marked down or up), zram's verbs (memory limit, mark idle, write back) and a
+marked down or up), zram's verbs (memory limit, mark idle, write back,
+recompress) and a
 reload of the config file. Each change is logged by the node ("old -> new"),
 counted in /stats under control.*, and shown in /stats (zcache.max_pageframes,
 ramster.*_remotify_enable, each peer's target and down).
@@ -48,6 +49,7 @@ examples:
   ramster ctl peer c down
   ramster ctl selfshrink now 1000
   ramster ctl mark-idle && ramster ctl writeback idle
+  ramster ctl mark-idle && ramster ctl recompress
 """
 
 

@@ -1,0 +1,268 @@
+"""Recompression: cold pages stored again with a second, denser codec (zram's `recompress`).
+
+A part of Zcache (it is one of its bases). A page that stays cold, in a
+frame not read since the last idle mark, or kept raw in a frame of its own
+(a huge page), is decompressed and compressed again with the recompression
+codec (compress.get_codec(name, strong=True): zstd level 3 by default).
+The result replaces the page only when it saves a chunk of zbud or more
+(or, for a huge page, when it fits a buddy at all): a smaller payload that
+takes the same chunks frees nothing.
+
+Where a recompressed page goes, best first: into the fullest half-full frame
+of its class with room (zbud.match_cold: that frame keeps its LRU place, so
+a cold page does not make it recent), which frees the old slot and, with it,
+a frame that held only this page; else it shrinks where it is (zbud.rewrite),
+so its frame takes a larger buddy later. A huge page that finds no partner
+becomes an ordinary zbud page in its own frame, at the head of the LRU, the
+coldest place (zbud.create_cold). tmem's slot gets the new zbudref; nothing
+else about the page changes.
+
+Which codec a page is in is the codec byte of its zbud handle (zbud.py),
+never a Python object per page:
+
+    0              the node's codec (every put writes 0 with the handle)
+    CODEC_IDS[x]   recompressed with codec x (compress.py's numbers)
+    TRIED          the node's codec; recompression was tried and did not pay,
+                   so a later pass skips it (a put of the page writes 0 again)
+
+The get path reads no byte for that. A recompressed payload is kept only if
+the node's own codec refuses it (raises, or yields anything but a page) or
+reads it back exactly, checked when it is made; codecs are deterministic,
+so a get tries the node's codec as always and only when it refuses looks at
+the byte (`_decode_tagged`). A strong variant of the node's own codec is
+read by it directly. A payload no such check can make safe (the node's codec
+would read it as a wrong page) is not kept.
+
+Pages leave memory in the node's codec only: writeback decompresses through
+the get path, and the remote paths (`take_lru` for remotify, `get_raw` for a
+peer returning a foreign page to its owner) re-encode a recompressed page
+with the cluster's codec first, so the wire and the peers never see a codec
+byte and a peer may recompress the foreign pages it keeps too.
+
+Candidates are found per pass: the huge frames, then the idle zbud frames of
+each class (or, with idle_only=False, every frame on an LRU), least recently
+used first, listed once in `_recomp_queue` (node ids; huge frames as their
+pampds) and re-checked one by one as the pass consumes them, because a put,
+a get, a writeback or remotify may have changed any of them meanwhile. A new
+idle mark starts a new pass. Frames off their LRU (zombies: remotify or
+writeback has them) and pinned ones are never touched, so a page another
+path has taken keeps its pampd. Everything runs on the node's one loop, so a
+batch is synchronous and no write can interleave with the page it moves.
+"""
+from __future__ import annotations
+
+from . import compress as _compress
+from .handles import page_budget
+from .pampd import HUGE_BASE
+from .units import PAGE_SIZE
+from .zbud import CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_CHUNK, NSENTINELS, PERS, nchunks
+
+# the recompression counters, "zcache." in stats()
+RECOMPRESS_COUNTERS = ("recompressed", "recompress_skipped", "recompress_saved_bytes")
+# the codec byte of a page recompression looked at and left in the node's codec
+TRIED = 0xFF
+DEFAULT_RECOMPRESSOR = "zstd"
+
+
+class Recompress:
+    """Zcache's recompression (see the module comment)."""
+
+    def recompress(self, max_pages: int | None = None, idle_only: bool = True) -> int:
+        """Recompress cold pages with the recompression codec: the huge ones, then
+        the zbud ones idle since the last mark (every one with idle_only=False).
+        Looks at no more than `max_pages` pages (each costs a decompression and a
+        compression, kept or not); returns the pages recompressed. Resumes where
+        the last call stopped, until a pass is over (`recompress_pending`)."""
+        limit = page_budget(max_pages)
+        if (not self._recomp_queue or self._recomp_pass != (self._idle_epoch, idle_only)
+                or self._recomp_pos >= len(self._recomp_queue)):
+            self._recomp_queue = self._recompress_candidates(idle_only)
+            self._recomp_pass = (self._idle_epoch, idle_only)
+            self._recomp_pos = 0
+        queue = self._recomp_queue
+        done = tried = 0
+        while tried < limit and self._recomp_pos < len(queue):
+            item = queue[self._recomp_pos]
+            self._recomp_pos += 1
+            if item < 0:
+                t, d = self._recompress_huge(HUGE_BASE - item)
+            else:
+                t, d = self._recompress_frame(item, idle_only)
+            tried += t
+            done += d
+        self.arena.release_free_frames()
+        return done
+
+    def recompress_pending(self) -> int:
+        """Frames and huge pages left in the current pass (0: the pass is over; the
+        next recompress() starts another, which finds nothing new until pages
+        are marked idle again or new huge pages arrive)."""
+        return len(self._recomp_queue) - self._recomp_pos
+
+    @property
+    def recompressor(self) -> str:
+        return self._recomp_name
+
+    # ---- the pass --------------------------------------------------------------------
+
+    def _recompress_candidates(self, idle_only: bool) -> list[int]:
+        zbud = self.zbud
+        out = [HUGE_BASE - f for f in self.huge_lru if f not in self._huge_tried]
+        for c in (PERS, EPH):
+            if idle_only:
+                if self._idle_marked:
+                    out += zbud.idle_frames(c)
+            else:
+                out += zbud.lru_frames(c)
+        return out
+
+    def _recomp_codec(self):
+        if self._recomp is None:
+            self._recomp = _compress.get_codec(self._recomp_name, strong=True)
+            self._recomp_tag = _compress.CODEC_IDS[self._recomp.name]
+        return self._recomp
+
+    def _recode(self, page: bytes, pages_chunks: int):
+        """The page in the recompression codec if that takes fewer than `pages_chunks`
+        chunks and a get will read it back exactly (module comment); else None."""
+        cdata = self._recomp_codec().compress(page)
+        if nchunks(len(cdata) + HANDLE_SIZE) >= pages_chunks:
+            return None
+        try:
+            mine = self._decompress(cdata)
+        except Exception:
+            mine = None
+        if mine is not None and len(mine) == PAGE_SIZE:
+            return cdata if mine == page else None  # the node's codec reads it: right, or never safe
+        if self._recomp.decompress(cdata) != page:
+            return None
+        return cdata
+
+    def _recompress_frame(self, n: int, idle_only: bool) -> tuple[int, int]:
+        zbud = self.zbud
+        if n >= zbud.nodes:
+            return 0, 0
+        st = zbud.state[n]
+        c = st >> CLASS_SHIFT
+        if st != LIVE | c << CLASS_SHIFT or zbud.unevictable[n]:
+            return 0, 0  # free, a zombie (remotify or writeback has it) or pinned
+        if idle_only and not zbud.idle_and_evictable(n):
+            return 0, 0
+        tried = done = 0
+        for p in (n << 1, n << 1 | 1):
+            if not zbud.sizes[p] or zbud.state[n] != st or zbud.codec(p):
+                continue
+            client_id, pool_id, oid, index = zbud.handle(p)
+            pool = self.tmem.get_pool(client_id, pool_id)
+            if pool is None or self.tmem.lookup(pool, oid, index) != p:
+                continue
+            tried += 1
+            old = zbud.sizes[p]
+            page = self._decompress(zbud.payload(p))
+            cdata = self._recode(page, nchunks(old))
+            if cdata is None:
+                zbud.set_codec(p, TRIED)
+                self.recompress_skipped += 1
+                continue
+            handle = self._tagged_handle(zbud.handle_bytes(p))
+            q = zbud.match_cold(c, len(cdata) + HANDLE_SIZE, cdata, handle)
+            if q:
+                self.tmem.relink(pool, oid, index, q)
+                s = zbud.free_and_delist(p)
+                if s < 0:
+                    self.arena.free((p >> 1) - NSENTINELS)
+            else:
+                zbud.rewrite(p, cdata, handle)
+            saved = old - HANDLE_SIZE - len(cdata)
+            self.zbytes[c] -= saved
+            self.recompress_saved_bytes += saved
+            self.recompressed += 1
+            done += 1
+        return tried, done
+
+    def _recompress_huge(self, f: int) -> tuple[int, int]:
+        h = self.huge_lru.get(f)
+        if h is None or f in self._huge_tried:
+            return 0, 0  # freed, or taken by writeback or remotify
+        pool, oid, index = h
+        p = HUGE_BASE - f
+        if self.tmem.lookup(pool, oid, index) != p:
+            return 0, 0
+        page = self._huge_page(p)
+        cdata = self._recode(page, MAX_CHUNK + 1)
+        if cdata is None:
+            self._huge_tried.add(f)
+            self.recompress_skipped += 1
+            return 1, 0
+        c = pool.cls
+        handle = self._tagged_handle(oid.to_bytes(24, "little") + (index | pool.handle_tag).to_bytes(8, "little"))
+        zbud = self.zbud
+        del self.huge_lru[f]
+        self._huge_idle.discard(f)
+        self.huge_pages -= 1
+        q = zbud.match_cold(c, len(cdata) + HANDLE_SIZE, cdata, handle)
+        if q:
+            self.arena.free(f)
+        else:
+            q = zbud.create_cold(c, f, cdata, handle)
+            if zbud.pageframes[c] > self.pageframes_max[c]:
+                self.pageframes_max[c] = zbud.pageframes[c]
+        self.tmem.relink(pool, oid, index, q)
+        n = self.zpages[c] + 1
+        self.zpages[c] = n
+        if n > self.zpages_max[c]:
+            self.zpages_max[c] = n
+        self.zbytes[c] += len(cdata)
+        if self.zbytes[c] > self.zbytes_max[c]:
+            self.zbytes_max[c] = self.zbytes[c]
+        self.recompress_saved_bytes += PAGE_SIZE - HANDLE_SIZE - len(cdata)
+        self.recompressed += 1
+        return 1, 1
+
+    def _tagged_handle(self, handle: bytes) -> bytes:
+        self._recomp_codec()
+        return handle[:CODEC_OFFSET] + bytes((self._recomp_tag,)) + handle[CODEC_OFFSET + 1:]
+
+    # ---- reading a recompressed page -------------------------------------------------------
+
+    def _decode_tagged(self, p: int) -> bytes:
+        """The page of zbudref p, whose payload the node's codec refused: in the codec
+        its handle names, or RuntimeError (a payload nothing here can read)."""
+        k = self.zbud.codec(p)
+        codec = self._decoders.get(k)
+        if codec is None:
+            name = next((x for x, i in _compress.CODEC_IDS.items() if i == k), None)
+            if name is None:
+                raise RuntimeError(f"compressed page {p} is in no codec this node knows (codec byte {k})")
+            codec = self._decoders[k] = _compress.get_codec(name).decompress
+        data = codec(self.zbud.payload(p))
+        if len(data) != PAGE_SIZE:
+            raise RuntimeError(f"decompressed page is {len(data)} bytes, not {PAGE_SIZE}")
+        return data
+
+    def _portable(self, p: int) -> bytes:
+        """The payload of zbudref p in the node's (the cluster's) codec, for a page
+        leaving this node: re-encoded if it was recompressed, else as stored. A page
+        the node's codec cannot fit in a buddy leaves raw (a huge page's payload)."""
+        k = self.zbud.codec(p)
+        if not k or k == TRIED:
+            return bytes(self.zbud.payload(p))
+        page = self.get_data(p, None)
+        cdata = self._compress(page)
+        return cdata if len(cdata) <= MAX_BUDDY_SIZE else page
+
+
+def recompress_init(zc, recompressor: str) -> None:
+    """The state a Zcache keeps for recompression (called from its __init__)."""
+    _compress.get_codec(recompressor)  # ValueError now, not at the first pass
+    zc._recomp_name = recompressor.lower()
+    zc._recomp = None
+    zc._recomp_tag = 0
+    zc._decoders = {}
+    zc._recomp_queue = []
+    zc._recomp_pos = 0
+    zc._recomp_pass = None
+    zc._huge_tried = set()
+    for name in RECOMPRESS_COUNTERS:
+        setattr(zc, name, 0)
+

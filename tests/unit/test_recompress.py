@@ -1,0 +1,271 @@
+"""Recompression (zcache_recompress.py): cold and huge pages stored again with a second codec.
+
+Real Zcaches, real codecs, real pages (tests/pages.py). "Nibble" pages (random
+bytes from a 16-letter alphabet) are what makes a huge page recompression
+can save: lz4 finds no repeats in them and cannot code entropy, so they stay
+raw, while zstd's entropy coder halves them.
+"""
+import asyncio
+import random
+
+import pytest
+from pages import page, random_page, sized_page
+
+from ramster import Zcache
+from ramster.compress import CODEC_IDS, get_codec
+from ramster.config import build
+from ramster.control import Control
+from ramster.control_protocol import Request
+from ramster.tmem import LOCAL_CLIENT
+from ramster.units import PAGE_SIZE
+from ramster.zbud import CODEC_OFFSET, EPH, PERS
+from ramster.zcache_recompress import TRIED
+
+
+def nibble_page(seed: int) -> bytes:
+    rng = random.Random(seed)
+    return bytes(rng.choice(b"abcdefghijklmnop") for _ in range(PAGE_SIZE))
+
+
+def fill(zc, pid, pages):
+    for i, p in pages.items():
+        assert zc.put_page(pid, 1, i, p, huge=True)
+
+
+def codec_byte(zc, pid, i):
+    p = zc.lookup(zc.pool(pid), 1, i)
+    assert p > 0
+    return zc.zbud.codec(p)
+
+
+@pytest.fixture
+def zc():
+    z = Zcache(2048)
+    yield z
+    z.close()
+
+
+def test_nibble_pages_are_huge_for_lz4_and_fit_a_buddy_with_zstd():
+    p = nibble_page(1)
+    assert len(get_codec("lz4").compress(p)) > 3584
+    assert len(get_codec("zstd", strong=True).compress(p)) < 2600
+
+
+def test_idle_pages_are_recompressed_and_read_back_exactly(zc):
+    pid = zc.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(600)}
+    fill(zc, pid, pages)
+    zbytes = zc.zbytes[PERS]
+    assert zc.recompress() == 0  # nothing is idle before a mark
+    zc.mark_idle()
+    n = zc.recompress()
+    zc.check()
+    assert n > 300 and zc.recompressed == n
+    assert zc.recompress_saved_bytes == zbytes - zc.zbytes[PERS] > 0
+    assert all(codec_byte(zc, pid, i) in (CODEC_IDS["zstd"], TRIED) for i in pages)
+    for i, p in pages.items():
+        assert zc.get_page(pid, 1, i) == p
+    s = zc.stats()
+    assert s["zcache.recompressed"] == n and s["zcache.recompress_saved_bytes"] > 0
+
+
+def test_a_page_read_after_the_mark_is_not_recompressed(zc):
+    pid = zc.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(40)}
+    fill(zc, pid, pages)
+    zc.mark_idle()
+    zc.get_page(pid, 1, 7)  # its frame (and its buddy) are not idle any more
+    zc.recompress()
+    assert codec_byte(zc, pid, 7) == 0
+    assert zc.recompress(idle_only=False) > 0  # every page, idle or not
+    assert codec_byte(zc, pid, 7) != 0
+    assert zc.get_page(pid, 1, 7) == pages[7]
+    zc.check()
+
+
+def test_a_pass_looks_at_each_page_once_and_a_new_mark_starts_another(zc):
+    pid = zc.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(200)}
+    fill(zc, pid, pages)
+    zc.mark_idle()
+    first = zc.recompress(max_pages=10)
+    assert zc.recompress_pending() > 0
+    tried = zc.recompressed + zc.recompress_skipped
+    assert 10 <= tried <= 11  # a frame's two pages go together
+    while zc.recompress_pending():
+        zc.recompress(max_pages=10)
+    looked = zc.recompressed + zc.recompress_skipped
+    assert looked == len(pages) and first >= 1
+    zc.mark_idle()
+    assert zc.recompress() == 0  # every page is recompressed or was tried
+    assert zc.recompressed + zc.recompress_skipped == looked
+    zc.check()
+
+
+def test_huge_pages_become_ordinary_compressed_pages(zc):
+    pid = zc.new_pool(persistent=True)
+    pages = {i: nibble_page(i) for i in range(20)}
+    pages[99] = random_page(5)  # no codec fits this one in a buddy
+    fill(zc, pid, pages)
+    assert zc.huge_pages == 21
+    frames = zc.pageframes_in_use
+    assert zc.recompress() == 20  # huge pages need no mark
+    zc.check()
+    assert zc.huge_pages == 1 and zc.recompress_skipped == 1
+    assert zc.pageframes_in_use == frames  # a frame each still (about 2 KiB each: no pairs) ...
+    for i, p in pages.items():
+        assert zc.get_page(pid, 1, i) == p
+    zc.put_page(pid, 1, 500, sized_page(3, 600), huge=True)  # ... but each has room for a buddy now
+    assert zc.pageframes_in_use == frames
+    assert zc.recompress() == 0 and zc.recompress_skipped == 1  # the raw one is not tried again
+    zc.check()
+
+
+def test_huge_page_pairs_with_a_half_full_frame(zc):
+    pid = zc.new_pool(persistent=True)
+    small = sized_page(1, 600)
+    zc.put_page(pid, 1, 0, small)
+    zc.put_page(pid, 1, 1, nibble_page(1), huge=True)
+    assert zc.pageframes_in_use == 2
+    assert zc.recompress() == 1
+    assert zc.pageframes_in_use == 1  # moved in beside page 0; its raw frame is free
+    assert zc.get_page(pid, 1, 1) == nibble_page(1) and zc.get_page(pid, 1, 0) == small
+    zc.check()
+
+
+def test_get_with_free_flush_and_overwrite_of_recompressed_pages(zc):
+    pid = zc.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(100)}
+    fill(zc, pid, pages)
+    zc.recompress(idle_only=False)
+    assert zc.get_page(pid, 1, 3, free=True) == pages[3]
+    assert zc.get_page(pid, 1, 3) is None
+    assert zc.flush_page(pid, 1, 4)
+    zc.put_page(pid, 1, 5, page(1000))
+    assert codec_byte(zc, pid, 5) == 0  # a put writes a fresh handle
+    assert zc.get_page(pid, 1, 5) == page(1000)
+    eid = zc.new_pool()
+    zc.put_page(eid, 1, 0, page(7))
+    zc.recompress(idle_only=False)
+    assert zc.get_page(eid, 1, 0) == page(7)  # an ephemeral get frees it
+    assert zc.get_page(eid, 1, 0) is None
+    zc.check()
+
+
+def test_a_corrupt_payload_still_fails_loudly(zc):
+    pid = zc.new_pool(persistent=True)
+    zc.put_page(pid, 1, 0, page(1))
+    p = zc.lookup(zc.pool(pid), 1, 0)
+    zc.zbud.payload(p)[:16] = b"\xff" * 16
+    with pytest.raises(RuntimeError):
+        zc.get_page(pid, 1, 0)
+
+
+@pytest.mark.parametrize("codec,recompressor", [("lz4", "lz4"), ("zstd", "zstd"), ("zlib", "zstd"), ("lz4", "zlib")])
+def test_codec_pairs(codec, recompressor):
+    zc = Zcache(512, codec, recompressor=recompressor)
+    pid = zc.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(150)}
+    pages.update({1000 + i: nibble_page(i) for i in range(5)})
+    fill(zc, pid, pages)
+    zc.recompress(idle_only=False)
+    zc.check()
+    assert zc.recompressed + zc.recompress_skipped > 0
+    for i, p in pages.items():
+        assert zc.get_page(pid, 1, i) == p
+    zc.close()
+
+
+def test_unknown_recompressor_is_refused_at_construction():
+    with pytest.raises(ValueError, match="unknown compressor"):
+        Zcache(16, recompressor="brotli")
+
+
+# ---- pages leaving memory ----------------------------------------------------------------------
+
+def test_writeback_of_recompressed_pages_writes_the_pages():
+    disk = {}
+
+    def sink(pool, oid, index, data):
+        disk[index] = bytes(data)
+        return True
+
+    zc = Zcache(512, writeback_sink=sink)
+    pid = zc.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(100)}
+    pages.update({200 + i: nibble_page(i) for i in range(4)})
+    fill(zc, pid, pages)
+    zc.mark_idle()
+    assert zc.recompress() > 0
+    zc.mark_idle()
+    assert zc.writeback_idle() == len(pages)
+    assert disk == pages
+    zc.check()
+
+
+def test_remotify_and_a_peers_return_carry_the_clusters_codec():
+    """take_lru hands RAMster payloads a peer can store and its owner decode; get_raw
+    returns a foreign page recompressed on the peer in the cluster's codec."""
+    owner, peer = Zcache(256), Zcache(256)
+    pid = owner.new_pool(persistent=True)
+    pages = {i: page(i) for i in range(60)}
+    pages.update({100 + i: nibble_page(i) for i in range(3)})
+    fill(owner, pid, pages)
+    owner.recompress(idle_only=False)
+    assert owner.recompressed > 0
+    out, taken = owner.take_lru(True, 1000)
+    assert {h[3] for h in out} == set(pages)
+    lz4 = get_codec("lz4")
+    foreign = peer.foreign_pool(1, pid, True)
+    for _, pool, oid, index, payload in out:
+        assert owner.decode(payload) == pages[index]
+        assert len(payload) == PAGE_SIZE or lz4.decompress(payload) == pages[index]
+        assert peer.put_raw(foreign, oid, index, payload)
+    owner.release_taken(taken)
+    peer.recompress(idle_only=False)
+    assert peer.recompressed > 0
+    for i, p in pages.items():
+        assert owner.decode(peer.get_raw(foreign, 1, i, free=False)) == p
+    owner.check()
+    peer.check()
+
+
+def test_codec_byte_is_beside_pool_id_in_the_handle(zc):
+    pid = zc.new_pool(persistent=True)
+    zc.put_page(pid, 1, 9, page(2))
+    zc.recompress(idle_only=False)
+    p = zc.lookup(zc.pool(pid), 1, 9)
+    assert zc.zbud.handle(p) == (LOCAL_CLIENT, pid, 1, 9)
+    assert zc.zbud.codec(p) == CODEC_IDS["zstd"] and CODEC_OFFSET == 29
+
+
+# ---- ramster ctl recompress -----------------------------------------------------------------------
+
+def test_ctl_recompress_counts_logs_and_says_what_it_saved(tmp_path, caplog):
+    f = tmp_path / "node.toml"
+    f.write_text('[node]\nmemory = "8M"\n')
+    cfg = build(f)
+    zc = Zcache(cfg.memory // PAGE_SIZE)
+    control = Control(zc, cfg)
+    pid = zc.new_pool(persistent=True)
+    fill(zc, pid, {i: page(i) for i in range(50)})
+    zc.mark_idle()
+    with caplog.at_level("INFO", logger="ramster.control"):
+        reply = asyncio.run(control.handle(Request("recompress", ("10",))))
+    assert reply.ok and 0 < reply.result["pages"] <= 10 and reply.result["saved"] > 0
+    assert "recompress:" in caplog.text
+    assert control.stats()["control.recompressions"] == 1
+    reply = asyncio.run(control.handle(Request("recompress", ("x",))))
+    assert not reply.ok
+
+
+def test_eph_and_pers_are_both_recompressed(zc):
+    e, pz = zc.new_pool(), zc.new_pool(persistent=True)
+    for i in range(50):
+        zc.put_page(e, 1, i, page(i))
+        zc.put_page(pz, 1, i, page(i + 50))
+    zc.mark_idle()
+    zc.recompress()
+    for c in (EPH, PERS):
+        assert zc.zbytes[c] < zc.zbytes_max[c]
+    zc.check()
