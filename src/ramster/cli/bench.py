@@ -71,7 +71,7 @@ def _engine(args: argparse.Namespace) -> int:
     quiet = (args.json or args.markdown) and not sys.stderr.isatty()
     with Progress(console=console, transient=True, disable=quiet) as prog:
         task = prog.add_task("bench engine", total=total)
-        results = engine.run([str(f) for f in files], names, args.pages, args.repeat, lambda: prog.advance(task))
+        results = engine.run(args.corpus, names, args.pages, args.repeat, lambda: prog.advance(task))
     if args.json:
         print(json.dumps(engine.as_json(results, pinning), indent=2))
         return 0
