@@ -46,6 +46,8 @@ PACKAGES = {
     "openssl": "openssl",
     "promtool": "prometheus",
     "systemd-analyze": "systemd",
+    "curl": "curl",
+    "cmp": "diffutils",
 }
 
 

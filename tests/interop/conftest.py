@@ -97,3 +97,40 @@ def nbd_server(tmp_path):
         assert "Traceback" not in log, log
         assert status == 0, f"server exited with {status}:\n{log}"
 
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _working_tree_files() -> list[str]:
+    """The files a clone of this checkout would hold, as they are now (uncommitted edits
+    included, ignored files such as .venv left out)."""
+    r = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       capture_output=True, check=True)
+    return [f for f in r.stdout.decode().split("\0") if f and (REPO / f).is_file()]
+
+
+def make_clone(dest: Path) -> Path:
+    """A copy of the checkout as a fresh `git clone` would make it: no .venv, no build
+    products, nothing beside it (so no ../shared/corpus)."""
+    import shutil
+
+    for f in _working_tree_files():
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    return dest
+
+
+@pytest.fixture
+def fresh_clone(tmp_path) -> Path:
+    return make_clone(tmp_path / "clone")
+
+
+def fresh_environment() -> dict[str, str]:
+    """The environment of a fresh login shell: no virtualenv on PATH, none of the test
+    run's PYTHONPATH or corpus, so the clone's own .venv and files are what runs."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "RAMSTER_CORPUS", "NOTIFY_SOCKET", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+                                  if d and not (Path(d).parent / "pyvenv.cfg").exists())
+    return env
