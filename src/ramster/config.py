@@ -3,6 +3,7 @@
     [node]
     memory = "512M"                     # bytes, or K/M/G/T (binary; see ramster.units)
     compressor = "lz4"
+    allocator = "zbud"                  # zbud | dense (size classes: denser, see ramster.dense)
     listen = ["127.0.0.1:10809", "unix:/run/ramster.sock"]
     metrics = "127.0.0.1:9105"          # "off" disables the HTTP endpoint
     log_level = "info"
@@ -47,6 +48,7 @@ from .frames import MAX_FRAMES
 from .logsetup import FORMATS as LOG_FORMATS
 from .logsetup import LEVELS as LOG_LEVELS
 from .units import PAGE_SIZE, format_size, parse_address, parse_size
+from .zcache import ALLOCATORS, DEFAULT_ALLOCATOR
 
 KINDS = ("swap", "cache")
 DEFAULT_LISTEN = "127.0.0.1:10809"
@@ -60,7 +62,7 @@ MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 # The longest export name NBD clients must accept (proto.md: SHOULD <= 256 bytes).
 MAX_NAME_BYTES = 256
 
-_NODE_KEYS = ("memory", "compressor", "listen", "metrics", "log_level", "log_format", "export")
+_NODE_KEYS = ("memory", "compressor", "allocator", "listen", "metrics", "log_level", "log_format", "export")
 _EXPORT_KEYS = ("name", "kind", "size", "backing")
 
 
@@ -126,6 +128,7 @@ class ExportConfig:
 class NodeConfig:
     memory: int
     compressor: str = compress.DEFAULT
+    allocator: str = DEFAULT_ALLOCATOR
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     metrics: str | None = DEFAULT_METRICS  # None: no metrics endpoint
     log_level: str = "info"
@@ -215,6 +218,7 @@ def build(
     *,
     memory=None,
     compressor: str | None = None,
+    allocator: str | None = None,
     listen: list[str] | None = None,
     exports: list[str] | None = None,
     metrics: str | None = None,
@@ -244,6 +248,12 @@ def build(
         if not isinstance(comp, str):
             raise ConfigError(f"invalid compressor {comp!r}: expected a name")
         cfg.compressor = comp.lower()
+
+    alloc = pick(allocator, "allocator")
+    if alloc is not None:
+        if not isinstance(alloc, str):
+            raise ConfigError(f"invalid allocator {alloc!r}: expected a name")
+        cfg.allocator = alloc.lower()
 
     lst = listen if listen else node.get("listen")
     if lst is not None:
@@ -297,6 +307,8 @@ def validate(cfg: NodeConfig) -> None:
                           f"(at most {format_size(MAX_FRAMES * PAGE_SIZE)})")
     if cfg.compressor not in compress.NAMES:
         raise ConfigError(f"unknown compressor {cfg.compressor!r}; choose one of: {', '.join(compress.NAMES)}")
+    if cfg.allocator not in ALLOCATORS:
+        raise ConfigError(f"unknown allocator {cfg.allocator!r}; choose one of: {', '.join(ALLOCATORS)}")
     try:
         compress.get_codec(cfg.compressor)
     except ValueError as e:  # a known compressor whose optional library is missing

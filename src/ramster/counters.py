@@ -263,6 +263,31 @@ _per_pool("zbud.{pool}_unbuddied_count", "zbud_unbuddied_pageframes", GAUGE,
 _per_pool("zbud.{pool}_zombie_count", "zbud_zombie_pageframes", GAUGE,
           "Memory in page frames taken off the LRU (zombies) and not yet freed, by pool kind, a gauge.", FRAMES)
 
+# ---- dense: the size-class allocator (dense.py), when a node runs with allocator = dense --------
+
+_per_pool("dense.{pool}_zbytes", "dense_compressed", GAUGE,
+          "Compressed data the dense allocator stores now, handles included, by pool kind, a gauge.", BYTES)
+_per_pool("dense.{pool}_cumul_zbytes", "dense_compressed_added", COUNTER,
+          "Compressed data ever stored in the dense allocator, handles included, by pool kind.", BYTES)
+_per_pool("dense.{pool}_zpages", "dense_zpages", GAUGE,
+          "Compressed pages the dense allocator stores now, by pool kind, a gauge.")
+_per_pool("dense.{pool}_cumul_zpages", "dense_zpages_added", COUNTER,
+          "Compressed pages ever stored in the dense allocator, by pool kind.")
+_per_pool("dense.{pool}_pageframes", "dense_pageframes", GAUGE,
+          "Memory the dense allocator's zspages hold now in page frames, by pool kind, a gauge.", FRAMES)
+_per_pool("dense.{pool}_zspages", "dense_zspages", GAUGE,
+          "Zspages (runs of 1-4 frames of one size class) held now, by pool kind, a gauge.")
+_per_pool("dense.{pool}_evicted_pageframes", "dense_evicted_pageframes", COUNTER,
+          "Page frames of zspages evicted from the head of the dense allocator's LRU, by pool kind.")
+_per_pool("dense.{pool}_zombie_count", "dense_zombie_zspages", GAUGE,
+          "Zspages taken off the LRU (zombies) and not yet freed, by pool kind, a gauge.")
+_per_pool("dense.{pool}_frag_bytes", "dense_fragmentation", GAUGE,
+          "Memory in the dense allocator's frames that holds no object (free slots, slack), by pool kind, a gauge.",
+          BYTES)
+_counter("dense.compactions", "dense_compactions", "Compaction runs of the dense allocator that freed frames.")
+_counter("dense.objects_moved", "dense_objects_moved", "Compressed pages moved by compaction.")
+_counter("dense.frames_compacted", "dense_frames_compacted", "Page frames compaction gave back to the arena.")
+
 # ---- the front-ends -----------------------------------------------------------------------
 
 _counter("frontswap.loads", "frontswap_loads", "Frontswap loads that found the page.")

@@ -79,7 +79,7 @@ class Node:
         self.writeback = SwapWriteback(unswiz)
         try:
             self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor,
-                             writeback_sink=self.writeback)
+                             writeback_sink=self.writeback, allocator=config.allocator)
         except ValueError as err:  # e.g. the compressor's library is not installed, or memory > the arena
             raise ConfigError(str(err)) from None
         # Non-exclusive: an NBD client may read a swap block any number of times (see SwapExport).

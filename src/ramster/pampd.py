@@ -10,6 +10,8 @@ ranges, so one comparison tells the kinds apart on the hot paths:
     ----------------------------  ------------  ------------------------------------
     p > 0                         zbud page     zbudref n << 1 | bud: buddy `bud` of zbud
                                                 frame node n (zbud.py), compressed
+                                  (dense)       with allocator="dense": handle h of the
+                                                dense allocator's table (dense.py), compressed
     0                             -             an empty tmem slot, never a page
     ZERO_FILLED (-1)              zero page     nowhere: the page is 4096 zero bytes
     SAME_FILLED_BASE - k          same-filled   nowhere: the k-th distinct 8-byte fill

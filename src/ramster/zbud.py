@@ -284,6 +284,27 @@ class Zbud:
     def is_dying(self, p: int) -> bool:
         return bool(self.state[p >> 1] & DYING)
 
+    # the unit eviction, zombies and the LRU move as one (zcache_remote's `taken`): the frame
+
+    @staticmethod
+    def unit_of(p: int) -> int:
+        return p >> 1
+
+    def is_taken(self, p: int) -> bool:
+        """Whether zbudref p's frame is a zombie (off its LRU for remotify or writeback)."""
+        return bool(self.state[p >> 1] & ZOMBIE)
+
+    def is_zombie(self, n: int) -> bool:
+        return bool(self.state[n] & ZOMBIE)
+
+    def stored_size(self, p: int) -> int:
+        """Bytes zbudref p takes, its handle included; 0 once freed."""
+        return self.sizes[p]
+
+    def kind_of(self, p: int) -> int:
+        """EPH or PERS: the class of zbudref p's frame."""
+        return self.state[p >> 1] >> CLASS_SHIFT
+
     # ---- create -----------------------------------------------------------------
 
     def match_prep(self, c: int, stored: int, cdata, oidb: bytes, tag: int) -> int:

@@ -24,8 +24,16 @@ door, the put and get paths, the pamops tmem calls), zcache_reclaim.py
 pages stored again with a denser codec) and zcache_remote.py (what RAMster
 asks of this node). A page that lives on a peer is an expected
 outcome: the synchronous gets return ON_PEER for it (pampd.py). This file
-is a little over 500 lines because the put path is inlined into `put_page`
-(a call per page costs more than the engine's whole budget allows).
+is about 600 lines because the put path is inlined into `put_page` (a call
+per page costs more than the engine's whole budget allows), and the dense
+allocator's new-zspage path repeats its tail rather than add a call to zbud's.
+
+The allocator behind `self.zbud` is zbud (the default, the seed's) or dense
+(dense.py: size classes, zspages of 1-4 frames, compaction), chosen at
+construction. Both answer zbud's calls, so eviction, writeback, remotify and
+the idle mark are one code; a pampd > 0 is whatever the allocator handed out
+(a zbudref, a dense handle), and the allocator's "unit" (unit_of: a zbud
+frame, a dense zspage) is what its LRU, eviction and zombies move as one.
 
 Zcache is single-threaded by design (one asyncio loop per node); guard it
 with a lock if several threads share one.
@@ -44,14 +52,18 @@ from .tmem import INDEX_LIMIT, LOCAL_CLIENT, MAX_POOLS_PER_CLIENT, OID_LIMIT, Po
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
 from .zcache_dedup import DedupPaths
+from .dense import Dense
 from .zcache_reclaim import RECLAIM_COUNTERS, Reclaim
 from .zcache_recompress import DEFAULT_RECOMPRESSOR, RECOMPRESS_COUNTERS, Recompress, recompress_init
 from .zcache_remote import RemoteDoor
 
 # the codec a node uses unless told otherwise (peers must agree on it)
 DEFAULT_COMPRESSOR = _compress.DEFAULT
+# where compressed pages are kept: zbud (two per frame, the seed's) or dense (size classes)
+ALLOCATORS = ("zbud", "dense")
+DEFAULT_ALLOCATOR = "zbud"
 
-__all__ = ["DEFAULT_COMPRESSOR", "DEFAULT_RECOMPRESSOR", "EPH", "PERS", "INDEX_LIMIT", "OID_LIMIT", "ON_PEER", "TmemError", "Zcache", "check_index", "check_page", "normalize_oid"]
+__all__ = ["ALLOCATORS", "DEFAULT_ALLOCATOR", "DEFAULT_COMPRESSOR", "DEFAULT_RECOMPRESSOR", "EPH", "PERS", "INDEX_LIMIT", "OID_LIMIT", "ON_PEER", "TmemError", "Zcache", "check_index", "check_page", "normalize_oid"]
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 # persistent policy (SPEC §4.5)
@@ -82,7 +94,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
 
     def __init__(self, max_pageframes: int, compressor: str = _compress.DEFAULT, *,
                  reserve_pageframes: int | None = None, writeback_sink=None, dedup: bool = False,
-                 recompressor: str = DEFAULT_RECOMPRESSOR):
+                 recompressor: str = DEFAULT_RECOMPRESSOR, allocator: str = DEFAULT_ALLOCATOR):
         if isinstance(max_pageframes, bool) or not isinstance(max_pageframes, int):
             raise TypeError(f"max_pageframes must be an int, not {type(max_pageframes).__name__}")
         if max_pageframes < 0:
@@ -90,8 +102,19 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         self.codec = _compress.get_codec(compressor)
         self._compress = self.codec.compress
         self._decompress = self.codec.decompress
+        if allocator not in ALLOCATORS:
+            raise ValueError(f"unknown allocator {allocator!r}; choose one of: {', '.join(ALLOCATORS)}")
         self.arena = FrameArena(max_pageframes, reserve_pageframes)
-        self.zbud = Zbud(self.arena.buf, max_pageframes)
+        # The allocator of compressed pages. Both have zbud's interface (match_prep,
+        # payload, free_and_delist, the LRU, eviction and zombie calls), so the code
+        # below is the same for both but where a new zspage needs several frames.
+        # A pampd > 0 is whatever the allocator hands out (a zbudref, a dense handle).
+        self.allocator = allocator
+        self._dense = allocator == "dense"
+        if self._dense:
+            self.zbud = Dense(self.arena, max_pageframes)
+        else:
+            self.zbud = Zbud(self.arena.buf, max_pageframes)
         self.tmem = Tmem(self)
         self.lookup = self.tmem.lookup
         # identical pages stored once (dedup.py, zcache_dedup.py); _store links
@@ -322,7 +345,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         s["zcache.pageframes_alloced"] = self.arena.pageframes_alloced
         s["zcache.pageframes_freed"] = self.arena.pageframes_freed
         s["zcache.max_pageframes"] = self.arena.budget
-        s.update((f"zbud.{k}", v) for k, v in self.zbud.stats().items())
+        s.update((f"{self.allocator}.{k}", v) for k, v in self.zbud.stats().items())
         if self.remote is not None:
             s.update(self.remote.stats())  # the "ramster." counters (SPEC §5.11)
             for c, name in ((EPH, "eph"), (PERS, "pers")):
@@ -358,6 +381,8 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         tag = index | pool.handle_tag
         p = zbud.match_prep(c, clen + HANDLE_SIZE, cdata, oidb, tag)
         if not p:
+            if self._dense:
+                return self._store_new_zspage(pool, oid, index, cdata, clen, c, oidb, tag)
             f = self.arena.alloc()
             if f < 0:
                 f = self._ouroboros(c)
@@ -376,6 +401,44 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
             self.zbytes_max[c] = n
         self._link(pool, oid, index, p)
         return True
+
+    def _store_new_zspage(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int,
+                          oidb: bytes, tag: int) -> bool:
+        """The rest of _store for the dense allocator when no zspage of the class has
+        room: the new zspage's frames, each from the arena or else from ouroboros."""
+        stored = clen + HANDLE_SIZE
+        frames = []
+        for _ in range(self.zbud.frames_for(stored)):
+            f = self.arena.alloc()
+            if f < 0:
+                f = self._ouroboros(c)
+                if f < 0:
+                    for g in frames:
+                        self.arena.free(g)
+                    return False
+            frames.append(f)
+        p = self.zbud.create_zspage(c, frames, stored, cdata, oidb, tag)
+        if self.zbud.pageframes[c] > self.pageframes_max[c]:
+            self.pageframes_max[c] = self.zbud.pageframes[c]
+        n = self.zpages[c] + 1
+        self.zpages[c] = n
+        if n > self.zpages_max[c]:
+            self.zpages_max[c] = n
+        n = self.zbytes[c] + clen
+        self.zbytes[c] = n
+        if n > self.zbytes_max[c]:
+            self.zbytes_max[c] = n
+        self._link(pool, oid, index, p)
+        return True
+
+    def compact(self) -> int:
+        """Move pages out of sparse zspages and free them (the dense allocator; zbud
+        never moves a page). Returns the frames given back."""
+        if not self._dense:
+            return 0
+        freed = self.zbud.compact()
+        self.arena.release_free_frames()
+        return freed
 
     def _put_failed(self, pool: Pool, oid: int, index: int, c: int) -> bool:
         self.failed_puts[c] += 1

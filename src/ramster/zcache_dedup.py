@@ -35,7 +35,6 @@ from xxhash import xxh3_128_intdigest
 
 from .pampd import DEDUP_BASE, SAME_FILLED_MAX_CLEN
 from .tmem import Pool
-from .zbud import ZOMBIE
 
 
 class DedupPaths:
@@ -180,7 +179,7 @@ class DedupPaths:
         return DEDUP_BASE - d
 
     def _dedup_taken(self, q: int) -> bool:
-        return bool(self.zbud.state[self.dedup.under[DEDUP_BASE - q] >> 1] & ZOMBIE)
+        return self.zbud.is_taken(self.dedup.under[DEDUP_BASE - q])
 
     # ---- checking (tests) ----------------------------------------------------------------------
 
@@ -201,8 +200,8 @@ class DedupPaths:
                 continue
             held = slots.get(d, [])
             assert len(held) == dt.refs[d], f"entry {d}: {dt.refs[d]} refs, {len(held)} slots"
-            assert self.zbud.sizes[p], f"entry {d}: copy {p} freed"
-            assert self.zbud.cls(p >> 1) == dt.keys[d] & 1, f"entry {d}: copy in the other class"
+            assert self.zbud.stored_size(p), f"entry {d}: copy {p} freed"
+            assert self.zbud.kind_of(p) == dt.keys[d] & 1, f"entry {d}: copy in the other class"
             for pool, _, _ in held:
                 assert pool.cls == dt.keys[d] & 1 and pool.client_id == 0xFFFF
             if d in dt.owners:

@@ -275,9 +275,10 @@ class Reclaim:
             buds = self.zbud.make_zombie_lru(PERS, with_data=False)
             if not buds:
                 break
+            unit = self.zbud.unit_of(buds[0][0])
             _, kept = self._write_back_buds(buds, sink, accepts, len(buds))
             if kept:
-                self.zbud.revive_zombie(buds[0][0] >> 1)
+                self.zbud.revive_zombie(unit)
             else:
                 freed += 1
         return freed

@@ -107,6 +107,8 @@ class Recompress:
 
     def _recompress_candidates(self, idle_only: bool) -> list[int]:
         zbud = self.zbud
+        if self._dense:
+            return []  # recompression rewrites zbud frames; the dense allocator is not one
         out = [HUGE_BASE - f for f in self.huge_lru if f not in self._huge_tried]
         for c in (PERS, EPH):
             if idle_only:

@@ -32,7 +32,7 @@ from __future__ import annotations
 from .pampd import DEDUP_BASE, REMOTE_BASE, huge, huge_frame, is_huge, is_remote, remote, remote_entry
 from .tmem import LOCAL_CLIENT, Pool
 from .units import PAGE_SIZE
-from .zbud import EPH, MAX_BUDDY_SIZE, PERS, ZOMBIE
+from .zbud import EPH, MAX_BUDDY_SIZE, PERS
 
 
 class RemoteDoor:
@@ -94,10 +94,11 @@ class RemoteDoor:
             buds = zbud.make_zombie_lru(c, with_data=True)
             if not buds:
                 break
+            unit = zbud.unit_of(buds[0][0])
             if any(b[1] != LOCAL_CLIENT for b in buds):
-                zbud.revive_zombie(buds[0][0] >> 1)
+                zbud.revive_zombie(unit)
                 continue
-            taken.append(buds[0][0])
+            taken.append(unit)
             for p, client_id, pool_id, oid, index, data in buds:
                 pool = tmem.get_pool(client_id, pool_id)
                 if pool is not None and tmem.lookup(pool, oid, index) == p:
@@ -137,10 +138,9 @@ class RemoteDoor:
         freed = 0
         zbud = self.zbud
         for p in taken:
-            if p > 0:
-                n = p >> 1
-                if zbud.state[n] & ZOMBIE:
-                    zbud.revive_zombie(n)
+            if p > 0:  # the allocator's unit: a zbud frame node, a dense zspage
+                if zbud.is_zombie(p):
+                    zbud.revive_zombie(p)
                 else:
                     freed += 1
             elif huge_frame(p) in self.huge_taken:
@@ -152,7 +152,7 @@ class RemoteDoor:
     def _is_taken(self, p: int) -> bool:
         """True while the page of pampd p is off its LRU for remotify or writeback."""
         if p > 0:
-            return bool(self.zbud.state[p >> 1] & ZOMBIE)
+            return self.zbud.is_taken(p)
         if p <= DEDUP_BASE:
             return self._dedup_taken(p)
         return huge_frame(p) in self.huge_taken

@@ -80,9 +80,9 @@ def _floor(pages: list[bytes], codec) -> tuple[float, float]:
     return t1 - t0, t2 - t1
 
 
-def _zcache_runs(pages: list[bytes], name: str, repeat: int, floor) -> tuple[float, float, float, float, int]:
+def _zcache_runs(pages: list[bytes], name: str, repeat: int, floor, allocator: str = "zbud") -> tuple[float, float, float, float, int]:
     n = len(pages)
-    zc = Zcache(max_pageframes=n, compressor=name, reserve_pageframes=n)
+    zc = Zcache(max_pageframes=n, compressor=name, reserve_pageframes=n, allocator=allocator)
     # warm: fault the frames in once, as a running cache has them
     pid = zc.new_pool(persistent=True)
     for i, p in enumerate(pages):
@@ -113,13 +113,13 @@ def _zcache_runs(pages: list[bytes], name: str, repeat: int, floor) -> tuple[flo
     return best[0], best[1], best[2], best[3], stored
 
 
-def _metadata(pages: list[bytes], name: str) -> tuple[float, int, int, int, float, float]:
+def _metadata(pages: list[bytes], name: str, allocator: str = "zbud") -> tuple[float, int, int, int, float, float]:
     """Fill a budget smaller than the corpus needs; bytes of Python heap per stored page."""
     frames = len(pages) * 2 // 5
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    zc = Zcache(max_pageframes=frames, compressor=name, reserve_pageframes=frames)
+    zc = Zcache(max_pageframes=frames, compressor=name, reserve_pageframes=frames, allocator=allocator)
     pid = zc.new_pool(persistent=True)
     rejected = 0
     for i, p in enumerate(pages):
@@ -130,13 +130,14 @@ def _metadata(pages: list[bytes], name: str) -> tuple[float, int, int, int, floa
     tracemalloc.stop()
     st = zc.stats()
     stored = st["zcache.pers_zpages"]
-    in_frames = st["zbud.pers_zpages"]
+    in_frames = st[f"{allocator}.pers_zpages"]
     pf = st["zcache.pers_pageframes"]
     zc.close()
     return used / max(stored, 1), stored, rejected, pf, in_frames / max(pf, 1), stored * PAGE_SIZE / max(pf * PAGE_SIZE, 1)
 
 
-def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | None, repeat: int, progress=None) -> list[EngineResult]:
+def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | None, repeat: int, progress=None,
+        allocator: str = "zbud") -> list[EngineResult]:
     files = corpus_files(corpus)
     names = compressors or list(available())
     for nm in names:
@@ -148,8 +149,8 @@ def run(corpus: list[str] | None, compressors: list[str] | None, limit: int | No
             continue
         for nm in names:
             codec = get_codec(nm)
-            fp, fg, zp, zg, _ = _zcache_runs(pages, nm, repeat, lambda: _floor(pages, codec))
-            meta, stored, rejected, pf, zpf, density = _metadata(pages, nm)
+            fp, fg, zp, zg, _ = _zcache_runs(pages, nm, repeat, lambda: _floor(pages, codec), allocator)
+            meta, stored, rejected, pf, zpf, density = _metadata(pages, nm, allocator)
             n = len(pages)
             results.append(
                 EngineResult(

@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     )
     e.add_argument("--corpus", nargs="+", metavar="PATH", help="*.pages files or directories (default: shared/corpus, else synthetic pages with its mix)")
     e.add_argument("--compressor", nargs="+", metavar="NAME", help="compressors to run (default: every installed one of lz4 lzo zstd zlib)")
+    e.add_argument("--allocator", choices=("zbud", "dense"), default="zbud",
+                   help="where Zcache keeps the compressed pages (default: zbud)")
     e.add_argument("--pages", type=int, metavar="N", help="use at most N pages of each file")
     e.add_argument("--repeat", type=int, default=3, metavar="R", help="timed runs; the best is kept (default 3)")
     e.add_argument("--cpu", type=int, metavar="N", help="CPU to pin to (default: the last one)")
@@ -71,7 +73,8 @@ def _engine(args: argparse.Namespace) -> int:
     quiet = (args.json or args.markdown) and not sys.stderr.isatty()
     with Progress(console=console, transient=True, disable=quiet) as prog:
         task = prog.add_task("bench engine", total=total)
-        results = engine.run(args.corpus, names, args.pages, args.repeat, lambda: prog.advance(task))
+        results = engine.run(args.corpus, names, args.pages, args.repeat, lambda: prog.advance(task),
+                             allocator=args.allocator)
     if args.json:
         print(json.dumps(engine.as_json(results, pinning), indent=2))
         return 0

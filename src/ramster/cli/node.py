@@ -87,6 +87,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(default: min(1G, RAM/4))")
     p.add_argument("--compressor", metavar="NAME",
                    help=f"page compressor: {', '.join(compress.NAMES)} (default: {compress.DEFAULT})")
+    p.add_argument("--allocator", metavar="NAME", type=str.lower,
+                   help="where compressed pages are kept: zbud (two per page frame) or dense (size "
+                        "classes across frames, denser, with compaction) (default: zbud)")
     p.add_argument("--listen", action="append", metavar="ADDR",
                    help=f"NBD address, HOST:PORT or unix:PATH; repeat for several (default: {DEFAULT_LISTEN})")
     p.add_argument("--export", action="append", metavar="NAME:KIND:SIZE[:BACKING]", dest="exports",
@@ -113,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
 
     def load():
         # a reload reads the file again with the same flags on top: a flag still wins
-        cfg = build(args.config, memory=args.memory, compressor=args.compressor, listen=args.listen,
+        cfg = build(args.config, memory=args.memory, compressor=args.compressor, allocator=args.allocator, listen=args.listen,
                     exports=args.exports, metrics=args.metrics, log_level=args.log_level,
                     log_format=args.log_format)
         return cfg, _cluster(args.config, args.name)

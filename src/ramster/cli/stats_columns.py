@@ -17,7 +17,7 @@ the figures of the kind its pages live in, computed from the seed's counters:
     TOTAL       mem_used_total                  (zcache.K_pageframes [+ huge_pages]) x 4096
     MEM-LIMIT   mem_limit                       zcache.max_pageframes x 4096 (the node's budget)
     MEM-USED    mem_used_max                    (zcache.K_pageframes_max [+ huge_pages_max]) x 4096
-    MIGRATED    pages_compacted                 0: zbud never moves a page once stored
+    MIGRATED    pages_compacted                 dense.objects_moved (zbud never moves a page: 0)
     MOUNTPOINT  where it is mounted             the NBD URI clients reach the export at
 
 The bracketed huge pages (stored raw, a frame each) are persistent only. With
@@ -60,7 +60,7 @@ COLUMNS = {c.name: c for c in (
     Column("TOTAL", SIZE, "page frames holding the pages, zbud's packing included"),
     Column("MEM-LIMIT", SIZE, "the node's memory budget"),
     Column("MEM-USED", SIZE, "the most page frames held at once (zram's mem_used_max)"),
-    Column("MIGRATED", SIZE, "pages moved by compaction: zbud never compacts, 0"),
+    Column("MIGRATED", SIZE, "pages moved by compaction (the dense allocator; zbud never compacts, 0)"),
     Column("MOUNTPOINT", TEXT, "the NBD URI of the export"),
     Column("KIND", TEXT, "swap (persistent pool) or cache (ephemeral pool)"),
     Column("PEERS", TEXT, "RAMster peers connected/known"),
@@ -119,11 +119,11 @@ def _memory(c: dict, pools: tuple[str, ...]) -> dict:
     return {
         "DATA": (zpages + huge) * PAGE_SIZE,
         "COMPR": sum(g(f"zcache.{k}_zbytes") for k in pools) + huge * PAGE_SIZE,
-        "ZERO-PAGES": zpages - sum(g(f"zbud.{k}_zpages") for k in pools),
+        "ZERO-PAGES": zpages - sum(g(f"zbud.{k}_zpages") + g(f"dense.{k}_zpages") for k in pools),
         "TOTAL": (sum(g(f"zcache.{k}_pageframes") for k in pools) + huge) * PAGE_SIZE,
         "MEM-LIMIT": g("zcache.max_pageframes") * PAGE_SIZE,
         "MEM-USED": (sum(g(f"zcache.{k}_pageframes_max") for k in pools) + huge_max) * PAGE_SIZE,
-        "MIGRATED": 0,
+        "MIGRATED": g("dense.objects_moved"),
         "REMOTE": sum(g(f"ramster.remote_{k}_pages") for k in pools),
     }
 

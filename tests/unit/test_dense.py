@@ -1,0 +1,151 @@
+"""The dense allocator (dense.py) on its own and behind Zcache (allocator="dense")."""
+import pytest
+from pages import sized_page
+
+from ramster import Zcache
+from ramster.config import ConfigError, build
+from ramster.dense import CLASS_FRAMES, CLASS_OBJS, CLASS_SIZE, MAX_SIZE, MAX_ZSPAGE_FRAMES, NCLASSES, class_of
+from ramster.units import PAGE_SIZE
+from ramster.zbud import HANDLE_SIZE
+
+
+def test_class_table_wastes_little_and_covers_every_size():
+    assert CLASS_SIZE == sorted(CLASS_SIZE) and CLASS_SIZE[-1] == MAX_SIZE
+    for ci in range(NCLASSES):
+        k, n, s = CLASS_FRAMES[ci], CLASS_OBJS[ci], CLASS_SIZE[ci]
+        assert 1 <= k <= MAX_ZSPAGE_FRAMES and n * s <= k * PAGE_SIZE
+        assert (k * PAGE_SIZE - n * s) / (k * PAGE_SIZE) < 0.03, f"class {s} wastes too much"
+    for stored in range(HANDLE_SIZE + 1, MAX_SIZE + 1):
+        ci = class_of(stored)
+        assert CLASS_SIZE[ci] >= stored
+        # a merged class costs no more per object than the class the size would have had
+        assert ci == 0 or CLASS_SIZE[ci - 1] < stored or CLASS_OBJS[ci - 1] == CLASS_OBJS[ci]
+
+
+def _fill(zc, pid, pages):
+    for i, pg in enumerate(pages):
+        assert zc.put_page(pid, 1, i, pg)
+
+
+def test_round_trip_and_denser_than_zbud():
+    # about 1000-byte payloads: zbud fits two per frame (half the frame wasted), dense four
+    pages = [sized_page(i, 1000) for i in range(200)]
+    frames = {}
+    for alloc in ("zbud", "dense"):
+        zc = Zcache(256, allocator=alloc)
+        pid = zc.new_pool(persistent=True)
+        _fill(zc, pid, pages)
+        zc.check()
+        for i, pg in enumerate(pages):
+            assert zc.get_page(pid, 1, i) == pg
+        frames[alloc] = zc.pageframes_in_use
+        s = zc.stats()
+        assert f"{alloc}.pers_zpages" in s and s[f"{alloc}.pers_zpages"] == 200
+        zc.close()
+    assert frames["dense"] * 3 < frames["zbud"] * 2, frames
+
+
+def test_objects_that_cross_frames_read_back():
+    # sizes from small to large: many objects start in one frame of their zspage and end in the next
+    zc = Zcache(512, allocator="dense")
+    pid = zc.new_pool(persistent=True)
+    pages = [sized_page(i, 100 + 37 * i) for i in range(90)]
+    _fill(zc, pid, pages)
+    zc.check()
+    assert [zc.get_page(pid, 1, i) for i in range(90)] == pages
+
+
+def test_persistent_put_eats_ephemeral_never_persistent():
+    zc = Zcache(16, allocator="dense")
+    eph, pers = zc.new_pool(False), zc.new_pool(True)
+    for i in range(64):
+        zc.put_page(eph, 1, i, sized_page(i, 1500))
+    assert zc.stats()["zcache.eph_pageframes"] > 0
+    stored = []
+    for i in range(200):
+        if not zc.put_page(pers, 2, i, sized_page(1000 + i, 1500)):
+            break
+        stored.append(i)
+        zc.check()
+    assert zc.stats()["zcache.eph_pageframes"] == 0 and zc.pers_ate_eph > 0
+    for i in stored:  # the budget is full of persistent pages: every one is still there
+        assert zc.get_page(pers, 2, i) == sized_page(1000 + i, 1500)
+    assert zc.stats()["dense.eph_evicted_pageframes"] > 0
+
+
+def test_ephemeral_eviction_takes_least_recently_used_zspage_first():
+    zc = Zcache(8, allocator="dense")
+    eph = zc.new_pool(False)
+    for i in range(40):
+        zc.put_page(eph, 1, i, sized_page(i, 1500))
+        zc.check()
+    present = [zc.contains(eph, 1, i) for i in range(40)]
+    # the oldest went first: what is left is a run at the end
+    first = present.index(True)
+    assert first > 0 and all(present[first:])
+
+
+def test_compaction_moves_objects_and_frees_frames():
+    zc = Zcache(512, allocator="dense")
+    pid = zc.new_pool(persistent=True)
+    pages = [sized_page(i, 700) for i in range(300)]
+    _fill(zc, pid, pages)
+    for i in range(300):
+        if i % 4:
+            zc.flush_page(pid, 1, i)
+    before = zc.pageframes_in_use
+    freed = zc.compact()
+    zc.check()
+    assert freed > 0 and zc.pageframes_in_use == before - freed
+    s = zc.stats()
+    assert s["dense.objects_moved"] > 0 and s["dense.compactions"] == 1
+    for i in range(0, 300, 4):
+        assert zc.get_page(pid, 1, i) == pages[i]
+    assert Zcache(4).compact() == 0  # zbud never moves a page
+
+
+def test_writeback_and_idle_with_dense():
+    disk = {}
+    zc = Zcache(8, allocator="dense",
+                writeback_sink=lambda pool, oid, index, data: disk.__setitem__((oid, index), data) or True)
+    pid = zc.new_pool(True)
+    pages = [sized_page(i, 1500) for i in range(60)]
+    kept = [i for i, pg in enumerate(pages) if zc.put_page(pid, 1, i, pg)]
+    zc.check()
+    assert disk and len(kept) == 60  # the LRU persistent zspages went to the sink to make room
+    for i in kept:
+        assert zc.get_page(pid, 1, i) or disk[(1, i)] == pages[i]
+    assert zc.mark_idle() == zc.idle_pages() > 0
+    zc.get_page(pid, 1, kept[-1])
+    n = zc.writeback_idle()
+    zc.check()
+    assert n > 0 and zc.get_page(pid, 1, kept[-1]) == pages[kept[-1]]
+    for i in kept:
+        assert zc.get_page(pid, 1, i) == pages[i] or disk[(1, i)] == pages[i]
+
+
+def test_take_lru_and_release_with_dense():
+    zc = Zcache(64, allocator="dense")
+    pid = zc.new_pool(True)
+    pages = [sized_page(i, 1500) for i in range(10)]
+    _fill(zc, pid, pages)
+    got, taken = zc.take_lru(True, 1)
+    assert taken and got and all(zc.still_taken(p, zc.pool(pid), oid, index) for p, _, oid, index, _ in got)
+    for p, _, oid, index, payload in got:
+        assert zc.decode(payload) == pages[index]
+    assert zc.release_taken(taken) == 0  # nothing left: the zspage is back on its LRU
+    zc.check()
+    got, taken = zc.take_lru(True, 1)
+    for p, pool, oid, index, _ in got:
+        zc.flush_page(pid, oid, index)
+    assert zc.release_taken(taken) == 1
+    zc.check()
+
+
+def test_allocator_is_chosen_by_name():
+    with pytest.raises(ValueError, match="unknown allocator"):
+        Zcache(4, allocator="slab")
+    assert build(None, memory="64M", allocator="Dense").allocator == "dense"
+    assert build(None, memory="64M").allocator == "zbud"
+    with pytest.raises(ConfigError, match="unknown allocator"):
+        build(None, memory="64M", allocator="slab")
