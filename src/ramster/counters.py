@@ -288,6 +288,11 @@ _counter("dense.compactions", "dense_compactions", "Compaction runs of the dense
 _counter("dense.objects_moved", "dense_objects_moved", "Compressed pages moved by compaction.")
 _counter("dense.frames_compacted", "dense_frames_compacted", "Page frames compaction gave back to the arena.")
 
+# A node reports the "zbud." or the "dense." keys, those of the allocator it runs
+# (Zcache(allocator=...)); every other key is reported by every node.
+ALLOCATOR_KEYS = {name: frozenset(k for k in COUNTERS if k.startswith(name + "."))
+                  for name in ("zbud", "dense")}
+
 # ---- the front-ends -----------------------------------------------------------------------
 
 _counter("frontswap.loads", "frontswap_loads", "Frontswap loads that found the page.")

@@ -249,6 +249,10 @@ class Dense:
         """The zspage of handle h: what eviction, zombies and the LRU move as one."""
         return self.loc[h] >> SLOT_BITS
 
+    def unit_frames(self, z: int) -> int:
+        """Frames of zspage z."""
+        return CLASS_FRAMES[self.zcls[z]]
+
     def is_taken(self, h: int) -> bool:
         return bool(self.state[self.loc[h] >> SLOT_BITS] & ZOMBIE)
 

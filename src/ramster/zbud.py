@@ -290,6 +290,10 @@ class Zbud:
     def unit_of(p: int) -> int:
         return p >> 1
 
+    @staticmethod
+    def unit_frames(n: int) -> int:
+        return 1
+
     def is_taken(self, p: int) -> bool:
         """Whether zbudref p's frame is a zombie (off its LRU for remotify or writeback)."""
         return bool(self.state[p >> 1] & ZOMBIE)

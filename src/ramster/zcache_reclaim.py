@@ -236,7 +236,7 @@ class Reclaim:
                 self._drop_dedup_bud(p, pool, oid, index)
         self.zbytes[EPH] -= stored - HANDLE_SIZE * zpages
         self.zpages[EPH] -= zpages
-        self.evicted_eph_pageframes += 1
+        self.evicted_eph_pageframes += self.zbud.unit_frames(n)
         # the seed commit added 1 per frame here; 3.9 fixed it to count zpages
         self.evicted_eph_zpages += zpages
         return self.zbud.finish_evict(n)

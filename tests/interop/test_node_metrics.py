@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import NodeProcess, free_port, need
 
-from ramster.counters import COUNTERS, EXPORT_STATS, PEER_STATS, undeclared
+from ramster.counters import ALLOCATOR_KEYS, COUNTERS, EXPORT_STATS, PEER_STATS, undeclared
 from ramster.remote.keys import node_keys
 
 pytestmark = pytest.mark.interop
@@ -53,17 +53,18 @@ def cluster(tmp_path):
     (tmp_path / "disk.img").write_bytes(bytes(range(256)) * (1 << 12))  # 1 MiB
     nodes = []
     try:
-        for name, exports in (("b", ["spare:swap:1M"]),
-                              ("a", ["swap:swap:4M", f"disk:cache:1M:{tmp_path}/disk.img"])):
+        # b keeps its pages with the dense allocator, a with zbud: each reports its allocator's keys
+        for name, exports, allocator in (("b", ["spare:swap:1M"], "dense"),
+                                         ("a", ["swap:swap:4M", f"disk:cache:1M:{tmp_path}/disk.img"], "zbud")):
             d = tmp_path / name
             d.mkdir()
-            args = ["--config", str(config), "--name", name, "--memory", "2M"]
+            args = ["--config", str(config), "--name", name, "--memory", "2M", "--allocator", allocator]
             for e in exports:
                 args += ["--export", e]
             nodes.append(NodeProcess(d, *args))
         b, a = nodes
         wait_for(lambda: all(p["connected"] and p["rtt_seconds"] is not None for p in a.stats()["peers"]))
-        yield a
+        yield a, b
     finally:
         for n in nodes:
             n.stop()
@@ -82,16 +83,26 @@ def test_promtool_finds_what_it_should(promtool):
 
 
 def test_every_stats_key_is_declared_and_metrics_pass_promtool(promtool, cluster):
-    with urllib.request.urlopen(cluster.url + "/stats", timeout=10) as r:
+    a, b = cluster
+    with urllib.request.urlopen(a.url + "/stats", timeout=10) as r:
         stats = json.load(r)
     assert undeclared(stats) == []
     # and every declaration is live: a stale one would name a number nobody reports
-    assert set(COUNTERS) == set(stats["counters"])
+    # (the other allocator's keys are another node's)
+    assert set(COUNTERS) - ALLOCATOR_KEYS["dense"] == set(stats["counters"])
+    with urllib.request.urlopen(b.url + "/stats", timeout=10) as r:
+        dense = json.load(r)
+    assert undeclared(dense) == []
+    assert set(COUNTERS) - ALLOCATOR_KEYS["zbud"] == set(dense["counters"])
     fields = {f"{part}.{k}" for e in stats["exports"].values() for part in ("counters", "gauges") for k in e[part]}
     assert set(EXPORT_STATS) == fields | {"size"}
     assert set(PEER_STATS) <= set(stats["peers"][0])
 
-    with urllib.request.urlopen(cluster.url + "/metrics", timeout=10) as r:
+    with urllib.request.urlopen(a.url + "/metrics", timeout=10) as r:
         text = r.read()
     assert b'ramster_peer_connected{peer="b"} 1.0' in text
+    assert lint(promtool, text) == "0"
+    with urllib.request.urlopen(b.url + "/metrics", timeout=10) as r:
+        text = r.read()
+    assert b"ramster_dense_pageframes_bytes" in text
     assert lint(promtool, text) == "0"
