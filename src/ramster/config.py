@@ -8,6 +8,8 @@
     metrics = "127.0.0.1:9105"          # "off" disables the HTTP endpoint
     log_level = "info"
     log_format = "text"                 # text | json | logfmt (see ramster.logsetup)
+    recompress_codec = "zstd"           # the second codec cold pages are recompressed with
+    recompress_cpu = 0.05               # share of a CPU for it in the background (default 0: off)
 
     [[node.export]]
     name = "swap"
@@ -62,7 +64,8 @@ MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 # The longest export name NBD clients must accept (proto.md: SHOULD <= 256 bytes).
 MAX_NAME_BYTES = 256
 
-_NODE_KEYS = ("memory", "compressor", "allocator", "listen", "metrics", "log_level", "log_format", "export")
+_NODE_KEYS = ("memory", "compressor", "allocator", "listen", "metrics", "log_level", "log_format", "export",
+              "recompress_codec", "recompress_cpu")
 _EXPORT_KEYS = ("name", "kind", "size", "backing")
 
 
@@ -133,6 +136,8 @@ class NodeConfig:
     metrics: str | None = DEFAULT_METRICS  # None: no metrics endpoint
     log_level: str = "info"
     log_format: str = "text"
+    recompress_codec: str = "zstd"
+    recompress_cpu: float = 0.0  # 0: no background recompression
     exports: list[ExportConfig] = field(default_factory=list)
     source: Path | None = None  # the TOML file it came from, if any
     # things allowed but probably unwise (a budget near all of the RAM), logged when the node starts
@@ -224,6 +229,8 @@ def build(
     metrics: str | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
+    recompress_codec: str | None = None,
+    recompress_cpu=None,
 ) -> NodeConfig:
     """The defaults, overridden by the file, overridden by flags; validated."""
     node: dict = {}
@@ -281,6 +288,19 @@ def build(
             raise ConfigError(f"invalid log format {fmt!r}")
         cfg.log_format = fmt.lower()
 
+    rc = pick(recompress_codec, "recompress_codec")
+    if rc is not None:
+        if not isinstance(rc, str):
+            raise ConfigError(f"invalid recompress codec {rc!r}: expected a name")
+        cfg.recompress_codec = rc.lower()
+    share = pick(recompress_cpu, "recompress_cpu")
+    if share is not None:
+        try:
+            cfg.recompress_cpu = float(share)
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid recompress_cpu {share!r}: expected a fraction of a CPU, "
+                              "like 0.05") from None
+
     if exports:
         cfg.exports = [parse_export_spec(s) for s in exports]
     elif file_exports:
@@ -313,6 +333,15 @@ def validate(cfg: NodeConfig) -> None:
         compress.get_codec(cfg.compressor)
     except ValueError as e:  # a known compressor whose optional library is missing
         raise ConfigError(str(e)) from None
+    if cfg.recompress_codec not in compress.NAMES:
+        raise ConfigError(f"unknown recompress codec {cfg.recompress_codec!r}; "
+                          f"choose one of: {', '.join(compress.NAMES)}")
+    try:
+        compress.get_codec(cfg.recompress_codec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not 0 <= cfg.recompress_cpu <= 1 or cfg.recompress_cpu != cfg.recompress_cpu:
+        raise ConfigError(f"recompress_cpu {cfg.recompress_cpu} is not a fraction of a CPU between 0 and 1")
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"unknown log level {cfg.log_level!r}; choose one of: {', '.join(LOG_LEVELS)}")
     if cfg.log_format not in LOG_FORMATS:

@@ -17,6 +17,8 @@ it uses when it is built (nothing is plugged in by assignment afterwards):
                                    file, writeback); in a cluster it may wait for RAMster
                                    to make room (attach_remote). CacheExport(cleancache,
                                    disk image)
+    RecompressTask                 only with recompress_cpu > 0: cold pages recompressed
+                                   on the loop, at that share of a CPU (recompress_task.py)
 
 Nothing above holds a socket. `start()` binds them, metrics first (so a busy
 port fails before any NBD client connected), then the NBD listeners, then
@@ -55,6 +57,7 @@ from .frontends.frontswap import unswiz
 from .nbd.base import Export
 from .nbd.cache import CacheExport
 from .nbd.swap import SwapExport
+from .recompress_task import RecompressTask
 from .storage import BackingFile, PageMapError, SwapWriteback
 from .units import PAGE_SIZE, format_address, format_size, parse_address
 from .zcache import Zcache
@@ -79,7 +82,8 @@ class Node:
         self.writeback = SwapWriteback(unswiz)
         try:
             self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor,
-                             writeback_sink=self.writeback, allocator=config.allocator)
+                             writeback_sink=self.writeback, allocator=config.allocator,
+                             recompressor=config.recompress_codec)
         except ValueError as err:  # e.g. the compressor's library is not installed, or memory > the arena
             raise ConfigError(str(err)) from None
         # Non-exclusive: an NBD client may read a swap block any number of times (see SwapExport).
@@ -117,6 +121,8 @@ class Node:
             self._close_files()
             raise
         self.control = Control(self.zc, config, cluster, ramster=self.ramster, net=self.net, loader=loader)
+        # cold pages recompressed in the background, at a bounded CPU share (off at 0)
+        self.recompress = RecompressTask(self.zc, config.recompress_cpu) if config.recompress_cpu > 0 else None
 
     def _cluster(self, cl):
         """The peer network and the RAMster that serves it, for ClusterConfig `cl`."""
@@ -225,6 +231,8 @@ class Node:
         await self._start_control()
         if self.cluster is not None:
             await self._start_cluster()
+        if self.recompress is not None:
+            self.recompress.start()
 
     async def _start_control(self) -> None:
         """The control socket: a path given that cannot be used is an error; the default
@@ -259,6 +267,8 @@ class Node:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish, fsync and close the backing files."""
+        if self.recompress is not None:
+            await self.recompress.stop()
         if self.control_server is not None:
             await self.control_server.stop()
             self.control_server = None

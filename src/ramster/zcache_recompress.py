@@ -67,6 +67,17 @@ DEFAULT_RECOMPRESSOR = "zstd"
 class Recompress:
     """Zcache's recompression (see the module comment)."""
 
+    # counters (stats() has them as "zcache.NAME"); saved bytes are stored bytes, handles
+    # included: what the frames gain from them shows in the pageframes gauges
+    recompressed: int
+    recompress_skipped: int
+    recompress_saved_bytes: int
+
+    @property
+    def idle_marks(self) -> int:
+        """How many times pages were marked idle (mark_idle) since the start."""
+        return self._idle_epoch
+
     def recompress(self, max_pages: int | None = None, idle_only: bool = True) -> int:
         """Recompress cold pages with the recompression codec: the huge ones, then
         the zbud ones idle since the last mark (every one with idle_only=False).

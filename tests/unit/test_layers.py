@@ -29,7 +29,7 @@ BELOW = {"ramster.tmem", "ramster.zbud", "ramster.frames", "ramster.compress",
 # what a package may import from below all the same: the benchmarks time the codecs
 # themselves, as the floor the engine's put and get are compared with
 MAY_IMPORT = {"bench": {"ramster.compress"}}
-ZCACHE_FILES = ("zcache.py", "zcache_reclaim.py", "zcache_remote.py")
+ZCACHE_FILES = ("zcache.py", "zcache_reclaim.py", "zcache_recompress.py", "zcache_remote.py")
 
 
 def _zcache_public() -> set[str]:

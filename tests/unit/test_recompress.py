@@ -7,15 +7,18 @@ raw, while zstd's entropy coder halves them.
 """
 import asyncio
 import random
+import time
 
 import pytest
 from pages import page, random_page, sized_page
 
 from ramster import Zcache
 from ramster.compress import CODEC_IDS, get_codec
-from ramster.config import build
+from ramster.config import ConfigError, build
 from ramster.control import Control
 from ramster.control_protocol import Request
+from ramster.node import Node
+from ramster.recompress_task import RecompressTask
 from ramster.tmem import LOCAL_CLIENT
 from ramster.units import PAGE_SIZE
 from ramster.zbud import CODEC_OFFSET, EPH, PERS
@@ -269,3 +272,75 @@ def test_eph_and_pers_are_both_recompressed(zc):
     for c in (EPH, PERS):
         assert zc.zbytes[c] < zc.zbytes_max[c]
     zc.check()
+
+
+# ---- configuration and the background task ----------------------------------------------------
+
+def test_config_takes_the_codec_and_the_share_from_file_and_flags(tmp_path):
+    f = tmp_path / "node.toml"
+    f.write_text('[node]\nmemory = "8M"\nrecompress_codec = "zlib"\nrecompress_cpu = 0.1\n')
+    cfg = build(f)
+    assert (cfg.recompress_codec, cfg.recompress_cpu) == ("zlib", 0.1)
+    cfg = build(f, recompress_codec="LZ4", recompress_cpu="0.25")
+    assert (cfg.recompress_codec, cfg.recompress_cpu) == ("lz4", 0.25)
+    assert (build(memory="8M").recompress_codec, build(memory="8M").recompress_cpu) == ("zstd", 0.0)
+    for bad in ({"recompress_codec": "brotli"}, {"recompress_cpu": "lots"}, {"recompress_cpu": "1.5"},
+                {"recompress_cpu": "-0.1"}, {"recompress_cpu": "nan"}):
+        with pytest.raises(ConfigError):
+            build(memory="8M", **bad)
+
+
+def test_task_marks_by_itself_until_the_operator_marks(zc):
+    pid = zc.new_pool(persistent=True)
+    fill(zc, pid, {i: page(i) for i in range(100)})
+    fill(zc, pid, {500 + i: nibble_page(i) for i in range(3)})
+    task = RecompressTask(zc, 1.0, period=10.0, age=0.0)
+    assert task.cycle() > 0 and zc.recompressed == 3  # no mark yet: the huge pages
+    assert zc.idle_marks == 0
+    task.cycle()  # that pass is over: the task marks, and a new pass takes the idle pages
+    assert zc.idle_marks == 1 and zc.recompressed > 50
+    zc.mark_idle()  # the operator's
+    task.cycle()  # a pass over the operator's mark (everything was tried already)
+    assert task.cycle() == 0.0 and zc.idle_marks == 2  # and no mark of its own any more
+    zc.check()
+
+
+def test_task_keeps_to_its_share_of_the_cpu():
+    zc = Zcache(4096)
+    pid = zc.new_pool(persistent=True)
+    fill(zc, pid, {i: page(i) for i in range(3000)})
+    zc.mark_idle()
+    task = RecompressTask(zc, 0.2, period=0.02)
+
+    async def run_for(seconds):
+        task.start()
+        t0 = time.monotonic()
+        await asyncio.sleep(seconds)
+        await task.stop()
+        return time.monotonic() - t0
+
+    elapsed = asyncio.run(run_for(0.5))
+    assert 0 < task.busy <= 0.2 * elapsed + 0.02
+    assert zc.recompressed > 0 and zc.recompress_pending()  # it stopped with work left
+    zc.check()
+    zc.close()
+
+
+def test_node_runs_the_task_only_when_asked(tmp_path):
+    cfg = build(memory="8M", listen=[f"unix:{tmp_path}/s"], metrics="off", recompress_cpu="0.5")
+    node = Node(cfg, control="off")
+    assert isinstance(node.recompress, RecompressTask) and node.zc.recompressor == "zstd"
+    assert Node(build(memory="8M", metrics="off"), control="off").recompress is None
+
+    async def main():
+        await node.start()
+        pid = node.zc.new_pool(persistent=True)
+        fill(node.zc, pid, {i: nibble_page(i) for i in range(4)})
+        for _ in range(500):  # a huge page needs no mark: the next pass takes it
+            if node.zc.recompressed == 4:
+                break
+            await asyncio.sleep(0.01)
+        await node.stop()
+
+    asyncio.run(main())
+    assert node.zc.recompressed == 4

@@ -90,6 +90,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--allocator", metavar="NAME", type=str.lower,
                    help="where compressed pages are kept: zbud (two per page frame) or dense (size "
                         "classes across frames, denser, with compaction) (default: zbud)")
+    p.add_argument("--recompress-codec", metavar="NAME",
+                   help=f"the second codec cold and huge pages are recompressed with, at its denser "
+                        f"setting: {', '.join(compress.NAMES)} (default: zstd)")
+    p.add_argument("--recompress-cpu", metavar="FRACTION",
+                   help="share of one CPU the node spends recompressing cold pages in the background, "
+                        "e.g. 0.05 (default: 0, off; `ramster ctl recompress` works either way)")
     p.add_argument("--listen", action="append", metavar="ADDR",
                    help=f"NBD address, HOST:PORT or unix:PATH; repeat for several (default: {DEFAULT_LISTEN})")
     p.add_argument("--export", action="append", metavar="NAME:KIND:SIZE[:BACKING]", dest="exports",
@@ -118,7 +124,8 @@ def main(args: argparse.Namespace) -> int:
         # a reload reads the file again with the same flags on top: a flag still wins
         cfg = build(args.config, memory=args.memory, compressor=args.compressor, allocator=args.allocator, listen=args.listen,
                     exports=args.exports, metrics=args.metrics, log_level=args.log_level,
-                    log_format=args.log_format)
+                    log_format=args.log_format, recompress_codec=args.recompress_codec,
+                    recompress_cpu=args.recompress_cpu)
         return cfg, _cluster(args.config, args.name)
 
     try:
