@@ -7,11 +7,13 @@ written through the transport `ramster bench nbd` uses (nbdcopy over a Unix
 socket; dd with O_DIRECT for zram, which has no server), then what it holds
 is measured:
 
-- a ramster node (ramster-zbud, -dense, -dense+recompress, -dense+dedup):
+- a ramster node (ramster-zbud, -zbud+recompress, -dense, -dense+recompress,
+  -dense+dedup):
   its VmRSS minus that of the same node, same flags, serving a 64 KiB export,
   plus its backing file's allocated bytes (nbd_targets.RamsterTarget). For
   +recompress, every page is marked idle and `ramster ctl recompress` run
-  first, and /stats polled until the node counts every idle page handled;
+  first (`ramster ctl mark-idle`, then `ramster ctl recompress` until a pass
+  finds nothing more), and /stats read for what it did;
 - zram-lz4 and zram-lz4+zstd (recompression of idle pages with zstd, where
   the kernel's zram has recomp_algorithm): mm_stat mem_used_total;
 - nbdkit-zstd (`nbdkit memory allocator=zstd`): VmRSS minus its 64 KiB self.
@@ -46,6 +48,7 @@ WORKLOADS = ("held-out", "workers")
 # name -> (node flags, recompress before measuring)
 RAMSTER = {
     "ramster-zbud": ([], False),
+    "ramster-zbud+recompress": ([], True),
     "ramster-dense": (["--allocator", "dense"], False),
     "ramster-dense+recompress": (["--allocator", "dense"], True),
     "ramster-dense+dedup": (["--allocator", "dense", "--dedup"], False),
@@ -97,7 +100,7 @@ class RamsterVariant(RamsterTarget):
                 "frames_bytes": frames * PAGE_SIZE,
                 "memory_source": "node VmRSS minus that of the same node serving 64 KiB, + backing file bytes",
                 "counters": {k: v for k, v in c.items()
-                             if k in keep or k.startswith(("dense.", "dedup.", "recompress.", "zcache.recomp"))}}
+                             if k in keep or k.startswith(("dense.", "zcache.dedup", "zcache.recomp"))}}
 
 
 def _ctl(t: RamsterVariant, *verb: str) -> dict:
@@ -112,28 +115,25 @@ def _ctl(t: RamsterVariant, *verb: str) -> dict:
 
 
 def _recompress_node(t: RamsterVariant) -> dict:
-    """Mark every page idle, ask for recompression, poll /stats until every idle page was handled."""
-    url = f"http://127.0.0.1:{t.port}/stats"
+    """Mark every page idle, then ask for recompression until a pass finds nothing more to do.
+
+    The verb runs a pass on the node's loop and answers when it ends; /stats
+    then says what the passes did (recompressed + skipped = pages looked at)."""
     _ctl(t, "mark-idle")
     t0 = time.monotonic()
-    reply = _ctl(t, "recompress")
-    deadline = time.monotonic() + RECOMPRESS_TIMEOUT
-    delay = 0.01
+    calls = pages = 0
     while True:
-        c = common.get_json(url, t.proc)["counters"]
-        if recompress_done(c):
+        calls += 1
+        n = _ctl(t, "recompress").get("result", {}).get("pages", 0)
+        pages += n
+        if n == 0 or calls >= 100:
             break
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"recompression not done after {RECOMPRESS_TIMEOUT} s")
-        time.sleep(delay)  # polling the node's own counters, not waiting a guessed time
-        delay = min(delay * 2, 0.2)
-    return {"recompress_seconds": time.monotonic() - t0, "ctl_reply": reply}
+    c = common.get_json(f"http://127.0.0.1:{t.port}/stats", t.proc)["counters"]
+    return {"recompress_seconds": time.monotonic() - t0, "ctl_calls": calls, "recompressed_pages": pages,
+            "counters": {k: c[k] for k in RECOMPRESS_COUNTERS if k in c}}
 
 
-def recompress_done(c: dict) -> bool:
-    """The node reports no recompression pending (its counters say so)."""
-    pending = [v for k, v in c.items() if k.startswith(("recompress.", "zcache.recomp")) and "pending" in k]
-    return bool(pending) and not any(pending)
+RECOMPRESS_COUNTERS = ("zcache.recompressed", "zcache.recompress_skipped", "zcache.recompress_saved_bytes")
 
 
 class ZramVariant(ZramTarget):
@@ -320,7 +320,8 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> DensityBench:
                 stored.append(_store(_make(name, own, procs, cpus, size), wl, image))
         os.sched_setaffinity(0, {server})
         limit = args.rate_pages
-        pages = {wl: density_rates.pages_of((tmp / f"{wl}.raw").read_bytes(), limit) for wl in WORKLOADS}
+        pages = {wl: density_rates.pages_of((tmp / f"{wl}.raw").read_bytes(), limit,
+                                            args.workers if wl == "workers" else 1) for wl in WORKLOADS}
         rates = density_rates.measure(pages, args.repeat, progress)
     versions = {"nbdcopy": common.version(["nbdcopy", "--version"]), "nbdkit": common.version(["nbdkit", "--version"]),
                 "kernel": platform.release(), "ramster": __version__, "python": sys.version.split()[0]}
@@ -350,11 +351,12 @@ def _tables(b: DensityBench) -> list[common.Table]:
         mem.rows.append(row)
     rates = common.Table("put/get rates in one process (pages/s) and their ratio to the lz4 floor, same run",
                          ["workload", "variant", "put/s", "× floor", "get/s", "× floor", "recompress/s",
-                          "frames B per orig. B", "note"], left=("workload", "variant", "note"))
+                          "recompressed", "frames B per orig. B", "note"], left=("workload", "variant", "note"))
     for r in b.rates:
         k = lambda v: fmt(None if v is None else v / 1000, ",.0f") + ("k" if v is not None else "")  # noqa: E731
         rates.rows.append([r.workload, r.variant, k(r.put_pps), fmt(r.put_ratio, ".2f"), k(r.get_pps),
-                           fmt(r.get_ratio, ".2f"), k(r.recompress_pps), fmt(r.bytes_per_original_byte, ".3f"),
+                           fmt(r.get_ratio, ".2f"), k(r.recompress_pps), fmt(r.recompressed, "d"),
+                           fmt(r.bytes_per_original_byte, ".3f"),
                            "" if r.status == "ok" else f"{r.status}: {r.reason}"])
     return [mem, rates]
 
@@ -372,9 +374,24 @@ def _notes(b: DensityBench) -> list[str]:
         f"duplicate an earlier one, {w['same_filled_pages']} same-filled.",
         "Memory: ramster and nbdkit, the server's VmRSS minus that of the same server (same flags) serving 64 KiB, "
         "plus ramster's backing file bytes; zram, mm_stat mem_used_total.",
-        f"Rates: best of {b.settings['repeat']} runs over the first {b.settings['rate_pages']} pages of each image; "
+        f"Rates: best of {b.settings['repeat']} runs over {b.settings['rate_pages']} pages of each image (of the "
+        "workers', an equal share of each worker's); "
         "the floor compresses every page with lz4 into a bare arena and decompresses it back.",
     ]
+
+
+def _recompress_notes(b: DensityBench) -> list[str]:
+    out = []
+    for s in b.stored:
+        c = s.settle.get("counters")
+        if s.status == "ok" and c is not None:
+            out.append(f"{s.target} on {s.workload}: `ramster ctl recompress` ({s.settle['ctl_calls']} call(s), "
+                       f"{s.settle['recompress_seconds']:.2f} s) recompressed {c.get('zcache.recompressed', 0)} pages, "
+                       f"skipped {c.get('zcache.recompress_skipped', 0)}, saved "
+                       f"{c.get('zcache.recompress_saved_bytes', 0) / (1 << 20):.1f} MiB of stored bytes.")
+        elif s.status == "ok" and "recompress_seconds" in s.settle:
+            out.append(f"{s.target} on {s.workload}: idle pages recompressed in {s.settle['recompress_seconds']:.2f} s.")
+    return out
 
 
 def _acceptance_lines(b: DensityBench) -> list[str]:
@@ -390,7 +407,7 @@ def _acceptance_lines(b: DensityBench) -> list[str]:
 
 
 def as_markdown(b: DensityBench) -> str:
-    return common.markdown(_notes(b), _tables(b), _acceptance_lines(b))
+    return common.markdown(_notes(b) + _recompress_notes(b), _tables(b), _acceptance_lines(b))
 
 
 # ---- command line ------------------------------------------------------------------------------------
@@ -462,5 +479,5 @@ def main(args: argparse.Namespace) -> int:
     elif args.markdown:
         print(as_markdown(result))
     else:
-        common.print_report(_notes(result), _tables(result), _acceptance_lines(result))
+        common.print_report(_notes(result) + _recompress_notes(result), _tables(result), _acceptance_lines(result))
     return 1 if any(s.status == "failed" for s in result.stored) else 0

@@ -148,7 +148,7 @@ def workers_image(workers: int, size: int, path: Path, cpu: int) -> dict:
         parent.stdout.close()
         parent.stderr.close()
     # an equal share of each worker, lowest addresses first, so that the share of duplicates survives the cut
-    share = size // PAGE_SIZE // workers
+    share = min([size // PAGE_SIZE // workers] + [len(c) for c in captured])
     pages = [p for c in captured for p in c[:share]]
     path.write_bytes(b"".join(pages))
     return {"kind": f"{workers} forked Python workers' memory", "workers": workers, "parent_rows": rows,

@@ -30,6 +30,7 @@ from .engine import SWIZ, _floor
 # name -> Zcache keyword arguments; "recompress" also runs Zcache.recompress()
 VARIANTS = (
     ("zbud", {}, False),
+    ("zbud+recompress", {}, True),
     ("dense", {"allocator": "dense"}, False),
     ("dense+recompress", {"allocator": "dense"}, True),
     ("dense+dedup", {"allocator": "dense", "dedup": True}, False),
@@ -49,6 +50,7 @@ class Rate:
     get_ratio: float | None = None
     recompress_pps: float | None = None
     recompress_ratio: float | None = None
+    recompressed: int | None = None  # pages the recompression kept in the second codec
     bytes_per_original_byte: float | None = None  # frames in use x 4096 / pages x 4096
 
 
@@ -58,7 +60,7 @@ def unavailable(kwargs: dict, recompress: bool) -> str | None:
     missing = [k for k in kwargs if k not in params]
     if missing:
         return f"Zcache has no {', '.join(missing)}= argument"
-    if recompress:
+    if recompress and not hasattr(Zcache, "recompress"):
         return "Zcache has no recompress()"
     return None
 
@@ -72,7 +74,7 @@ def _one(pages: list[bytes], kwargs: dict, recompress: bool, repeat: int, floor)
             zc.put_page(pid, i & 255, i >> SWIZ, p)
         zc.destroy_pool(pid)
         best = [float("inf")] * 5
-        used = 0
+        used = recompressed = 0
         for _ in range(repeat):
             fp, fg = floor()
             best[0], best[1] = min(best[0], fp), min(best[1], fg)
@@ -83,6 +85,10 @@ def _one(pages: list[bytes], kwargs: dict, recompress: bool, repeat: int, floor)
             for i, p in enumerate(pages):
                 put(pid, i & 255, i >> SWIZ, p)
             t1 = time.perf_counter()
+            if recompress:
+                recompressed = zc.recompress(max_pages=n, idle_only=False)
+                while zc.recompress_pending():
+                    recompressed += zc.recompress(max_pages=n, idle_only=False)
             t2 = time.perf_counter()
             for i in range(n):
                 get(pid, i & 255, i >> SWIZ)
@@ -94,7 +100,7 @@ def _one(pages: list[bytes], kwargs: dict, recompress: bool, repeat: int, floor)
     finally:
         gc.enable()
         zc.close()
-    return (*best, used)
+    return (*best, used, recompressed)
 
 
 def measure(workloads: dict[str, list[bytes]], repeat: int, progress=lambda msg: None) -> list[Rate]:
@@ -107,12 +113,12 @@ def measure(workloads: dict[str, list[bytes]], repeat: int, progress=lambda msg:
                 out.append(Rate(wl, name, status="not available", reason=why))
                 continue
             progress(f"rates: {name} on {wl}")
-            fp, fg, zp, zg, zr, used = _one(pages, kwargs, recompress, repeat, lambda: _floor(pages, codec))
+            fp, fg, zp, zg, zr, used, recompressed = _one(pages, kwargs, recompress, repeat, lambda: _floor(pages, codec))
             n = len(pages)
             r = Rate(wl, name, pages=n, put_pps=n / zp, get_pps=n / zg, put_ratio=fp / zp, get_ratio=fg / zg,
                      bytes_per_original_byte=used / n)
             if recompress:
-                r.recompress_pps, r.recompress_ratio = n / zr, fp / zr
+                r.recompress_pps, r.recompress_ratio, r.recompressed = n / zr, fp / zr, recompressed
             out.append(r)
     return out
 
@@ -122,6 +128,10 @@ def floor_rates(pages: list[bytes]) -> dict:
     return {"put_pps": len(pages) / fp, "get_pps": len(pages) / fg}
 
 
-def pages_of(data: bytes, limit: int) -> list[bytes]:
-    n = min(len(data) // PAGE_SIZE, limit)
-    return [data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(n)]
+def pages_of(data: bytes, limit: int, parts: int = 1) -> list[bytes]:
+    """At most `limit` pages of an image made of `parts` equal shares (the workers'), an equal
+    prefix of each share, so that a subset keeps the image's duplicates."""
+    total = len(data) // PAGE_SIZE
+    share, take = total // parts, min(total, limit) // parts
+    return [data[o:o + PAGE_SIZE] for k in range(parts)
+            for o in range(k * share * PAGE_SIZE, (k * share + take) * PAGE_SIZE, PAGE_SIZE)]
