@@ -13,7 +13,8 @@ is measured:
   plus its backing file's allocated bytes (nbd_targets.RamsterTarget). For
   +recompress, every page is marked idle and `ramster ctl recompress` run
   first (`ramster ctl mark-idle`, then `ramster ctl recompress` until a pass
-  finds nothing more), and /stats read for what it did;
+  finds nothing more), and /stats read for what it did; its 64 KiB node
+  went through the same steps;
 - zram-lz4 and zram-lz4+zstd (recompression of idle pages with zstd, where
   the kernel's zram has recomp_algorithm): mm_stat mem_used_total;
 - nbdkit-zstd (`nbdkit memory allocator=zstd`): VmRSS minus its 64 KiB self.
@@ -85,6 +86,21 @@ class RamsterVariant(RamsterTarget):
         if not self.recompress:
             return {}
         return _recompress_node(self)
+
+    def _idle_rss(self, size: int) -> int:
+        """The tiny node goes through the same steps, so the second codec's own state (its
+        library, its contexts) is in the baseline and only what the pages cost is counted."""
+        if not self.recompress:
+            return super()._idle_rss(size)
+        self.proc, _ = self._launch(size)
+        try:
+            _recompress_node(self)
+            return common.rss_bytes(self.proc.pid)
+        finally:
+            self.procs.stop(self.proc)
+            self.proc = None
+            self.sock.unlink(missing_ok=True)
+            self._discard_state()
 
     def snapshot(self) -> dict:
         st = common.get_json(f"http://127.0.0.1:{self.port}/stats", self.proc)
