@@ -64,7 +64,7 @@ import struct
 from array import array
 
 from .units import PAGE_SHIFT, PAGE_SIZE
-from .zbud import CLASS_SHIFT, CODEC_OFFSET, DYING, EPH, HANDLE_SIZE, LIVE, PERS, ZOMBIE
+from .zbud import CLASS_SHIFT, CODEC_OFFSET, DYING, EPH, HANDLE, HANDLE_SIZE, LIVE, PERS, ZOMBIE
 
 ALIGN_SHIFT = 4
 ALIGN = 1 << ALIGN_SHIFT
@@ -75,9 +75,9 @@ SLOT_BITS = 9  # 4 frames of 48-byte objects: 341 slots
 SLOT_MASK = (1 << SLOT_BITS) - 1
 COMPACT_EVERY = 1024  # frees between fragmentation checks
 
-_HANDLE = struct.Struct("<24sIHH")
+# zbud's header, codec byte and all (zbud.HANDLE)
 _pack_handle = struct.Struct("<24sQ").pack_into
-_unpack_handle = _HANDLE.unpack_from
+_unpack_handle = HANDLE.unpack_from
 
 
 def _class_table() -> tuple[list[int], list[int], list[int], array]:
@@ -242,7 +242,7 @@ class Dense:
     def handle(self, h: int) -> tuple[int, int, int, int]:
         """(client_id, pool_id, oid, index) read back from the object's header."""
         z, o = self._offset(h)
-        o_, index, pool_id, client_id = _unpack_handle(self._read(z, o, HANDLE_SIZE))
+        o_, index, pool_id, _, client_id = _unpack_handle(self._read(z, o, HANDLE_SIZE))
         return client_id, pool_id, int.from_bytes(o_, "little"), index
 
     def unit_of(self, h: int) -> int:
@@ -267,10 +267,61 @@ class Dense:
         return self.state[self.loc[h] >> SLOT_BITS] >> CLASS_SHIFT
 
     def codec(self, h: int) -> int:
-        """The codec byte of the object's header (zbud.CODEC_OFFSET): 0, the node's codec.
-        Recompression does not rewrite dense objects, so it stays 0 here."""
+        """The codec byte of the object's header (zbud.CODEC_OFFSET): 0, the node's codec;
+        zcache_recompress.py gives the other values their meaning."""
         z, o = self._offset(h)
         return self._read(z, o + CODEC_OFFSET, 1)[0]
+
+    # ---- recompression: an object that moves to a smaller class (zcache_recompress.py) ---------
+
+    def set_codec(self, h: int, k: int) -> None:
+        z, o = self._offset(h)
+        self._write(z, o + CODEC_OFFSET, bytes((k,)))
+
+    def handle_bytes(self, h: int) -> bytes:
+        z, o = self._offset(h)
+        return self._read(z, o, HANDLE_SIZE)
+
+    @staticmethod
+    def size_class(stored: int) -> int:
+        """The class of an object of `stored` bytes: a smaller one costs less memory."""
+        return _CLS_OF[(stored + ALIGN - 1) >> ALIGN_SHIFT]
+
+    def match_cold(self, c: int, stored: int, cdata, handle: bytes) -> int:
+        """match_prep for an object that moves rather than arrives: the zspage it joins
+        keeps its LRU place (a cold page must not make it recent), and `handle` is
+        the header, as it is. 0 when no zspage of the class has a free slot."""
+        stack = self.partial[c][_CLS_OF[(stored + ALIGN - 1) >> ALIGN_SHIFT]]
+        if not stack:
+            return 0
+        z = stack[-1]
+        old, base = self.stamp[z], self.lru_base[c]
+        h = self.match_prep(c, stored, None, bytes(24), 0)
+        if self.lru_base[c] == base:  # else the queue was renumbered: z stays at the tail
+            self.stamp[z] = old  # the entry match_prep appended goes stale
+        z, o = self._offset(h)
+        self._write(z, o, handle + bytes(cdata))
+        return h
+
+    def create_cold(self, c: int, frames: list[int], stored: int, cdata, handle: bytes) -> int:
+        """create_zspage for an object that moves: the new zspage goes to the LRU head,
+        the coldest place, not the tail."""
+        h = self.create_zspage(c, frames, stored, None, bytes(24), 0)
+        z, o = self._offset(h)
+        self._write(z, o, handle + bytes(cdata))
+        self.stamp[z] = -1  # the entry create_zspage appended goes stale
+        head = self.lru_head[c]
+        if not head:
+            if not self.lru_base[c]:  # positions must stay >= 0: renumber to make room
+                self._lru_compact(c)
+            self.lru_base[c] -= 1
+            self.lru[c].insert(0, z)
+        else:
+            head -= 1
+            self.lru[c][head] = z
+            self.lru_head[c] = head
+        self.stamp[z] = self.lru_base[c] + self.lru_head[c]
+        return h
 
     # ---- create --------------------------------------------------------------------------
 

@@ -4,21 +4,28 @@ A part of Zcache (it is one of its bases). A page that stays cold, in a
 frame not read since the last idle mark, or kept raw in a frame of its own
 (a huge page), is decompressed and compressed again with the recompression
 codec (compress.get_codec(name, strong=True): zstd level 3 by default).
-The result replaces the page only when it saves a chunk of zbud or more
-(or, for a huge page, when it fits a buddy at all): a smaller payload that
-takes the same chunks frees nothing.
+The result replaces the page only when it puts it in a smaller class of the
+allocator (a chunk of zbud less, a smaller size class of dense) or, for a
+huge page, when it fits the allocator at all: a smaller payload in the same
+class frees nothing.
 
-Where a recompressed page goes, best first: into the fullest half-full frame
-of its class with room (zbud.match_cold: that frame keeps its LRU place, so
-a cold page does not make it recent), which frees the old slot and, with it,
-a frame that held only this page; else it shrinks where it is (zbud.rewrite),
-so its frame takes a larger buddy later. A huge page that finds no partner
-becomes an ordinary zbud page in its own frame, at the head of the LRU, the
-coldest place (zbud.create_cold). tmem's slot gets the new zbudref; nothing
-else about the page changes.
+Where a recompressed page goes, with zbud, best first: into the fullest
+half-full frame with room (zbud.match_cold: that frame keeps its LRU place,
+so a cold page does not make it recent), which frees the old slot and, with
+it, a frame that held only this page; else it shrinks where it is
+(zbud.rewrite), so its frame takes a larger buddy later. zbud's two pages a
+frame cap what that saves; the dense allocator is where recompression pays:
+the object moves to a zspage of its smaller class (dense.match_cold), or a
+new one made of free frames at the LRU head (dense.create_cold; never by
+evicting anything, so on a full budget it waits for a later pass), and the
+holes it leaves are what dense's compaction gives back as frames. A huge
+page becomes an ordinary compressed page: beside others, or in its own
+frame turned into a zbud frame or the first frame of a zspage, at the head
+of the LRU, the coldest place. tmem's slot gets the new pampd (relink);
+nothing else about the page changes.
 
-Which codec a page is in is the codec byte of its zbud handle (zbud.py),
-never a Python object per page:
+Which codec a page is in is the codec byte of its handle (zbud.py's HANDLE,
+the header dense writes too), never a Python object per page:
 
     0              the node's codec (every put writes 0 with the handle)
     CODEC_IDS[x]   recompressed with codec x (compress.py's numbers)
@@ -39,10 +46,10 @@ peer returning a foreign page to its owner) re-encode a recompressed page
 with the cluster's codec first, so the wire and the peers never see a codec
 byte and a peer may recompress the foreign pages it keeps too.
 
-Candidates are found per pass: the huge frames, then the idle zbud frames of
-each class (or, with idle_only=False, every frame on an LRU), least recently
-used first, listed once in `_recomp_queue` (node ids; huge frames as their
-pampds) and re-checked one by one as the pass consumes them, because a put,
+Candidates are found per pass: the huge frames, then the idle units (zbud
+frames, dense zspages) of each class (or, with idle_only=False, every unit on
+an LRU), least recently used first, listed once in `_recomp_queue` (unit
+ids; huge frames as their pampds) and re-checked one by one as the pass consumes them, because a put,
 a get, a writeback or remotify may have changed any of them meanwhile. A new
 idle mark starts a new pass. Frames off their LRU (zombies: remotify or
 writeback has them) and pinned ones are never touched, so a page another
@@ -55,7 +62,7 @@ from . import compress as _compress
 from .handles import page_budget
 from .pampd import HUGE_BASE
 from .units import PAGE_SIZE
-from .zbud import CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_CHUNK, NSENTINELS, PERS, nchunks
+from .zbud import CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_SIZE, NSENTINELS, PERS, nchunks
 
 # the recompression counters, "zcache." in stats()
 RECOMPRESS_COUNTERS = ("recompressed", "recompress_skipped", "recompress_saved_bytes")
@@ -90,6 +97,7 @@ class Recompress:
             self._recomp_queue = self._recompress_candidates(idle_only)
             self._recomp_pass = (self._idle_epoch, idle_only)
             self._recomp_pos = 0
+            self._recomp_slot = 0
         queue = self._recomp_queue
         done = tried = 0
         while tried < limit and self._recomp_pos < len(queue):
@@ -97,6 +105,8 @@ class Recompress:
             self._recomp_pos += 1
             if item < 0:
                 t, d = self._recompress_huge(HUGE_BASE - item)
+            elif self._dense:
+                t, d = self._recompress_zspage(item, idle_only, limit - tried)
             else:
                 t, d = self._recompress_frame(item, idle_only)
             tried += t
@@ -118,8 +128,6 @@ class Recompress:
 
     def _recompress_candidates(self, idle_only: bool) -> list[int]:
         zbud = self.zbud
-        if self._dense:
-            return []  # recompression rewrites zbud frames; the dense allocator is not one
         out = [HUGE_BASE - f for f in self.huge_lru if f not in self._huge_tried]
         for c in (PERS, EPH):
             if idle_only:
@@ -135,12 +143,18 @@ class Recompress:
             self._recomp_tag = _compress.CODEC_IDS[self._recomp.name]
         return self._recomp
 
-    def _recode(self, page: bytes, pages_chunks: int):
-        """The page in the recompression codec if that takes fewer than `pages_chunks`
-        chunks and a get will read it back exactly (module comment); else None."""
+    def _recode(self, page: bytes, old: int):
+        """The page in the recompression codec if that puts it in a smaller class of
+        the allocator than `old` stored bytes (0: a huge page, which only has to fit)
+        and a get will read it back exactly (module comment); else None."""
         cdata = self._recomp_codec().compress(page)
-        if nchunks(len(cdata) + HANDLE_SIZE) >= pages_chunks:
+        stored = len(cdata) + HANDLE_SIZE
+        if stored > MAX_SIZE:
             return None
+        if old:
+            cost = self.zbud.size_class if self._dense else nchunks
+            if cost(stored) >= cost(old):
+                return None
         try:
             mine = self._decompress(cdata)
         except Exception:
@@ -172,7 +186,7 @@ class Recompress:
             tried += 1
             old = zbud.sizes[p]
             page = self._decompress(zbud.payload(p))
-            cdata = self._recode(page, nchunks(old))
+            cdata = self._recode(page, old)
             if cdata is None:
                 zbud.set_codec(p, TRIED)
                 self.recompress_skipped += 1
@@ -202,24 +216,19 @@ class Recompress:
         if self.tmem.lookup(pool, oid, index) != p:
             return 0, 0
         page = self._huge_page(p)
-        cdata = self._recode(page, MAX_CHUNK + 1)
+        cdata = self._recode(page, 0)
         if cdata is None:
             self._huge_tried.add(f)
             self.recompress_skipped += 1
             return 1, 0
         c = pool.cls
         handle = self._tagged_handle(oid.to_bytes(24, "little") + (index | pool.handle_tag).to_bytes(8, "little"))
-        zbud = self.zbud
+        q = self._place_cold(c, cdata, handle, f)
+        if not q:
+            return 1, 0  # no frames for it now: a later pass tries again
         del self.huge_lru[f]
         self._huge_idle.discard(f)
         self.huge_pages -= 1
-        q = zbud.match_cold(c, len(cdata) + HANDLE_SIZE, cdata, handle)
-        if q:
-            self.arena.free(f)
-        else:
-            q = zbud.create_cold(c, f, cdata, handle)
-            if zbud.pageframes[c] > self.pageframes_max[c]:
-                self.pageframes_max[c] = zbud.pageframes[c]
         self.tmem.relink(pool, oid, index, q)
         n = self.zpages[c] + 1
         self.zpages[c] = n
@@ -231,6 +240,88 @@ class Recompress:
         self.recompress_saved_bytes += PAGE_SIZE - HANDLE_SIZE - len(cdata)
         self.recompressed += 1
         return 1, 1
+
+    def _recompress_zspage(self, z: int, idle_only: bool, limit: int) -> tuple[int, int]:
+        """_recompress_frame for a zspage of the dense allocator: each object that a
+        smaller class takes moves there (its old slot is freed, and compaction
+        gives back the frames such holes add up to). A zspage holds up to a few
+        hundred objects: at most `limit` are looked at, and the next call goes on
+        from the next slot (`_recomp_slot`)."""
+        dense = self.zbud
+        j = self._recomp_slot
+        self._recomp_slot = 0
+        if z >= len(dense.state):
+            return 0, 0
+        st = dense.state[z]
+        c = st >> CLASS_SHIFT
+        live = LIVE | c << CLASS_SHIFT
+        if st != live or (idle_only and not dense.idle_and_evictable(z)):
+            return 0, 0
+        tried = done = 0
+        handles = list(dense.slots[z])
+        for j in range(j, len(handles)):
+            if tried >= limit:
+                self._recomp_pos -= 1  # this zspage again, from slot j
+                self._recomp_slot = j
+                break
+            h = handles[j]
+            if not h or not dense.hsize[h] or dense.state[dense.unit_of(h)] != live or dense.codec(h):
+                continue
+            client_id, pool_id, oid, index = dense.handle(h)
+            pool = self.tmem.get_pool(client_id, pool_id)
+            if pool is None or self.tmem.lookup(pool, oid, index) != h:
+                continue
+            tried += 1
+            old = dense.hsize[h]
+            page = self._decompress(dense.payload(h))
+            cdata = self._recode(page, old)
+            if cdata is None:
+                dense.set_codec(h, TRIED)
+                self.recompress_skipped += 1
+                continue
+            q = self._place_cold(c, cdata, self._tagged_handle(dense.handle_bytes(h)))
+            if not q:
+                continue  # no frame for a new zspage of its class now: a later pass tries again
+            self.tmem.relink(pool, oid, index, q)
+            dense.free_and_delist(h)
+            saved = old - HANDLE_SIZE - len(cdata)
+            self.zbytes[c] -= saved
+            self.recompress_saved_bytes += saved
+            self.recompressed += 1
+            done += 1
+        return tried, done
+
+    def _place_cold(self, c: int, cdata, handle: bytes, spare: int = -1) -> int:
+        """Store a recompressed payload without making anything recent: in a unit of
+        its class with room, else in a new one at the LRU head, made of the frame
+        `spare` (a huge page's, >= 0) and free frames within the budget (never by
+        evicting: recompression makes room, it does not take it). 0 if there are
+        not enough free frames; `spare` is then left as it was."""
+        zbud = self.zbud
+        stored = len(cdata) + HANDLE_SIZE
+        q = zbud.match_cold(c, stored, cdata, handle)
+        if q:
+            if spare >= 0:
+                self.arena.free(spare)
+            return q
+        if not self._dense:
+            if spare < 0:
+                return 0
+            q = zbud.create_cold(c, spare, cdata, handle)
+        else:
+            frames = [spare] if spare >= 0 else []
+            while len(frames) < zbud.frames_for(stored):
+                f = self.arena.alloc()
+                if f < 0:
+                    for f in frames:
+                        if f != spare:
+                            self.arena.free(f)
+                    return 0
+                frames.append(f)
+            q = zbud.create_cold(c, frames, stored, cdata, handle)
+        if zbud.pageframes[c] > self.pageframes_max[c]:
+            self.pageframes_max[c] = zbud.pageframes[c]
+        return q
 
     def _tagged_handle(self, handle: bytes) -> bytes:
         self._recomp_codec()
@@ -274,6 +365,7 @@ def recompress_init(zc, recompressor: str) -> None:
     zc._decoders = {}
     zc._recomp_queue = []
     zc._recomp_pos = 0
+    zc._recomp_slot = 0
     zc._recomp_pass = None
     zc._huge_tried = set()
     for name in RECOMPRESS_COUNTERS:
