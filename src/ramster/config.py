@@ -10,6 +10,7 @@
     log_format = "text"                 # text | json | logfmt (see ramster.logsetup)
     recompress_codec = "zstd"           # the second codec cold pages are recompressed with
     recompress_cpu = 0.05               # share of a CPU for it in the background (default 0: off)
+    dedup = false                       # store identical pages once (see ramster.dedup)
 
     [[node.export]]
     name = "swap"
@@ -65,7 +66,7 @@ MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 MAX_NAME_BYTES = 256
 
 _NODE_KEYS = ("memory", "compressor", "allocator", "listen", "metrics", "log_level", "log_format", "export",
-              "recompress_codec", "recompress_cpu")
+              "recompress_codec", "recompress_cpu", "dedup")
 _EXPORT_KEYS = ("name", "kind", "size", "backing")
 
 
@@ -138,6 +139,7 @@ class NodeConfig:
     log_format: str = "text"
     recompress_codec: str = "zstd"
     recompress_cpu: float = 0.0  # 0: no background recompression
+    dedup: bool = False
     exports: list[ExportConfig] = field(default_factory=list)
     source: Path | None = None  # the TOML file it came from, if any
     # things allowed but probably unwise (a budget near all of the RAM), logged when the node starts
@@ -231,6 +233,7 @@ def build(
     log_format: str | None = None,
     recompress_codec: str | None = None,
     recompress_cpu=None,
+    dedup: bool | None = None,
 ) -> NodeConfig:
     """The defaults, overridden by the file, overridden by flags; validated."""
     node: dict = {}
@@ -300,6 +303,11 @@ def build(
         except (TypeError, ValueError):
             raise ConfigError(f"invalid recompress_cpu {share!r}: expected a fraction of a CPU, "
                               "like 0.05") from None
+    dd = pick(dedup, "dedup")
+    if dd is not None:
+        if not isinstance(dd, bool):
+            raise ConfigError(f"invalid dedup {dd!r}: expected true or false")
+        cfg.dedup = dd
 
     if exports:
         cfg.exports = [parse_export_spec(s) for s in exports]

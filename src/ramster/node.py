@@ -83,7 +83,7 @@ class Node:
         try:
             self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor,
                              writeback_sink=self.writeback, allocator=config.allocator,
-                             recompressor=config.recompress_codec)
+                             recompressor=config.recompress_codec, dedup=config.dedup)
         except ValueError as err:  # e.g. the compressor's library is not installed, or memory > the arena
             raise ConfigError(str(err)) from None
         # Non-exclusive: an NBD client may read a swap block any number of times (see SwapExport).
@@ -190,6 +190,7 @@ class Node:
                 "memory": self.zc.max_pageframes * PAGE_SIZE,
                 "log_level": logsetup.level(),
                 "compressor": self.config.compressor,
+                "dedup": self.config.dedup,
                 "page_size": PAGE_SIZE,
                 "listen": list(self.addresses),
                 "metrics": self.metrics.address if self.metrics is not None else None,

@@ -276,7 +276,7 @@ class Reclaim:
             if not buds:
                 break
             unit = self.zbud.unit_of(buds[0][0])
-            _, kept = self._write_back_buds(buds, sink, accepts, len(buds))
+            _, kept = self._write_back_buds(buds, sink, accepts, 1 << 62)  # every page (a shared one: each owner)
             if kept:
                 self.zbud.revive_zombie(unit)
             else:

@@ -96,6 +96,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--recompress-cpu", metavar="FRACTION",
                    help="share of one CPU the node spends recompressing cold pages in the background, "
                         "e.g. 0.05 (default: 0, off; `ramster ctl recompress` works either way)")
+    p.add_argument("--dedup", action="store_true", default=None,
+                   help="store identical pages once, shared with a reference count (xxh3-128 and a byte "
+                        "compare; costs a hash per put, saves memory where pages repeat; dedup in [node])")
     p.add_argument("--listen", action="append", metavar="ADDR",
                    help=f"NBD address, HOST:PORT or unix:PATH; repeat for several (default: {DEFAULT_LISTEN})")
     p.add_argument("--export", action="append", metavar="NAME:KIND:SIZE[:BACKING]", dest="exports",
@@ -125,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = build(args.config, memory=args.memory, compressor=args.compressor, allocator=args.allocator, listen=args.listen,
                     exports=args.exports, metrics=args.metrics, log_level=args.log_level,
                     log_format=args.log_format, recompress_codec=args.recompress_codec,
-                    recompress_cpu=args.recompress_cpu)
+                    recompress_cpu=args.recompress_cpu, dedup=args.dedup)
         return cfg, _cluster(args.config, args.name)
 
     try:

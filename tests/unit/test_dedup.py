@@ -1,0 +1,297 @@
+"""Dedup (Zcache(dedup=True)): identical pages stored once with a refcount, and
+every path that frees, evicts, writes back or remotifies a page correct for each
+owner of a shared copy."""
+import pytest
+from pages import page, random_page, sized_page
+from xxhash import xxh3_128_intdigest
+
+from ramster import Zcache
+from ramster.config import ConfigError, build
+from ramster.zcache import ON_PEER
+
+
+def zc_(frames=64, **kw):
+    return Zcache(frames, reserve_pageframes=max(frames, 64), dedup=True, **kw)
+
+
+def dedup_stats(zc):
+    s = zc.stats()
+    return {k[len("zcache.dedup_"):]: v for k, v in s.items() if k.startswith("zcache.dedup_")}
+
+
+def empty(zc):
+    zc.check()
+    return zc.pageframes_in_use == 0 and zc.dedup.entries == 0 and not zc.dedup.index
+
+
+def test_identical_pages_share_one_copy():
+    zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    pg = sized_page(1, 1500)
+    for i in range(10):
+        assert zc.put_page(pid, i % 3, i, pg)
+    zc.check()
+    s = zc.stats()
+    assert s["zbud.pers_zpages"] == 1 and zc.pageframes_in_use == 1
+    assert dedup_stats(zc) == {"hits": 9, "collisions": 0, "pages": 1, "saved_pages": 9}
+    assert all(zc.get_page(pid, i % 3, i) == pg for i in range(10))
+    # a different page is a copy of its own
+    assert zc.put_page(pid, 5, 0, sized_page(2, 1500))
+    assert zc.stats()["zbud.pers_zpages"] == 2 and dedup_stats(zc)["pages"] == 1
+    zc.check()
+
+
+def test_a_write_to_one_copy_changes_no_other():
+    zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    a, b = page(1), page(2)
+    for i in range(3):
+        assert zc.put_page(pid, 1, i, a)
+    assert zc.put_page(pid, 1, 1, b)
+    assert [zc.get_page(pid, 1, i) for i in range(3)] == [a, b, a]
+    assert dedup_stats(zc)["saved_pages"] == 1
+    # the same page again under a handle that holds it: nothing changes
+    assert zc.put_page(pid, 1, 0, a)
+    assert dedup_stats(zc)["saved_pages"] == 1
+    zc.check()
+
+
+def test_refcounts_flush_page_object_and_pool():
+    zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    pg = page(3)
+    for oid in range(3):
+        for i in range(4):
+            assert zc.put_page(pid, oid, i, pg)
+    assert dedup_stats(zc)["saved_pages"] == 11
+    assert zc.flush_page(pid, 0, 0)
+    assert dedup_stats(zc)["saved_pages"] == 10 and zc.pageframes_in_use == 1
+    assert zc.flush_object(pid, 1)
+    assert dedup_stats(zc)["saved_pages"] == 6
+    assert zc.get_page(pid, 2, 3) == pg and zc.get_page(pid, 0, 1) == pg
+    zc.check()
+    assert zc.destroy_pool(pid)
+    assert empty(zc) and dedup_stats(zc)["pages"] == 0 and dedup_stats(zc)["saved_pages"] == 0
+
+
+def test_exclusive_get_takes_one_reference():
+    zc = zc_()
+    pers = zc.new_pool(persistent=True)
+    eph = zc.new_pool(persistent=False)
+    pg = page(4)
+    for i in range(3):
+        assert zc.put_page(pers, 1, i, pg) and zc.put_page(eph, 1, i, pg)
+    # the two classes never share: an ephemeral copy may vanish, a persistent one may not
+    assert zc.stats()["zbud.eph_zpages"] == 1 and zc.stats()["zbud.pers_zpages"] == 1
+    assert zc.get_page(pers, 1, 0, free=True) == pg and zc.get_page(pers, 1, 0) is None
+    assert zc.get_page(eph, 1, 0) == pg and zc.get_page(eph, 1, 0) is None  # ephemeral gets are exclusive
+    assert dedup_stats(zc)["saved_pages"] == 2
+    assert zc.get_page(pers, 1, 1) == pg  # a non-exclusive get leaves its reference
+    assert zc.peek_page(eph, 1, 1) == pg and zc.contains(eph, 1, 1) and not zc.on_peer(eph, 1, 1)
+    for i in (1, 2):
+        assert zc.get_page(pers, 1, i, free=True) == pg and zc.get_page(eph, 1, i) == pg
+    assert empty(zc)
+
+
+def test_eviction_of_a_shared_ephemeral_copy_drops_every_owner():
+    zc = zc_(frames=2)
+    eph = zc.new_pool(persistent=False)
+    pers = zc.new_pool(persistent=True)
+    shared = sized_page(7, 2200)  # a frame of its own
+    for i in range(5):
+        assert zc.put_page(eph, 1, i, shared)
+    assert zc.put_page(eph, 2, 0, sized_page(8, 2200))
+    assert zc.pageframes_in_use == 2
+    # persistent puts eat the ephemeral frames, least recently used first
+    assert zc.put_page(pers, 1, 0, sized_page(9, 2200))
+    zc.check()
+    assert all(zc.get_page(eph, 1, i) is None for i in range(5))
+    assert dedup_stats(zc)["pages"] == 0 and dedup_stats(zc)["saved_pages"] == 0
+    assert zc.stats()["zcache.evicted_eph_zpages"] == 1
+    assert zc.put_page(pers, 1, 1, sized_page(10, 2200))
+    assert zc.get_page(eph, 2, 0) is None
+    zc.check()
+
+
+def test_shared_persistent_copies_never_lose_to_ephemeral_ones():
+    zc = zc_(frames=2)
+    pers = zc.new_pool(persistent=True)
+    eph = zc.new_pool(persistent=False)
+    pg = sized_page(11, 2200)
+    for i in range(4):
+        assert zc.put_page(pers, 1, i, pg)
+    assert zc.put_page(pers, 2, 0, sized_page(12, 2200))
+    assert not zc.put_page(eph, 1, 0, sized_page(13, 2200))  # no frame to eat
+    assert all(zc.get_page(pers, 1, i) == pg for i in range(4))
+    zc.check()
+
+
+class Disk:
+    """A writeback sink: what it took, by handle; `refuse` names handles it has no place for."""
+
+    def __init__(self, refuse=()):
+        self.pages = {}
+        self.refuse = set(refuse)
+
+    def __call__(self, pool, oid, index, data):
+        self.pages[(oid, index)] = data
+        return True
+
+    def accepts(self, pool, oid, index):
+        return (oid, index) not in self.refuse
+
+
+def test_writeback_reaches_every_owner_or_keeps_the_copy():
+    disk = Disk(refuse={(1, 2)})
+    zc = zc_(frames=4, writeback_sink=disk)
+    pid = zc.new_pool(persistent=True)
+    pg = sized_page(14, 2200)
+    for i in range(4):
+        assert zc.put_page(pid, 1, i, pg)
+    assert zc.put_page(pid, 2, 0, sized_page(15, 2200))
+    assert zc.set_max_pageframes(0) == 1  # the copy stays for the owner the disk refused
+    assert disk.pages == {(1, 0): pg, (1, 1): pg, (1, 3): pg, (2, 0): sized_page(15, 2200)}
+    assert zc.get_page(pid, 1, 2) == pg and all(zc.get_page(pid, 1, i) is None for i in (0, 1, 3))
+    assert dedup_stats(zc)["saved_pages"] == 0 and zc.stats()["zcache.writtenback_pages"] == 4
+    zc.check()
+    disk.refuse.clear()
+    assert zc.set_max_pageframes(0) == 0
+    assert disk.pages[(1, 2)] == pg and empty(zc)
+
+
+def test_writeback_idle_of_a_shared_copy():
+    disk = Disk()
+    zc = zc_(frames=8, writeback_sink=disk)
+    pid = zc.new_pool(persistent=True)
+    pg = sized_page(16, 2000)
+    for i in range(3):
+        assert zc.put_page(pid, 1, i, pg)
+    zc.mark_idle()
+    assert zc.writeback_idle() == 3
+    assert sorted(disk.pages) == [(1, 0), (1, 1), (1, 2)] and empty(zc)
+
+
+class Remote:
+    def __init__(self):
+        self.freed = []
+
+    def free_remote(self, r, pool, oid, index):
+        self.freed.append((r, oid, index))
+
+    def free_obj(self, pool, oid, pool_destroy):
+        pass
+
+    def free_pool(self, pool):
+        pass
+
+    def stats(self):
+        return {}
+
+
+def test_remotify_sends_a_single_entry_and_keeps_a_shared_copy():
+    zc = zc_(frames=8)
+    zc.attach_remote(Remote())
+    pid = zc.new_pool(persistent=True)
+    pool = zc.pool(pid)
+    lone, shared = sized_page(17, 2200), sized_page(18, 2200)
+    assert zc.put_page(pid, 1, 0, lone)
+    for i in range(2):
+        assert zc.put_page(pid, 2, i, shared)
+    pages, taken = zc.take_lru(True, 2)
+    assert [(pg[2], pg[3]) for pg in pages] == [(1, 0)] and len(taken) == 2
+    assert zc.decode(pages[0][4]) == lone and zc.still_taken(*pages[0][:4])
+    assert zc.commit_remote(*pages[0][:4], 0)
+    assert zc.release_taken(taken) == 1  # the shared copy's frame goes back to its LRU
+    assert zc.on_peer(pid, 1, 0) and zc.get_page(pid, 1, 0) is ON_PEER
+    assert [(o, i) for _, o, i, _ in zc.remote_slots()] == [(1, 0)]
+    assert zc.remote_entry(pool, 2, 0) == -1 and zc.get_page(pid, 2, 1) == shared
+    assert zc.get_raw(pool, 2, 0, free=False) == zc.get_raw(pool, 2, 1, free=False)
+    zc.check()
+
+
+def test_a_put_that_shares_a_copy_on_the_wire_keeps_it():
+    zc = zc_(frames=8)
+    zc.attach_remote(Remote())
+    pid = zc.new_pool(persistent=True)
+    pg = sized_page(19, 2200)
+    assert zc.put_page(pid, 1, 0, pg)
+    pages, taken = zc.take_lru(True, 1)
+    assert len(pages) == 1
+    assert zc.put_page(pid, 1, 1, pg)  # shares the copy while it is taken
+    assert zc.commit_remote(*pages[0][:4], 0)  # the first owner's page now lives on a peer
+    assert zc.release_taken(taken) == 0  # the second owner still holds the copy
+    assert zc.on_peer(pid, 1, 0) and zc.get_page(pid, 1, 1) == pg
+    assert dedup_stats(zc)["saved_pages"] == 0
+    zc.check()
+
+
+def test_a_hash_collision_is_never_shared():
+    zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    a, b = page(20), page(21)
+    assert zc.put_page(pid, 1, 0, a)
+    # give a's entry b's key, as a colliding hash would
+    dt = zc.dedup
+    (key_a, d), = dt.index.items()
+    key_b = xxh3_128_intdigest(b) << 1 | 1
+    del dt.index[key_a]
+    dt.index[key_b] = d
+    dt.keys[d] = key_b
+    assert zc.put_page(pid, 1, 1, b)
+    assert zc.get_page(pid, 1, 0) == a and zc.get_page(pid, 1, 1) == b
+    assert dedup_stats(zc) == {"hits": 0, "collisions": 1, "pages": 0, "saved_pages": 0}
+    zc.check()
+    assert zc.put_page(pid, 1, 2, b)  # a's entry still answers for the key: compared, not shared
+    assert dedup_stats(zc)["collisions"] == 2 and zc.stats()["zbud.pers_zpages"] == 3
+    zc.flush_object(pid, 1)
+    assert empty(zc)
+
+
+def test_same_filled_zero_and_huge_pages_are_not_entries():
+    zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    for i in range(3):
+        assert zc.put_page(pid, 1, i, bytes(4096))
+        assert zc.put_page(pid, 2, i, b"\x5a" * 4096)
+        assert zc.put_page(pid, 3, i, random_page(1), huge=True)
+    assert zc.dedup.entries == 0 and zc.stats()["zcache.huge_pages"] == 3
+    assert zc.get_page(pid, 3, 2) == random_page(1) and zc.get_page(pid, 2, 1) == b"\x5a" * 4096
+    zc.check()
+
+
+def test_foreign_pages_are_stored_as_they_came():
+    zc = zc_()
+    fpool = zc.foreign_pool(3, 0, True)
+    payload = bytes(zc.codec.compress(page(22)))
+    assert zc.put_raw(fpool, 1, 0, payload) and zc.put_raw(fpool, 1, 1, payload)
+    assert zc.dedup.entries == 0 and zc.get_raw(fpool, 1, 1, free=True) == payload
+    assert zc.destroy_foreign_pool(fpool) and empty(zc)
+
+
+def test_without_dedup_nothing_is_shared():
+    zc = Zcache(16)
+    pid = zc.new_pool(persistent=True)
+    for i in range(4):
+        assert zc.put_page(pid, 1, i, page(23))
+    assert zc.dedup is None and zc.stats()["zbud.pers_zpages"] == 4
+    assert dedup_stats(zc) == {"hits": 0, "collisions": 0, "pages": 0, "saved_pages": 0}
+    zc.check()
+
+
+def test_config_and_flag(tmp_path):
+    assert build(memory="16M").dedup is False
+    assert build(memory="16M", dedup=True).dedup is True
+    f = tmp_path / "ramster.toml"
+    f.write_text('[node]\nmemory = "16M"\ndedup = true\n')
+    assert build(f).dedup is True
+    f.write_text('[node]\nmemory = "16M"\ndedup = "yes"\n')
+    with pytest.raises(ConfigError, match="dedup"):
+        build(f)
+
+
+def test_cli_flag():
+    from ramster.cli.main import build_parser
+
+    args = build_parser().parse_args(["node", "--dedup"])
+    assert args.dedup is True
+    assert build_parser().parse_args(["node"]).dedup is None
