@@ -444,6 +444,7 @@ DESCRIPTIVE: dict[str, str] = {
     "node.uptime_seconds": "process_start_time_seconds gives it",
     "node.memory": "ramster_zcache_pageframes_limit_bytes",
     "node.compressor": "configuration, not a measurement",
+    "node.dedup": "configuration, not a measurement",
     "node.page_size": "a constant, PAGE_SIZE",
     "node.listen": "configuration, not a measurement",
     "node.metrics": "configuration, not a measurement",
