@@ -295,3 +295,24 @@ def test_cli_flag():
     args = build_parser().parse_args(["node", "--dedup"])
     assert args.dedup is True
     assert build_parser().parse_args(["node"]).dedup is None
+
+
+@pytest.mark.parametrize("allocator", ["zbud", "dense"])
+def test_each_allocator_shares_writes_back_and_frees(allocator):
+    """The paths above through either allocator, counted in pages rather than frames."""
+    disk = Disk()
+    zc = Zcache(64, reserve_pageframes=64, dedup=True, allocator=allocator, writeback_sink=disk)
+    pers = zc.new_pool(persistent=True)
+    eph = zc.new_pool(persistent=False)
+    a, b = sized_page(30, 1500), sized_page(31, 2200)
+    for i in range(6):
+        assert zc.put_page(pers, 1, i, a if i % 2 else b) and zc.put_page(eph, 1, i, a)
+    assert zc.zpages_in_memory(True) == 2 and zc.zpages_in_memory(False) == 1
+    assert zc.put_page(pers, 1, 1, b)  # a write to one owner
+    assert [zc.get_page(pers, 1, i) for i in range(4)] == [b, b, b, a]
+    assert zc.get_page(eph, 1, 0) == a and zc.get_page(eph, 1, 0) is None
+    zc.check()
+    zc.set_max_pageframes(0)  # ephemeral copies dropped, persistent ones written back for each owner
+    assert disk.pages == {(1, i): (a if i in (3, 5) else b) for i in range(6)}
+    assert all(zc.get_page(eph, 1, i) is None for i in range(6))
+    assert empty(zc) and dedup_stats(zc)["saved_pages"] == 0
