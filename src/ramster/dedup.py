@@ -96,6 +96,14 @@ class DedupTable:
         self.entries -= 1
         return p
 
+    def move(self, d: int, q: int) -> None:
+        """Entry d's copy moved to zbudref q (recompression stored it again)."""
+        p = self.under[d]
+        self.under[d] = q
+        if d in self.owners:
+            del self.shared[p]
+            self.shared[q] = d
+
     def share(self, d: int, first: tuple | None, owner: tuple, current) -> None:
         """One more owner of entry d. `first` is the owner zbud's handle names,
         needed only when a single entry becomes shared; `current(owner)` says

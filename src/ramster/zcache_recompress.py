@@ -51,7 +51,10 @@ frames, dense zspages) of each class (or, with idle_only=False, every unit on
 an LRU), least recently used first, listed once in `_recomp_queue` (unit
 ids; huge frames as their pampds) and re-checked one by one as the pass consumes them, because a put,
 a get, a writeback or remotify may have changed any of them meanwhile. A new
-idle mark starts a new pass. Frames off their LRU (zombies: remotify or
+idle mark starts a new pass. A dedup entry's copy is stored again
+like any page (dedup.move points the entry at it; the owners' slots hold the
+entry and do not change), and a put that compares a page with a copy reads
+it as a get does. Frames off their LRU (zombies: remotify or
 writeback has them) and pinned ones are never touched, so a page another
 path has taken keeps its pampd. Everything runs on the node's one loop, so a
 batch is synchronous and no write can interleave with the page it moves.
@@ -61,6 +64,7 @@ from __future__ import annotations
 from . import compress as _compress
 from .handles import page_budget
 from .pampd import HUGE_BASE
+from .tmem import LOCAL_CLIENT
 from .units import PAGE_SIZE
 from .zbud import CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_SIZE, NSENTINELS, PERS, nchunks
 
@@ -179,9 +183,8 @@ class Recompress:
         for p in (n << 1, n << 1 | 1):
             if not zbud.sizes[p] or zbud.state[n] != st or zbud.codec(p):
                 continue
-            client_id, pool_id, oid, index = zbud.handle(p)
-            pool = self.tmem.get_pool(client_id, pool_id)
-            if pool is None or self.tmem.lookup(pool, oid, index) != p:
+            d = self._whose(p, *zbud.handle(p))
+            if d is None:
                 continue
             tried += 1
             old = zbud.sizes[p]
@@ -194,7 +197,7 @@ class Recompress:
             handle = self._tagged_handle(zbud.handle_bytes(p))
             q = zbud.match_cold(c, len(cdata) + HANDLE_SIZE, cdata, handle)
             if q:
-                self.tmem.relink(pool, oid, index, q)
+                self._relink(d, q)
                 s = zbud.free_and_delist(p)
                 if s < 0:
                     self.arena.free((p >> 1) - NSENTINELS)
@@ -267,9 +270,8 @@ class Recompress:
             h = handles[j]
             if not h or not dense.hsize[h] or dense.state[dense.unit_of(h)] != live or dense.codec(h):
                 continue
-            client_id, pool_id, oid, index = dense.handle(h)
-            pool = self.tmem.get_pool(client_id, pool_id)
-            if pool is None or self.tmem.lookup(pool, oid, index) != h:
+            d = self._whose(h, *dense.handle(h))
+            if d is None:
                 continue
             tried += 1
             old = dense.hsize[h]
@@ -282,7 +284,7 @@ class Recompress:
             q = self._place_cold(c, cdata, self._tagged_handle(dense.handle_bytes(h)))
             if not q:
                 continue  # no frame for a new zspage of its class now: a later pass tries again
-            self.tmem.relink(pool, oid, index, q)
+            self._relink(d, q)
             dense.free_and_delist(h)
             saved = old - HANDLE_SIZE - len(cdata)
             self.zbytes[c] -= saved
@@ -290,6 +292,26 @@ class Recompress:
             self.recompressed += 1
             done += 1
         return tried, done
+
+    def _whose(self, p: int, client_id: int, pool_id: int, oid: int, index: int):
+        """Who holds the stored page p: (pool, oid, index) when that handle's slot holds
+        p itself, the dedup entry d (an int) whose copy it is, or None (a page being
+        replaced or freed: not to be touched)."""
+        pool = self.tmem.get_pool(client_id, pool_id)
+        if pool is not None and self.tmem.lookup(pool, oid, index) == p:
+            return pool, oid, index
+        if self.dedup is not None and client_id == LOCAL_CLIENT:
+            d = self._bud_entry(p, pool, oid, index)
+            if d >= 0:
+                return d
+        return None
+
+    def _relink(self, owner, q: int) -> None:
+        """Point the page's one holder (see _whose) at its new place q."""
+        if type(owner) is int:
+            self.dedup.move(owner, q)  # every owner's slot holds the entry, not the copy
+        else:
+            self.tmem.relink(*owner, q)
 
     def _place_cold(self, c: int, cdata, handle: bytes, spare: int = -1) -> int:
         """Store a recompressed payload without making anything recent: in a unit of

@@ -102,13 +102,16 @@ class RemoteDoor:
             for p, client_id, pool_id, oid, index, data in buds:
                 pool = tmem.get_pool(client_id, pool_id)
                 if pool is not None and tmem.lookup(pool, oid, index) == p:
-                    if zbud.codec(p):  # recompressed, perhaps: peers get the cluster's codec
-                        data = self._portable(p)
-                    pages.append((p, pool, oid, index, data))
+                    q = p
                 elif self.dedup is not None:  # a single dedup entry travels; a shared copy stays
                     q = self._dedup_travels(p, pool, oid, index)
-                    if q:
-                        pages.append((q, pool, oid, index, data))
+                    if not q:
+                        continue
+                else:
+                    continue
+                if zbud.codec(p):  # recompressed, perhaps: peers get the cluster's codec
+                    data = self._portable(p)
+                pages.append((q, pool, oid, index, data))
         return pages, taken
 
     def still_taken(self, p: int, pool: Pool, oid: int, index: int) -> bool:

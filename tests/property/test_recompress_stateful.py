@@ -1,5 +1,6 @@
 """Stateful property test: recompression among puts, gets, flushes, idle marks, writeback
-and remotify, on a small budget, with either allocator, against a dict model.
+and remotify, on a small budget, with either allocator, with and without dedup,
+against a dict model.
 
 Checked: every persistent page stored and not flushed reads back byte-exact, from
 memory (recompressed or not) or from the sink it was written back to; an ephemeral
@@ -37,10 +38,10 @@ key_st = st.tuples(st.sampled_from([0, 1, (1 << 191) + 3]), st.integers(0, 70))
 
 class RecompressMachine(RuleBasedStateMachine):
     @initialize(frames=st.integers(4, 40), writeback=st.booleans(), recompressor=st.sampled_from(["zstd", "zlib", "lz4"]),
-                allocator=st.sampled_from(["zbud", "dense"]))
-    def setup(self, frames, writeback, recompressor, allocator):
+                allocator=st.sampled_from(["zbud", "dense"]), dedup=st.booleans())
+    def setup(self, frames, writeback, recompressor, allocator, dedup):
         self.disk = {}
-        self.zc = Zcache(frames, reserve_pageframes=64, recompressor=recompressor, allocator=allocator,
+        self.zc = Zcache(frames, reserve_pageframes=64, recompressor=recompressor, allocator=allocator, dedup=dedup,
                          writeback_sink=self._sink if writeback else None)
         self.pers = self.zc.new_pool(persistent=True)
         self.eph = self.zc.new_pool()

@@ -380,3 +380,31 @@ def test_dense_pages_move_to_smaller_classes_and_free_frames():
     for i, p in pages.items():
         assert zc.get_page(pid, 1, i) == p
     zc.close()
+
+
+@pytest.mark.parametrize("allocator", ["zbud", "dense"])
+def test_dedup_copies_are_recompressed_and_shared_after(allocator):
+    zc = Zcache(1024, dedup=True, allocator=allocator)
+    pid, eid = zc.new_pool(persistent=True), zc.new_pool()
+    pages = {i: page(i % 40) for i in range(120)}  # each page three times
+    fill(zc, pid, pages)
+    for i in range(10):
+        zc.put_page(eid, 2, i, page(i + 200))
+    saved = zc.dedup_saved_pages
+    zc.mark_idle()
+    assert zc.recompress() > 40
+    zc.check()
+    for i, p in pages.items():
+        assert zc.get_page(pid, 1, i) == p
+    assert zc.put_page(pid, 3, 0, page(5))  # compared with a recompressed copy, and shared
+    assert zc.dedup_saved_pages == saved + 1
+    for i in range(0, 120, 2):
+        zc.flush_page(pid, 1, i)
+    zc.check()
+    for i in range(1, 120, 2):
+        assert zc.get_page(pid, 1, i) == pages[i]
+    assert zc.get_page(pid, 3, 0) == page(5)
+    for i in range(10):
+        assert zc.get_page(eid, 2, i) in (None, page(i + 200))
+    zc.check()
+    zc.close()
