@@ -5,8 +5,9 @@ DenseMachine drives the allocator alone over a small arena against a dict model
 frees, compaction, eviction and zombies; its accounting adds up (Dense.check) and
 no frame leaks (the arena's frames in use are exactly the zspages' frames).
 DenseZcacheMachine runs the whole engine's stateful test (test_engine_stateful)
-with `allocator="dense"`, plus compaction at random, so eviction, writeback and
-shrinking go through the allocator's zspage-sized units.
+with `allocator="dense"`, plus compaction and recompression at random, so
+eviction, writeback and shrinking go through the allocator's zspage-sized units
+and objects move (compaction under their handles, recompression to new ones).
 """
 import random
 
@@ -147,6 +148,13 @@ class DenseZcacheMachine(engine.ZcacheMachine):
     @rule()
     def compact(self):
         self.zc.compact()
+
+    @rule(mark=st.booleans(), idle_only=st.booleans(), max_pages=st.integers(1, 8))
+    def recompress(self, mark, idle_only, max_pages):
+        """Cold objects move to smaller classes; huge pages become objects."""
+        if mark:
+            self.zc.mark_idle()
+        self.zc.recompress(max_pages, idle_only)
 
 
 DenseMachine.TestCase.settings = SETTINGS
