@@ -15,8 +15,9 @@ seconds after its last pass began, so a page untouched for about AGE
 seconds is recompressed; from the operator's first mark on, the marks are
 the operator's (a mark of the task's would change what "idle" means to the
 operator's `writeback idle`) and the task works through each one. Huge
-pages are candidates in every pass. Between passes it only checks, once a
-period, whether a new mark has come.
+pages are candidates in every pass, and new ones start a pass of their
+own. Between passes it only checks, once a period, whether a new mark or
+a new huge page has come (Zcache.recompress_waiting, no walk).
 
 It is off unless `recompress_cpu` is above 0: recompression spends CPU on
 memory, and whether that trade is wanted is the operator's to say (zram too
@@ -62,7 +63,9 @@ class RecompressTask:
             self._own_marks = False
             self._pass_began = None  # a new mark: a new pass
         if not zc.recompress_pending():
-            if self._pass_began is not None:  # the pass is over: another one when something new may be cold
+            # the pass is over: another one when there is something new (a mark, huge pages),
+            # or when the task's own marks are due
+            if self._pass_began is not None and not zc.recompress_waiting():
                 if not self._own_marks or now - self._pass_began < self.age:
                     return 0.0
                 zc.mark_idle()

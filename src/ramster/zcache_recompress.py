@@ -124,6 +124,12 @@ class Recompress:
         are marked idle again or new huge pages arrive)."""
         return len(self._recomp_queue) - self._recomp_pos
 
+    def recompress_waiting(self) -> bool:
+        """Whether a new pass would find what the last one did not: pages marked idle
+        since it began, or huge pages it has not tried (cheap: no walk)."""
+        return (self._recomp_pass is None or self._recomp_pass[0] != self._idle_epoch
+                or self.huge_pages > len(self._huge_tried))
+
     @property
     def recompressor(self) -> str:
         return self._recomp_name
@@ -227,8 +233,9 @@ class Recompress:
         c = pool.cls
         handle = self._tagged_handle(oid.to_bytes(24, "little") + (index | pool.handle_tag).to_bytes(8, "little"))
         q = self._place_cold(c, cdata, handle, f)
-        if not q:
-            return 1, 0  # no frames for it now: a later pass tries again
+        if not q:  # no frames for it now: tried, until the page is stored again
+            self._huge_tried.add(f)
+            return 1, 0
         del self.huge_lru[f]
         self._huge_idle.discard(f)
         self.huge_pages -= 1
