@@ -522,3 +522,25 @@ def test_zcache_stats_carry_the_ramster_counters():
                  "foreign_eph_pages", "foreign_eph_pages_max", "foreign_pers_pages", "foreign_pers_pages_max",
                  "remote_pers_pages", "remote_pers_pages_lost"):
         assert f"ramster.{name}" in s, name
+
+
+def test_recompressed_pages_travel_in_the_clusters_codec_both_ways():
+    """Pages recompressed on their owner leave for a peer in the cluster's codec; the peer
+    recompresses them as foreign pages and gives them back in it (get_raw)."""
+    async def go():
+        ln = cluster(2, frames=256)
+        a, b = ln.nodes[0], ln.nodes[1]
+        pid = a.zc.new_pool(persistent=True)
+        fill(a.zc, pid, 120)
+        assert a.zc.recompress(idle_only=False) > 0
+        await a.remotify_batch(frames=40)
+        pool = a.zc.pool(pid)
+        remote = [i for i in range(120) if a.zc.on_peer(pool.pool_id, i & 255, i >> 8)]
+        assert remote
+        assert b.zc.recompress(idle_only=False) > 0  # the foreign pages
+        for i in range(120):
+            assert await a.get(pool, i & 255, i >> 8, free=i % 2 == 0) == page(i)
+        a.zc.check()
+        b.zc.check()
+
+    run(go())
