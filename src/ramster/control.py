@@ -32,7 +32,7 @@ setting in the file: the file's newer word wins, an untouched file never
 undoes an operator's command. A flag on the command line shadows the file's
 value, so a SIGHUP cannot change a setting given as a flag.
 
-The zram verbs (mark idle, write back idle or huge pages, recompress) and the selfshrink
+The zram verbs (mark idle, write back idle or huge pages, recompress, compact) and the selfshrink
 trigger are actions, not settings: they are counted and logged the same way
 and change nothing a reload would look at.
 """
@@ -64,7 +64,7 @@ _CLUSTER_FIXED = ("name", "nodes", "replicas", "idle_timeout", "keepalive", "req
 COUNTERS = (
     "memory_changes", "log_level_changes", "eph_remotify_switches", "pers_remotify_switches",
     "selfshrink_switches", "target_changes", "peers_marked_down", "peers_marked_up",
-    "selfshrinks", "idle_marks", "idle_writebacks", "huge_writebacks", "recompressions",
+    "selfshrinks", "idle_marks", "idle_writebacks", "huge_writebacks", "recompressions", "compactions",
     "reloads", "reload_failures", "requests", "requests_refused",
 )  # fmt: skip
 _COUNTER_OF = {"memory": "memory_changes", "log_level": "log_level_changes",
@@ -442,6 +442,16 @@ class Control:
                 f"{format_size(zc.recompress_saved_bytes - saved)} saved")
         log.info("ctl: %s", text)
         return ok(text, pages=n, saved=zc.recompress_saved_bytes - saved)
+
+    async def verb_compact(self) -> Reply:
+        zc = self.zc
+        moved = zc.stats().get("dense.objects_moved", 0)
+        n = zc.compact()
+        self.compactions += 1
+        moved = zc.stats().get("dense.objects_moved", 0) - moved
+        text = f"compact: {moved} page(s) moved, {format_size(n * PAGE_SIZE)} freed"
+        log.info("ctl: %s", text)
+        return ok(text, frames=n, moved=moved)
 
     # ---- statistics -------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("recompress", "[PAGES]", "store huge pages and pages idle since the last mark again with the "
                                   "recompression codec where it saves memory; look at most at PAGES "
                                   "(zram's `echo type=idle > recompress`)", 0, 1),
+    Verb("compact", "", "move pages out of sparse zspages and free their frames (the dense allocator; "
+                        "zbud never moves a page) (zram's `echo 1 > compact`)"),
 )}
 
 

@@ -364,10 +364,10 @@ for _key, _setting in (("memory_changes", "memory"), ("log_level_changes", "log_
                        ("peers_marked_down", "peer_down"), ("peers_marked_up", "peer_up")):
     _declare(COUNTERS, f"control.{_key}", changes, _setting)
 actions = _metric("control_actions", COUNTER, NUMBER,
-                  "Actions run by `ramster ctl` (selfshrink, mark-idle, writeback, recompress), by action.", ("action",))
+                  "Actions run by `ramster ctl` (selfshrink, mark-idle, writeback, recompress, compact), by action.", ("action",))
 for _key, _action in (("selfshrinks", "selfshrink"), ("idle_marks", "mark_idle"),
                       ("idle_writebacks", "writeback_idle"), ("huge_writebacks", "writeback_huge"),
-                      ("recompressions", "recompress")):
+                      ("recompressions", "recompress"), ("compactions", "compact")):
     _declare(COUNTERS, f"control.{_key}", actions, _action)
 del changes, actions, _key, _setting, _action
 _counter("control.reloads", "control_reloads", "Reloads of the config file (SIGHUP or `ramster ctl reload`).")

@@ -199,3 +199,29 @@ def test_huge_pages_recompressed_into_dense_classes():
     assert zc.huge_pages == 0 and zc.pageframes_in_use < before  # about 2.3 KiB each, not a frame
     for i, pg in nib.items():
         assert zc.get_page(pid, 1, i) == pg
+
+
+def test_ctl_compact_moves_pages_and_counts(tmp_path, caplog):
+    import asyncio
+
+    from ramster.control import Control
+    from ramster.control_protocol import Request
+    f = tmp_path / "node.toml"
+    f.write_text('[node]\nmemory = "8M"\nallocator = "dense"\n')
+    cfg = build(f)
+    zc = Zcache(cfg.memory // PAGE_SIZE, allocator=cfg.allocator)
+    control = Control(zc, cfg)
+    pid = zc.new_pool(persistent=True)
+    pages = [sized_page(i, 700) for i in range(200)]
+    _fill(zc, pid, pages)
+    for i in range(200):
+        if i % 4:
+            zc.flush_page(pid, 1, i)
+    with caplog.at_level("INFO", logger="ramster.control"):
+        reply = asyncio.run(control.handle(Request("compact", ())))
+    assert reply.ok and reply.result["frames"] > 0 and reply.result["moved"] > 0
+    assert "compact:" in caplog.text
+    assert control.stats()["control.compactions"] == 1
+    zc.check()
+    for i in range(0, 200, 4):
+        assert zc.get_page(pid, 1, i) == pages[i]

@@ -50,6 +50,7 @@ examples:
   ramster ctl selfshrink now 1000
   ramster ctl mark-idle && ramster ctl writeback idle
   ramster ctl mark-idle && ramster ctl recompress
+  ramster ctl compact
 """
 
 
