@@ -6,12 +6,12 @@ DEDUP_BASE - d (pampd.py) instead of the zbud reference. Entry d says:
 
     under[d]   the zbudref of the one stored copy (0: the entry is free)
     refs[d]    how many tmem slots hold DEDUP_BASE - d
-    keys[d]    the page's key: its xxh3-128 digest, shifted left once, with
-               the pool class (EPH 0, PERS 1) in bit 0
+    keys[d]    the page's key: the xxh3-128 digest of its compressed payload,
+               shifted left once, with the pool class (EPH 0, PERS 1) in bit 0
 
 and `index` maps a key to the entry that answers for it. A put whose key is
-in the index compares its page with the stored copy, byte for byte, before it
-shares it: a hash collision costs a compare and a page stored unshared (an
+in the index compares its payload with the stored copy's, byte for byte,
+before it shares it: a hash collision costs a compare and a page stored unshared (an
 entry no key leads to), never two different pages merged. The class is in the
 key because eviction and writeback treat the two classes differently: an
 ephemeral copy may be dropped at any time, a persistent one never silently, so
@@ -44,7 +44,7 @@ without dedup.
 """
 from __future__ import annotations
 
-from .pampd import MAX_DEDUP
+from .pampd import DEDUP_BASE, MAX_DEDUP
 
 # the counters of dedup, "zcache." in stats(); all but the events are levels
 DEDUP_COUNTERS = ("dedup_hits", "dedup_collisions", "dedup_pages", "dedup_saved_pages")
@@ -53,7 +53,12 @@ DEDUP_COUNTERS = ("dedup_hits", "dedup_collisions", "dedup_pages", "dedup_saved_
 class DedupTable:
     """The entries, their refcounts, keys and owners (see the module comment)."""
 
-    def __init__(self):
+    def __init__(self, link):
+        # tmem's put: `link` is what zcache's store path calls on a node with dedup
+        self._tmem_put = link
+        # the key of the page being stored, set by the put path just before the
+        # store and taken by `link`; None: the store is not a dedup put's
+        self.pending: int | None = None
         self.under: list[int] = []
         self.refs: list[int] = []
         self.keys: list[int] = []
@@ -61,12 +66,18 @@ class DedupTable:
         self.owners: dict[int, dict[tuple, None]] = {}
         self.shared: dict[int, int] = {}
         self._free: list[int] = []
-        self.entries = 0
 
-    def new(self, key: int, p: int, indexed: bool) -> int:
-        """A single entry for zbudref p; in the index under `key` if `indexed`."""
-        if self._free:
-            d = self._free.pop()
+    def link(self, pool, oid: int, index: int, p: int) -> None:
+        """Link zbudref p under the handle: as a new single entry when the put path
+        left its key in `pending`, else as it is (a foreign or repatriated payload)."""
+        key = self.pending
+        if key is None:
+            self._tmem_put(pool, oid, index, p)
+            return
+        self.pending = None
+        free = self._free
+        if free:
+            d = free.pop()
             self.under[d] = p
             self.refs[d] = 1
             self.keys[d] = key
@@ -77,10 +88,8 @@ class DedupTable:
             self.under.append(p)
             self.refs.append(1)
             self.keys.append(key)
-        if indexed:
-            self.index[key] = d
-        self.entries += 1
-        return d
+        self.index.setdefault(key, d)  # a collision: the entry there stays
+        self._tmem_put(pool, oid, index, DEDUP_BASE - d)
 
     def drop(self, d: int) -> int:
         """Free entry d (its last owner went); returns the zbudref of its copy."""
@@ -93,7 +102,6 @@ class DedupTable:
         self.under[d] = 0
         self.refs[d] = 0
         self._free.append(d)
-        self.entries -= 1
         return p
 
     def move(self, d: int, q: int) -> None:
@@ -103,6 +111,11 @@ class DedupTable:
         if d in self.owners:
             del self.shared[p]
             self.shared[q] = d
+
+    @property
+    def entries(self) -> int:
+        """Entries in use."""
+        return len(self.under) - len(self._free)
 
     def share(self, d: int, first: tuple | None, owner: tuple, current) -> None:
         """One more owner of entry d. `first` is the owner zbud's handle names,

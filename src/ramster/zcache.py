@@ -119,9 +119,10 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         self.lookup = self.tmem.lookup
         # identical pages stored once (dedup.py, zcache_dedup.py); _store links
         # what it placed through _link, which only a node with dedup makes an entry
-        self.dedup = DedupTable() if dedup else None
-        self._dedup_key = None
-        self._link = self._dedup_link if dedup else self.tmem.put
+        self.dedup = DedupTable(self.tmem.put) if dedup else None
+        self._link = self.dedup.link if dedup else self.tmem.put
+        if dedup:  # its own put path; without dedup put_page runs as it always has
+            self.put_page = self._put_page_dedup
         for name in DEDUP_COUNTERS:
             setattr(self, name, 0)
         self._pools: dict[int, Pool] = {}  # local client's pools by id
@@ -221,8 +222,6 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
             index = check_index(index)
         if type(page) is not bytes or len(page) != PAGE_SIZE:
             page = check_page(page)
-        if self.dedup is not None:
-            return self._put_dedup(pool, oid, index, page, huge, keep_old)
         # the put path (SPEC §4.3–4.5): the hottest path of the project
         c = pool.cls
         cdata = self._compress(page)

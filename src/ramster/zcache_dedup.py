@@ -2,13 +2,17 @@
 copy leaves memory (eviction, writeback, remotify) correctly for every owner.
 
 A part of Zcache (one of its bases), used only by a Zcache built with
-dedup=True; dedup.py says what the table holds. The put: the page's xxh3-128
-digest and its pool's class make a key; a key in the index leads to a stored
-copy, which is decompressed and compared with the page byte for byte, and
-only an equal page is shared: the handle's slot gets the entry's pampd and
-the refcount grows. Any other page is compressed and stored as without dedup,
-and `_dedup_link` (what `_store` links with on such a node) makes it an entry
-before tmem sees it. A write to one owner never changes another: a put
+dedup=True; dedup.py says what the table holds. The put compresses the page
+as without dedup; the payload's xxh3-128 digest and the pool's class make a
+key; a key in the index leads to a stored copy, whose payload is compared
+with the new one byte for byte, and only an equal payload is shared (the
+codec is deterministic: equal pages compress to equal payloads, and a
+payload decompresses to one page). Hashing the payload rather than the page
+reads a third of the bytes or less, and reads them from the cache: the handle's slot gets the entry's pampd and
+the refcount grows. Any other page is stored as without dedup,
+and the table's `link` (what `_store` links with on such a node) makes it an
+entry before tmem sees it. The put is a put_page of its own, bound at
+construction, so a node without dedup runs the put path without a test for it. A write to one owner never changes another: a put
 replaces the slot's pampd and drops one reference, as it frees any old page.
 
 A copy in a frame that leaves memory, by owner kind:
@@ -33,8 +37,10 @@ from __future__ import annotations
 
 from xxhash import xxh3_128_intdigest
 
+from .handles import check_index, check_page, normalize_oid
 from .pampd import DEDUP_BASE, SAME_FILLED_MAX_CLEN
-from .tmem import Pool
+from .tmem import INDEX_LIMIT, OID_LIMIT, Pool
+from .units import PAGE_SIZE
 
 
 class DedupPaths:
@@ -42,18 +48,33 @@ class DedupPaths:
 
     # ---- the put -----------------------------------------------------------------------------
 
-    def _put_dedup(self, pool: Pool, oid: int, index: int, page: bytes, huge: bool, keep_old: bool) -> bool:
+    def _put_page_dedup(self, pool_id: int, oid, index: int, page, huge: bool = False, keep_old: bool = False) -> bool:
+        """put_page on a node with dedup (bound as its put_page at construction)."""
+        pool = self._pools.get(pool_id)
+        if pool is None:
+            pool = self._pool(pool_id)
+        if type(oid) is not int or not 0 <= oid < OID_LIMIT:
+            oid = normalize_oid(oid)
+        if type(index) is not int or not 0 <= index < INDEX_LIMIT:
+            index = check_index(index)
+        if type(page) is not bytes or len(page) != PAGE_SIZE:
+            page = check_page(page)
         c = pool.cls
-        key = xxh3_128_intdigest(page) << 1 | c
+        cdata = self._compress(page)
+        clen = len(cdata)
+        if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
+            return self._put_same_filled(pool, oid, index, page)
+        # the compressed payload is hashed and compared: it is in the cache already,
+        # and a third of the page's bytes or less (the codec is deterministic, so
+        # equal pages have equal payloads, and equal payloads are equal pages)
+        key = xxh3_128_intdigest(cdata) << 1 | c
         dt = self.dedup
         d = dt.index.get(key)
         if d is not None:
             p = dt.under[d]
-            try:
-                same = self._decompress(self.zbud.payload(p)) == page
-            except Exception:  # a copy recompression stored again (zcache_recompress.py)
-                same = self._decode_tagged(p) == page
-            if same:
+            # a recompressed copy (zcache_recompress.py) keeps the key of its first
+            # payload: its page is compared instead, decoded as a get decodes it
+            if self.zbud.payload(p) == cdata or (self.zbud.codec(p) and self.get_data(p, pool) == page):
                 self.dedup_hits += 1
                 q = DEDUP_BASE - d
                 if self.tmem.lookup(pool, oid, index) != q:  # else: the same page again
@@ -62,31 +83,14 @@ class DedupPaths:
                 self.zbud.touch(p)
                 return True
             self.dedup_collisions += 1
-        cdata = self._compress(page)
-        clen = len(cdata)
-        if clen <= SAME_FILLED_MAX_CLEN and page == bytes(page[:8]) * 512:
-            return self._put_same_filled(pool, oid, index, page)
-        self._dedup_key = key
-        ok = self._store(pool, oid, index, cdata, clen, c, page if huge else None)
-        self._dedup_key = None
-        if ok:
+        dt.pending = key  # the table's link takes it
+        if self._store(pool, oid, index, cdata, clen, c, page if huge else None):
             return True
+        dt.pending = None  # refused before the link
         if keep_old:
             self.failed_puts[c] += 1
             return False
         return self._put_failed(pool, oid, index, c)
-
-    def _dedup_link(self, pool: Pool, oid: int, index: int, p: int) -> None:
-        """_store's last step on a node with dedup: link zbudref p, as an entry
-        when the put path gave it a key (foreign and repatriated payloads: plain)."""
-        key = self._dedup_key
-        if key is None:
-            self.tmem.put(pool, oid, index, p)
-            return
-        self._dedup_key = None
-        dt = self.dedup
-        d = dt.new(key, p, key not in dt.index)
-        self.tmem.put(pool, oid, index, DEDUP_BASE - d)
 
     def _dedup_share(self, d: int, p: int, owner: tuple) -> None:
         dt = self.dedup
