@@ -53,9 +53,9 @@ zcache (`create_zspage`), which may have to evict for them, and an evicted
 zspage gives its first frame back through `finish_evict`, as zbud's does.
 The allocator is single-threaded, as zbud.
 
-It is one file of about 700 lines for zbud's reason: the class table, the
-zspage arrays, the partial stacks, the LRU and its idle mark, the zombie set
-and compaction must change together, and `check()` states their invariants
+It is one file of about 800 lines for zbud's reason: the class table, the
+zspage arrays, the partial stacks, the LRU and its idle mark, the zombie set,
+compaction and the moves recompression makes must change together, and `check()` states their invariants
 in one place.
 """
 from __future__ import annotations

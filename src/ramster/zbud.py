@@ -40,9 +40,11 @@ Element access to an array costs CPython about twice a list's, so the put path
 touches as few of them as it can: class and state share one byte, and a free
 frame is all zeroes, so a new frame writes only what differs.
 
-The allocator is one file of a little under 600 lines on purpose: the lists,
-the LRU and its idle mark, the zombie set and the byte of class and state must change together,
-and `check()` states their invariants in one place.
+The allocator is one file of about 700 lines on purpose: the lists, the LRU
+and its idle mark, the zombie set, the byte of class and state, and the
+moves recompression makes (match_cold, rewrite, create_cold, which keep the
+LRU order a put would change) must change together, and `check()` states
+their invariants in one place.
 """
 from __future__ import annotations
 
