@@ -84,9 +84,10 @@ class DedupPaths:
                 return True
             self.dedup_collisions += 1
         dt.pending = key  # the table's link takes it
-        if self._store(pool, oid, index, cdata, clen, c, page if huge else None):
+        ok = self._store(pool, oid, index, cdata, clen, c, page if huge else None)
+        dt.pending = None  # a refusal, or a huge page: no link took it
+        if ok:
             return True
-        dt.pending = None  # refused before the link
         if keep_old:
             self.failed_puts[c] += 1
             return False

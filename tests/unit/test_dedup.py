@@ -261,11 +261,13 @@ def test_same_filled_zero_and_huge_pages_are_not_entries():
 
 def test_foreign_pages_are_stored_as_they_came():
     zc = zc_()
+    pid = zc.new_pool(persistent=True)
+    assert zc.put_page(pid, 1, 0, random_page(2), huge=True)  # stored raw: no entry took its key
     fpool = zc.foreign_pool(3, 0, True)
     payload = bytes(zc.codec.compress(page(22)))
     assert zc.put_raw(fpool, 1, 0, payload) and zc.put_raw(fpool, 1, 1, payload)
     assert zc.dedup.entries == 0 and zc.get_raw(fpool, 1, 1, free=True) == payload
-    assert zc.destroy_foreign_pool(fpool) and empty(zc)
+    assert zc.destroy_foreign_pool(fpool) and zc.destroy_pool(pid) and empty(zc)
 
 
 def test_without_dedup_nothing_is_shared():
