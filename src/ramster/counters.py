@@ -445,6 +445,8 @@ DESCRIPTIVE: dict[str, str] = {
     "node.memory": "ramster_zcache_pageframes_limit_bytes",
     "node.compressor": "configuration, not a measurement",
     "node.dedup": "configuration, not a measurement",
+    "node.recompress_codec": "configuration, not a measurement",
+    "node.recompress_cpu": "configuration, not a measurement",
     "node.page_size": "a constant, PAGE_SIZE",
     "node.listen": "configuration, not a measurement",
     "node.metrics": "configuration, not a measurement",

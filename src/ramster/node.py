@@ -191,6 +191,8 @@ class Node:
                 "log_level": logsetup.level(),
                 "compressor": self.config.compressor,
                 "dedup": self.config.dedup,
+                "recompress_codec": self.config.recompress_codec,
+                "recompress_cpu": self.config.recompress_cpu,
                 "page_size": PAGE_SIZE,
                 "listen": list(self.addresses),
                 "metrics": self.metrics.address if self.metrics is not None else None,

@@ -79,5 +79,7 @@ def test_background_recompression_at_a_cpu_share(tmp_path):
         assert node.counters()["zcache.huge_pages"] == 0
         assert read(node, len(data)) == data
         assert "recompressing cold pages with zlib in the background" in node.stderr()
+        node_stats = node.stats()["node"]
+        assert (node_stats["recompress_codec"], node_stats["recompress_cpu"]) == ("zlib", 0.5)
     finally:
         assert node.stop() == 0
