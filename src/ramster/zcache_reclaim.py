@@ -323,12 +323,13 @@ class Reclaim:
         return ok
 
     def _reclaim(self, frames: int) -> int:
-        """Free up to `frames` frames by evicting ephemeral ones; returns how many."""
-        done = 0
-        while done < frames:
+        """Free up to `frames` frames by evicting ephemeral ones; returns how many
+        (a dense zspage gives back all of its frames at once)."""
+        arena = self.arena
+        start = arena.in_use
+        while start - arena.in_use < frames:
             f = self._evict_eph_frame()
             if f < 0:
                 break
-            self.arena.free(f)
-            done += 1
-        return done
+            arena.free(f)
+        return start - arena.in_use

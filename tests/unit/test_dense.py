@@ -225,3 +225,16 @@ def test_ctl_compact_moves_pages_and_counts(tmp_path, caplog):
     zc.check()
     for i in range(0, 200, 4):
         assert zc.get_page(pid, 1, i) == pages[i]
+
+
+def test_shrinking_evicts_whole_zspages_only_as_far_as_needed():
+    zc = Zcache(64, allocator="dense")
+    eph = zc.new_pool(False)
+    for i in range(120):
+        zc.put_page(eph, 1, i, sized_page(i, 2500))  # zspages of several frames
+    used = zc.pageframes_in_use
+    k = zc.zbud.unit_frames(zc.zbud.lru_frames(0)[0])
+    assert k >= 2
+    assert zc.set_max_pageframes(used - 2) == 0
+    zc.check()
+    assert used - 2 - k < zc.pageframes_in_use <= used - 2  # one zspage went, not one per frame
