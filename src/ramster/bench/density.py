@@ -247,7 +247,7 @@ class DensityBench:
 
         def le(figure, a, b, note):
             ok = None if a is None or b is None else a <= b
-            out.append({"figure": figure, "value": a, "baseline": b, "passed": ok,
+            out.append({"figure": figure, "value": None if ok is None else a, "baseline": b, "passed": ok,
                         "note": "" if ok is not None else note})
 
         le("ramster-dense memory per original byte ≤ zram-lz4's (held-out)", self.per_byte("ramster-dense", "held-out"),
@@ -259,7 +259,7 @@ class DensityBench:
         out.append({"figure": "dedup's saving on the workers' memory (1 - dense+dedup / dense)",
                     "value": None if d is None or dd is None else 1 - dd / d, "baseline": None,
                     "passed": None if d is None or dd is None else dd < d,
-                    "note": "" if d and dd else "not measured (ramster-dense+dedup not available)"})
+                    "note": "" if d and dd else "not measured (ramster-dense or ramster-dense+dedup not available)"})
         a, b = self.rate("held-out", "dense+dedup"), self.rate("held-out", "dense")
         ratio = a.put_pps / b.put_pps if a and b else None
         out.append({"figure": "dense+dedup put rate / dense put rate where there are no duplicates (held-out) ≥ 0.9",
@@ -413,7 +413,7 @@ def _recompress_notes(b: DensityBench) -> list[str]:
 def _acceptance_lines(b: DensityBench) -> list[str]:
     out = []
     for a in b.acceptance():
-        if a["value"] is None:
+        if a["passed"] is None:
             out.append(f"{a['figure']}: {a['note']}")
             continue
         v = f"{100 * a['value']:.1f} %" if "saving" in a["figure"] else f"{a['value']:.3f}"
