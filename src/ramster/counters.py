@@ -444,6 +444,7 @@ DESCRIPTIVE: dict[str, str] = {
     "node.uptime_seconds": "process_start_time_seconds gives it",
     "node.memory": "ramster_zcache_pageframes_limit_bytes",
     "node.compressor": "configuration, not a measurement",
+    "node.allocator": "configuration, not a measurement",
     "node.dedup": "configuration, not a measurement",
     "node.recompress_codec": "configuration, not a measurement",
     "node.recompress_cpu": "configuration, not a measurement",

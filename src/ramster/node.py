@@ -190,6 +190,7 @@ class Node:
                 "memory": self.zc.max_pageframes * PAGE_SIZE,
                 "log_level": logsetup.level(),
                 "compressor": self.config.compressor,
+                "allocator": self.config.allocator,
                 "dedup": self.config.dedup,
                 "recompress_codec": self.config.recompress_codec,
                 "recompress_cpu": self.config.recompress_cpu,

@@ -93,6 +93,7 @@ def test_every_stats_key_is_declared_and_metrics_pass_promtool(promtool, cluster
     with urllib.request.urlopen(b.url + "/stats", timeout=10) as r:
         dense = json.load(r)
     assert undeclared(dense) == []
+    assert (stats["node"]["allocator"], dense["node"]["allocator"]) == ("zbud", "dense")
     assert set(COUNTERS) - ALLOCATOR_KEYS["zbud"] == set(dense["counters"])
     fields = {f"{part}.{k}" for e in stats["exports"].values() for part in ("counters", "gauges") for k in e[part]}
     assert set(EXPORT_STATS) == fields | {"size"}
