@@ -7,7 +7,7 @@ DEDUP_BASE - d (pampd.py) instead of the zbud reference. Entry d says:
     under[d]   the zbudref of the one stored copy (0: the entry is free)
     refs[d]    how many tmem slots hold DEDUP_BASE - d
     keys[d]    the page's key: the xxh3-128 digest of its compressed payload,
-               shifted left once, with the pool class (EPH 0, PERS 1) in bit 0
+               seeded with the pool class (EPH 0, PERS 1)
 
 and `index` maps a key to the entry that answers for it. A put whose key is
 in the index compares its payload with the stored copy's, byte for byte,
