@@ -18,10 +18,12 @@ must agree with zbud's and tmem's structures.
 Every caller goes through Zcache's public methods: the front-ends by pool id
 (or by the Pool handle `pool()` returns, on a block device's read path),
 RAMster through the named operations of zcache_remote.py. The class is
-written in three files by what the methods are for: this one (the front-ends'
+written in five files by what the methods are for: this one (the front-ends'
 door, the put and get paths, the pamops tmem calls), zcache_reclaim.py
 (making room: ouroboros, shrinking, writeback), zcache_recompress.py (cold
-pages stored again with a denser codec) and zcache_remote.py (what RAMster
+pages stored again with a denser codec), zcache_dedup.py (identical pages
+sharing one copy: a node built with dedup=True gets that file's put as its
+put_page, so this one's never tests for it) and zcache_remote.py (what RAMster
 asks of this node). A page that lives on a peer is an expected
 outcome: the synchronous gets return ON_PEER for it (pampd.py). This file
 is about 600 lines because the put path is inlined into `put_page` (a call
