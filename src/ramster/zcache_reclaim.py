@@ -311,7 +311,13 @@ class Reclaim:
         return written, kept
 
     def _write_back_page(self, sink, p: int, pool: Pool, oid: int, index: int) -> bool:
-        page = self.get_data(p, pool)
+        # Not a read of the page: with the dense allocator the "seen" byte it would
+        # set is shared with a handle in another zspage, which would stop looking idle.
+        marked, self._idle_marked = self._idle_marked, False
+        try:
+            page = self.get_data(p, pool)
+        finally:
+            self._idle_marked = marked
         self.outstanding_writeback_pages += 1
         try:
             ok = sink(pool, oid, index, page)
