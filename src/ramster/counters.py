@@ -276,7 +276,7 @@ _per_pool("dense.{pool}_cumul_zpages", "dense_zpages_added", COUNTER,
 _per_pool("dense.{pool}_pageframes", "dense_pageframes", GAUGE,
           "Memory the dense allocator's zspages hold now in page frames, by pool kind, a gauge.", FRAMES)
 _per_pool("dense.{pool}_zspages", "dense_zspages", GAUGE,
-          "Zspages (runs of 1-4 frames of one size class) held now, by pool kind, a gauge.")
+          "Zspages (runs of 1-8 frames of one size class) held now, by pool kind, a gauge.")
 _per_pool("dense.{pool}_evicted_pageframes", "dense_evicted_pageframes", COUNTER,
           "Page frames of zspages evicted from the head of the dense allocator's LRU, by pool kind.")
 _per_pool("dense.{pool}_zombie_count", "dense_zombie_zspages", GAUGE,
@@ -376,6 +376,13 @@ _counter("control.reload_failures", "control_reload_failures",
 _counter("control.requests", "control_requests", "Requests served on the control socket.")
 _counter("control.requests_refused", "control_requests_refused",
          "Control socket connections refused because the caller is neither the node's user nor root.")
+
+# ---- the heap (heaptrim.py) ----------------------------------------------------------------
+_counter("heap.trims", "heap_trims", "Times the node gave its heap's free memory back to the kernel (malloc_trim).")
+_counter("heap.trimmed_bytes", "heap_trimmed", "Bytes the node's RSS fell by in those trims.", BYTES)
+_gauge("heap.untrimmed_traffic_bytes", "heap_untrimmed_traffic",
+       "Bytes read, written or recompressed since the last heap trim, a gauge; the next trim comes once the "
+       "node is quiet.", BYTES)
 
 # ---- NBD exports: labels export and kind, then the metric's own ---------------------------
 

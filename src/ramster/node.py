@@ -19,6 +19,8 @@ it uses when it is built (nothing is plugged in by assignment afterwards):
                                    disk image)
     RecompressTask                 only with recompress_cpu > 0: cold pages recompressed
                                    on the loop, at that share of a CPU (recompress_task.py)
+    HeapTrimmer                    the heap's free memory back to the kernel once the
+                                   traffic stops after a burst (heaptrim.py)
 
 Nothing above holds a socket. `start()` binds them, metrics first (so a busy
 port fails before any NBD client connected), then the NBD listeners, then
@@ -54,6 +56,7 @@ from .control import Control
 from .control_server import ControlServer, default_path
 from .frontends import Cleancache, Frontswap
 from .frontends.frontswap import unswiz
+from .heaptrim import HeapTrimmer
 from .nbd.base import Export
 from .nbd.cache import CacheExport
 from .nbd.swap import SwapExport
@@ -123,6 +126,15 @@ class Node:
         self.control = Control(self.zc, config, cluster, ramster=self.ramster, net=self.net, loader=loader)
         # cold pages recompressed in the background, at a bounded CPU share (off at 0)
         self.recompress = RecompressTask(self.zc, config.recompress_cpu) if config.recompress_cpu > 0 else None
+        # freed heap memory goes back to the kernel when the node goes quiet after a burst
+        self.heap = HeapTrimmer(self._traffic)
+
+    def _traffic(self) -> int:
+        """Bytes moved through the exports and pages recompressed, a running total."""
+        n = self.zc.recompressed * PAGE_SIZE
+        for e in self.exports.values():
+            n += e.counters.bytes_read + e.counters.bytes_written
+        return n
 
     def _cluster(self, cl):
         """The peer network and the RAMster that serves it, for ClusterConfig `cl`."""
@@ -163,6 +175,7 @@ class Node:
         counters.update(self.frontswap.stats())
         counters.update(self.cleancache.stats())
         counters.update(self.control.stats())
+        counters.update(self.heap.stats())
         peers = []
         if self.ramster is not None:
             counters.update(self.net.counters())
@@ -221,6 +234,7 @@ class Node:
             except OSError as err:
                 raise ConfigError(f"cannot serve metrics on {self.config.metrics}: {_oserror_text(err)}") from None
             self.metrics = metrics
+        self.heap.start()  # imports and configuration leave free memory behind
         self.server = NbdServer(self.exports, default_export=next(iter(self.exports)))
         try:
             await self.server.start(self.config.listen)
@@ -271,6 +285,7 @@ class Node:
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish, fsync and close the backing files."""
+        self.heap.stop()
         if self.recompress is not None:
             await self.recompress.stop()
         if self.control_server is not None:

@@ -29,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..heaptrim import MIN_BYTES as HEAP_TRIM_MIN_BYTES
+
 # tool -> the Debian package that provides it
 PACKAGES = {
     "nbdkit": "nbdkit",
@@ -207,6 +209,21 @@ def get_json(url: str, proc: subprocess.Popen, timeout: float = 30) -> dict:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def wait_quiet_heap(url: str, proc: subprocess.Popen, timeout: float = 30) -> dict:
+    """/stats of a ramster node once it has trimmed its heap after the last traffic
+    (heaptrim.py: within two seconds of going quiet), so RSS is what the node keeps,
+    not what a burst left free in the heap. A node without the counter is taken as is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = get_json(url, proc)
+        c = st["counters"]
+        if c.get("heap.untrimmed_traffic_bytes", 0) < HEAP_TRIM_MIN_BYTES:
+            return st
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node did not trim its heap within {timeout:.0f} s of going quiet")
+        time.sleep(0.1)
 
 
 def rss_bytes(pid: int) -> int:

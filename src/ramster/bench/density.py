@@ -87,23 +87,14 @@ class RamsterVariant(RamsterTarget):
             return {}
         return _recompress_node(self)
 
-    def _idle_rss(self, size: int) -> int:
+    def _settle_tiny(self) -> None:
         """The tiny node goes through the same steps, so the second codec's own state (its
         library, its contexts) is in the baseline and only what the pages cost is counted."""
-        if not self.recompress:
-            return super()._idle_rss(size)
-        self.proc, _ = self._launch(size)
-        try:
+        if self.recompress:
             _recompress_node(self)
-            return common.rss_bytes(self.proc.pid)
-        finally:
-            self.procs.stop(self.proc)
-            self.proc = None
-            self.sock.unlink(missing_ok=True)
-            self._discard_state()
 
     def snapshot(self) -> dict:
-        st = common.get_json(f"http://127.0.0.1:{self.port}/stats", self.proc)
+        st = common.wait_quiet_heap(f"http://127.0.0.1:{self.port}/stats", self.proc)
         rss = common.rss_bytes(self.proc.pid)
         backing = common.allocated_bytes(self.backing)
         c = st["counters"]
@@ -114,7 +105,8 @@ class RamsterVariant(RamsterTarget):
         return {"memory_bytes": used, "memory_per_original_byte": used / self.size, "rss_bytes": rss,
                 "baseline_rss_bytes": self.baseline_rss, "backing_file_bytes": backing,
                 "frames_bytes": frames * PAGE_SIZE,
-                "memory_source": "node VmRSS minus that of the same node serving 64 KiB, + backing file bytes",
+                "memory_source": "node VmRSS once it trimmed its heap, minus that of the same node holding 64 KiB "
+                                 "(same steps), + backing file bytes",
                 "counters": {k: v for k, v in c.items()
                              if k in keep or k.startswith(("dense.", "zcache.dedup", "zcache.recomp"))}}
 

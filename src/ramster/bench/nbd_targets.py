@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..units import PAGE_SIZE
-from . import common, runners
+from . import common, runners, synthetic
 from .runners import Measure
 
 BASELINE_SIZE = 64 << 10
@@ -52,15 +52,32 @@ class NbdTarget:
         return proc, common.rss_bytes(proc.pid)
 
     def _idle_rss(self, size: int) -> int:
-        """RSS of the same server with a tiny store: what it costs before holding any data.
+        """RSS of the same server with a tiny store, filled: what it costs before holding data.
 
         nbdkit's malloc allocator touches its whole buffer at start, so RSS growth
-        after starting would miss it; RSS above this baseline does not."""
-        proc, rss = self._launch(size)
-        self.procs.stop(proc)
-        self.sock.unlink(missing_ok=True)
-        self._discard_state()
-        return rss
+        after starting would miss it; RSS above this baseline does not. The tiny
+        store is filled with synthetic pages (bench/synthetic.py) so that the code
+        a write runs (the codecs' pages of the shared libraries) is resident in
+        both and only what the data costs is counted."""
+        self.proc, _ = self._launch(size)
+        try:
+            tiny = self.tmp / "baseline.raw"
+            tiny.write_bytes(synthetic.image(size))
+            self.seqwrite(tiny)
+            tiny.unlink()
+            self._settle_tiny()
+            return self._quiet_rss()
+        finally:
+            self.procs.stop(self.proc)
+            self.proc = None
+            self.sock.unlink(missing_ok=True)
+            self._discard_state()
+
+    def _settle_tiny(self) -> None:
+        """What the measured server does after the write, done to the tiny one too."""
+
+    def _quiet_rss(self) -> int:
+        return common.rss_bytes(self.proc.pid)
 
     def _discard_state(self) -> None:
         pass
@@ -85,7 +102,7 @@ class NbdTarget:
         used = rss - self.baseline_rss
         return {"memory_bytes": used, "memory_per_original_byte": used / self.size, "rss_bytes": rss,
                 "idle_rss_bytes": self.idle_rss, "baseline_rss_bytes": self.baseline_rss, "compression_ratio": None,
-                "memory_source": f"server VmRSS minus that of the same server serving {BASELINE_SIZE >> 10} KiB"}
+                "memory_source": f"server VmRSS minus that of the same server holding {BASELINE_SIZE >> 10} KiB"}
 
 
 class NbdkitTarget(NbdTarget):
@@ -119,12 +136,16 @@ class RamsterTarget(NbdTarget):
     def _discard_state(self) -> None:
         self.backing.unlink(missing_ok=True)
 
+    def _quiet_rss(self) -> int:
+        common.wait_quiet_heap(f"http://127.0.0.1:{self.port}/stats", self.proc)
+        return common.rss_bytes(self.proc.pid)
+
     def describe(self) -> str:
         return (f"ramster node --memory {self.memory} --export swap:swap:{self.size}:BACKING "
                 f"(ramster {__version__}, {sys.executable})")
 
     def snapshot(self) -> dict:
-        st = common.get_json(f"http://127.0.0.1:{self.port}/stats", self.proc)
+        st = common.wait_quiet_heap(f"http://127.0.0.1:{self.port}/stats", self.proc)
         rss = common.rss_bytes(self.proc.pid)
         c = st["counters"]
         backing = common.allocated_bytes(self.backing)
@@ -138,8 +159,8 @@ class RamsterTarget(NbdTarget):
             "frames_bytes": frames * PAGE_SIZE,
             "rss_beyond_frames_bytes": rss - self.baseline_rss - frames * PAGE_SIZE,
             "backing_file_bytes": backing,
-            "memory_source": f"node VmRSS (the lazily backed arena's frames included) minus that of a node serving "
-                             f"{BASELINE_SIZE >> 10} KiB, + backing file bytes",
+            "memory_source": f"node VmRSS once it trimmed its heap (the lazily backed arena's frames included) minus "
+                             f"that of a node holding {BASELINE_SIZE >> 10} KiB, + backing file bytes",
             "compression_ratio": (zpages * PAGE_SIZE + backing) / (zbytes + backing) if zbytes + backing else None,
             "compression_ratio_in_memory": zpages * PAGE_SIZE / zbytes if zbytes else None,
             "pers_zpages": zpages, "pers_zbytes": zbytes, "pers_pageframes": c["zcache.pers_pageframes"],
