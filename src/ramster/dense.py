@@ -4,14 +4,22 @@ zbud keeps at most two compressed pages in a frame, so a page that
 compresses 4x still costs half a frame. Here every stored object (the same
 32-byte handle zbud writes, then the payload) is rounded up to a multiple of
 16 bytes and goes to the size class of that size. A class keeps its objects
-in *zspages*: 1 to 4 arena frames seen as one run of bytes, cut into equal
+in *zspages*: 1 to 8 arena frames seen as one run of bytes, cut into equal
 slots, so an object may start in one frame and end in the next. The frames of
 a zspage need not be adjacent in the arena; an object that crosses from one
 to the next is written and read in two pieces (zsmalloc maps both pages and
 copies for the same reason). The frame count of each class is the one of
-1..4 that wastes least of the zspage, and neighbouring sizes whose zspages
+1..8 that wastes least of the zspage, and neighbouring sizes whose zspages
 would hold the same number of objects in the same frames are served by one
 class (the larger size), as zsmalloc merges them.
+
+Unlike zsmalloc's, a zspage grows: it starts with the frame its first slot
+needs and takes the next frame only when the lowest free slot reaches past
+its last one (`nfr[z]`, the frames it holds now). A class's newest zspage is
+the one that is partly filled, and with whole zspages of up to 8 frames its
+empty tail would cost every class in use about half a zspage: on 32 MiB of
+held-out corpus pages, 0.443 frame bytes per original byte with 4-frame
+zspages allocated whole, 0.422 with 8-frame ones that grow.
 
 What is kept where:
 
@@ -36,10 +44,9 @@ What is kept where:
   EPH eviction). The zombie set is zbud's: a zspage taken off its lists for
   remotify or writeback, freed when its last object goes.
 - idleness (zram's mark) is zbud's LRU stamp against a mark; "read since the
-  mark" is one byte per pair of handles (`seen[h >> 1]`, the same store
-  zcache makes for a zbud page), so a zspage is idle while none of its
-  objects' bytes is set. A read of a handle's pair in another zspage keeps
-  this one from looking idle until the next mark: a rare, harmless error.
+  mark" is one byte per handle (`seen[h]`; zcache's get stores to
+  `seen[p >> SEEN_SHIFT]`, zbud's frame byte), so a zspage is idle while
+  none of its objects' bytes is set.
 
 Fragmentation: a free leaves a hole in its zspage. Every so many frees, and
 on `compact()`, each class whose partial zspages together have room for a
@@ -48,12 +55,14 @@ the fullest ones and frees it. Zombie and dying zspages are never partial,
 so compaction does not move objects that remotify or writeback hold.
 
 Frames: the allocator takes and gives back arena frames itself (it holds
-the arena), except that a put which needs a new zspage gets its frames from
-zcache (`create_zspage`), which may have to evict for them, and an evicted
-zspage gives its first frame back through `finish_evict`, as zbud's does.
+the arena). When the arena has none for a put (match_prep says -1, or 0
+when the class has no partial zspage), zcache gets one, evicting if it must,
+and `grow_prep` makes it the next frame of the class's zspage or the first
+of a new one; an evicted zspage gives its first frame back through
+`finish_evict`, as zbud's does.
 The allocator is single-threaded, as zbud.
 
-It is one file of about 800 lines for zbud's reason: the class table, the
+It is one file of about 830 lines for zbud's reason: the class table, the
 zspage arrays, the partial stacks, the LRU and its idle mark, the zombie set,
 compaction and the moves recompression makes must change together, and `check()` states their invariants
 in one place.
@@ -70,8 +79,8 @@ ALIGN_SHIFT = 4
 ALIGN = 1 << ALIGN_SHIFT
 MIN_SIZE = HANDLE_SIZE + ALIGN
 MAX_SIZE = 4032  # zbud's: the handle and a 4000-byte payload
-MAX_ZSPAGE_FRAMES = 4
-SLOT_BITS = 9  # 4 frames of 48-byte objects: 341 slots
+MAX_ZSPAGE_FRAMES = 8  # zsmalloc's chain size since Linux 6.3
+SLOT_BITS = 10  # 8 frames of 48-byte objects: 682 slots
 SLOT_MASK = (1 << SLOT_BITS) - 1
 COMPACT_EVERY = 1024  # frees between fragmentation checks
 
@@ -121,6 +130,7 @@ class Dense:
     """Size classes over zspages of arena frames, behind zbud's interface to zcache."""
 
     name = "dense"
+    SEEN_SHIFT = 0  # a get of handle h marks seen[h]
 
     def __init__(self, arena, nframes: int = 0):
         self.arena = arena
@@ -128,10 +138,11 @@ class Dense:
         # handles
         self.loc = array("q", [0])
         self.hsize = array("H", [0])
-        self.seen = bytearray(1)
+        self.seen = bytearray(1)  # 1: handle h was read since the idle mark
         self._free_h = array("i")
         # zspages (id 0 is never used)
         self.zframes = array("i", [-1] * MAX_ZSPAGE_FRAMES)
+        self.nfr = bytearray(1)  # frames a zspage holds now (it grows to its class's count)
         self.zcls = array("H", [0])
         self.inuse = array("H", [0])
         self.state = bytearray(1)
@@ -151,6 +162,7 @@ class Dense:
         self.cumul_zpages = [0, 0]
         self.freed_zpages = [0, 0]
         self.pageframes = [0, 0]
+        self.pageframes_max = [0, 0]  # zcache's own gauge (a zspage grows inside match_prep)
         self.zspages = [0, 0]
         self.evicted_pageframes = [0, 0]
         self.compactions = 0
@@ -165,7 +177,7 @@ class Dense:
         extra = max(1024, old)
         self.loc.frombytes(bytes(8 * extra))
         self.hsize.frombytes(bytes(2 * extra))
-        self.seen.extend(bytes((old + extra) // 2 + 1 - len(self.seen)))
+        self.seen.extend(bytes(extra))
         self._free_h.extend(range(old + extra - 1, old - 1, -1))
 
     def _new_zspage(self) -> int:
@@ -173,6 +185,7 @@ class Dense:
             old = len(self.zcls)
             extra = max(256, old)
             self.zframes.frombytes(b"\xff" * (4 * MAX_ZSPAGE_FRAMES * extra))
+            self.nfr.extend(bytes(extra))
             self.zcls.frombytes(bytes(2 * extra))
             self.inuse.frombytes(bytes(2 * extra))
             self.state.extend(bytes(extra))
@@ -189,8 +202,24 @@ class Dense:
 
     @staticmethod
     def frames_for(stored: int) -> int:
-        """Frames of a new zspage for an object of `stored` bytes (handle included)."""
-        return CLASS_FRAMES[_CLS_OF[(stored + ALIGN - 1) >> ALIGN_SHIFT]]
+        """Frames of a new zspage for an object of `stored` bytes (handle included):
+        the one its first slot needs; the zspage grows a frame at a time."""
+        return 1
+
+    def _grow(self, c: int, z: int, f: int = -1) -> bool:
+        """Give zspage z its next frame (`f`, else one from the arena); False if none."""
+        if f < 0:
+            f = self.arena.alloc()
+            if f < 0:
+                return False
+        k = self.nfr[z]
+        self.zframes[z * MAX_ZSPAGE_FRAMES + k] = f
+        self.nfr[z] = k + 1
+        n = self.pageframes[c] + 1
+        self.pageframes[c] = n
+        if n > self.pageframes_max[c]:
+            self.pageframes_max[c] = n
+        return True
 
     def _start(self, z: int, o: int) -> tuple[int, int]:
         """(arena byte offset, bytes left in that frame) of byte o of zspage z."""
@@ -251,7 +280,7 @@ class Dense:
 
     def unit_frames(self, z: int) -> int:
         """Frames of zspage z."""
-        return CLASS_FRAMES[self.zcls[z]]
+        return self.nfr[z]
 
     def is_taken(self, h: int) -> bool:
         return bool(self.state[self.loc[h] >> SLOT_BITS] & ZOMBIE)
@@ -297,6 +326,8 @@ class Dense:
         z = stack[-1]
         old, base = self.stamp[z], self.lru_base[c]
         h = self.match_prep(c, stored, None, bytes(24), 0)
+        if h < 0:  # the zspage needs a frame the arena does not have
+            return 0
         if self.lru_base[c] == base:  # else the queue was renumbered: z stays at the tail
             self.stamp[z] = old  # the entry match_prep appended goes stale
         z, o = self._offset(h)
@@ -326,8 +357,9 @@ class Dense:
     # ---- create --------------------------------------------------------------------------
 
     def match_prep(self, c: int, stored: int, cdata, oidb: bytes, tag: int) -> int:
-        """Store an object in a zspage of its class with a free slot: its handle, or 0
-        when the class has none (zcache then gets frames for `create_zspage`)."""
+        """Store an object in a zspage of its class with a free slot: its handle; 0
+        when the class has none, -1 when the slot needs a frame the arena cannot
+        give (zcache then gets a frame, by reclaim if it must, for `grow_prep`)."""
         ci = _CLS_OF[(stored + ALIGN - 1) >> ALIGN_SHIFT]
         stack = self.partial[c][ci]
         if not stack:
@@ -335,6 +367,8 @@ class Dense:
         z = stack[-1]
         slots = self.slots[z]
         j = slots.index(0)
+        if (j + 1) * CLASS_SIZE[ci] > self.nfr[z] << PAGE_SHIFT and not self._grow(c, z):
+            return -1
         fh = self._free_h
         if not fh:
             self._grow_handles()
@@ -371,6 +405,21 @@ class Dense:
         self.cumul_zpages[c] += 1
         return h
 
+    def grow_prep(self, c: int, stored: int, f: int, cdata, oidb: bytes, tag: int) -> int:
+        """Store an object with frame `f` (taken from the arena, or reclaimed) after
+        match_prep found no room: f becomes the next frame of the zspage on top of
+        the class's stack if its free slot still needs one, else the first of a new
+        zspage, or goes back to the arena if reclaim made room meanwhile."""
+        stack = self.partial[c][_CLS_OF[(stored + ALIGN - 1) >> ALIGN_SHIFT]]
+        if not stack:
+            return self.create_zspage(c, [f], stored, cdata, oidb, tag)
+        z = stack[-1]
+        if (self.slots[z].index(0) + 1) * CLASS_SIZE[self.zcls[z]] > self.nfr[z] << PAGE_SHIFT:
+            self._grow(c, z, f)
+        else:
+            self.arena.free(f)
+        return self.match_prep(c, stored, cdata, oidb, tag)
+
     def create_zspage(self, c: int, frames: list[int], stored: int, cdata, oidb: bytes, tag: int) -> int:
         """Make a zspage of the class of `stored` from `frames` (frames_for(stored) of
         them, taken from the arena) and store the object in it; its handle."""
@@ -379,6 +428,7 @@ class Dense:
         base = z * MAX_ZSPAGE_FRAMES
         for i, f in enumerate(frames):
             self.zframes[base + i] = f
+        self.nfr[z] = len(frames)
         self.zcls[z] = ci
         self.inuse[z] = 0
         self.state[z] = LIVE | c << CLASS_SHIFT
@@ -409,10 +459,11 @@ class Dense:
     def _free_zspage(self, c: int, z: int) -> None:
         """Give an empty zspage's frames back to the arena."""
         base = z * MAX_ZSPAGE_FRAMES
-        k = CLASS_FRAMES[self.zcls[z]]
+        k = self.nfr[z]
         for i in range(k):
             self.arena.free(self.zframes[base + i])
             self.zframes[base + i] = -1
+        self.nfr[z] = 0
         self.pageframes[c] -= k
         self.zspages[c] -= 1
         self.state[z] = 0
@@ -543,7 +594,7 @@ class Dense:
         stored = sum(self.hsize[o[0]] for o in objs)
         self.freed_zbytes[EPH] += stored
         self.freed_zpages[EPH] += len(objs)
-        self.evicted_pageframes[EPH] += CLASS_FRAMES[self.zcls[z]]
+        self.evicted_pageframes[EPH] += self.nfr[z]
         return z, objs, stored, len(objs)
 
     def finish_evict(self, z: int) -> int:
@@ -556,10 +607,11 @@ class Dense:
         first = self.zframes[z * MAX_ZSPAGE_FRAMES]
         self.inuse[z] = 0
         self.zframes[z * MAX_ZSPAGE_FRAMES] = -1
-        k = CLASS_FRAMES[self.zcls[z]]
+        k = self.nfr[z]
         for i in range(1, k):
             self.arena.free(self.zframes[z * MAX_ZSPAGE_FRAMES + i])
             self.zframes[z * MAX_ZSPAGE_FRAMES + i] = -1
+        self.nfr[z] = 0
         self.pageframes[EPH] -= k
         self.zspages[EPH] -= 1
         self.state[z] = 0
@@ -600,7 +652,7 @@ class Dense:
 
     def _seen_any(self, z: int) -> bool:
         seen = self.seen
-        return any(seen[h >> 1] for h in self.slots[z] if h)
+        return any(seen[h] for h in self.slots[z] if h)
 
     def mark_idle(self) -> int:
         self.seen[:] = bytes(len(self.seen))
@@ -642,22 +694,31 @@ class Dense:
         return freed
 
     def _compact_class(self, c: int, ci: int, stack: array) -> int:
+        """Returns the frames given back, less those the zspages that took objects grew by."""
         objs = CLASS_OBJS[ci]
+        size = CLASS_SIZE[ci]
         inuse = self.inuse
         freed = 0
         while len(stack) >= 2 and sum(objs - inuse[z] for z in stack) >= objs:
             src = min(stack, key=inuse.__getitem__)
             self._partial_del(c, src)
-            size = CLASS_SIZE[ci]
-            for j, h in enumerate(self.slots[src]):
+            sslots = self.slots[src]
+            for j, h in enumerate(sslots):
                 if not h:
                     continue
                 dst = max(stack, key=inuse.__getitem__)
                 dslots = self.slots[dst]
                 k = dslots.index(0)
+                if (k + 1) * size > self.nfr[dst] << PAGE_SHIFT:
+                    if not self._grow(c, dst):  # no frame to move it into: src stays as it is now
+                        self._partial_add(c, src)
+                        return freed
+                    freed -= 1
                 s = self.hsize[h]
                 self._write(dst, k * size, self._read(src, j * size, s))
                 dslots[k] = h
+                sslots[j] = 0
+                inuse[src] -= 1
                 self.loc[h] = dst << SLOT_BITS | k
                 n = inuse[dst] + 1
                 inuse[dst] = n
@@ -666,8 +727,7 @@ class Dense:
                 self.objects_moved += 1
             # the emptied zspage's place in the LRU order is lost with it; its objects
             # now age with the zspages they joined
-            self.inuse[src] = 0
-            freed += CLASS_FRAMES[ci]
+            freed += self.nfr[src]
             self._free_zspage(c, src)
         return freed
 
@@ -685,15 +745,16 @@ class Dense:
         per: dict[int, list[int]] = {}
         for z, slots in enumerate(self.slots):
             if slots is not None and self.state[z]:
-                row = per.setdefault(self.zcls[z], [0, 0])
+                row = per.setdefault(self.zcls[z], [0, 0, 0])
                 row[0] += 1
                 row[1] += self.inuse[z]
+                row[2] += self.nfr[z]
         out = []
         for ci in sorted(per):
-            zs, n = per[ci]
-            k = CLASS_FRAMES[ci]
-            out.append({"size": CLASS_SIZE[ci], "frames_per_zspage": k, "objs_per_zspage": CLASS_OBJS[ci],
-                        "zspages": zs, "objects": n, "unused_bytes": zs * k * PAGE_SIZE - n * CLASS_SIZE[ci]})
+            zs, n, frames = per[ci]
+            out.append({"size": CLASS_SIZE[ci], "frames_per_zspage": CLASS_FRAMES[ci], "objs_per_zspage": CLASS_OBJS[ci],
+                        "zspages": zs, "frames": frames, "objects": n,
+                        "unused_bytes": frames * PAGE_SIZE - n * CLASS_SIZE[ci]})
         return out
 
     def stats(self) -> dict[str, int]:
@@ -734,7 +795,7 @@ class Dense:
         for z in range(1, len(self.zcls)):
             st = self.state[z]
             if not st:
-                assert self.slots[z] is None and z not in on_partial
+                assert self.slots[z] is None and z not in on_partial and not self.nfr[z]
                 continue
             c = st >> CLASS_SHIFT
             ci = self.zcls[z]
@@ -750,7 +811,10 @@ class Dense:
                     assert self.loc[h] == z << SLOT_BITS | j, f"handle {h} points elsewhere"
                     assert MIN_SIZE - ALIGN < self.hsize[h] <= CLASS_SIZE[ci]
                     counts["zb"][c] += self.hsize[h]
-            k = CLASS_FRAMES[ci]
+            k = self.nfr[z]
+            assert 1 <= k <= CLASS_FRAMES[ci], f"zspage {z}: {k} frames"
+            top = max(j for j, h in enumerate(slots) if h)
+            assert (top + 1) * CLASS_SIZE[ci] <= k * PAGE_SIZE, f"zspage {z}: slot {top} beyond its frames"
             fr = [self.zframes[z * MAX_ZSPAGE_FRAMES + i] for i in range(MAX_ZSPAGE_FRAMES)]
             assert all(f >= 0 for f in fr[:k]) and all(f == -1 for f in fr[k:]), f"zspage {z} frames {fr}"
             assert not frames_seen & set(fr[:k]), f"a frame of zspage {z} is in another zspage"

@@ -95,6 +95,8 @@ def nchunks(stored_size: int) -> int:
 class Zbud:
     """The zbud lists and metadata for every frame of one arena."""
 
+    SEEN_SHIFT = 1  # a get of zbudref p marks seen[p >> 1], its frame
+
     def __init__(self, buf: memoryview, nframes: int):
         self.buf = buf
         self._base = NSENTINELS << PAGE_SHIFT  # byte offset of node n is (n << 12) - _base

@@ -132,7 +132,8 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
             setattr(self, name, 0)
         # per class [eph, pers]
         self.failed_puts = [0, 0]
-        self.pageframes_max = [0, 0]
+        # dense keeps it up to date itself: its zspages also grow inside match_prep
+        self.pageframes_max = self.zbud.pageframes_max if self._dense else [0, 0]
         self.zpages = [0, 0]
         self.zpages_max = [0, 0]
         self.zbytes = [0, 0]  # payload bytes, handles not counted
@@ -151,6 +152,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         # frames marked and not read since are in _huge_idle
         self._idle_marked = False
         self._seen = self.zbud.seen
+        self._seen_shift = self.zbud.SEEN_SHIFT  # zbud: a byte per frame; dense: per handle
         self._huge_idle: set[int] = set()
         self._idle_epoch = 0  # how many marks so far: a new one starts a new recompression pass
         for name in RECLAIM_COUNTERS:
@@ -381,7 +383,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         oidb = oid.to_bytes(24, "little")
         tag = index | pool.handle_tag
         p = zbud.match_prep(c, clen + HANDLE_SIZE, cdata, oidb, tag)
-        if not p:
+        if p <= 0:  # dense says -1 when its zspage needs a frame the arena lacks
             if self._dense:
                 return self._store_new_zspage(pool, oid, index, cdata, clen, c, oidb, tag)
             f = self.arena.alloc()
@@ -406,19 +408,14 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
     def _store_new_zspage(self, pool: Pool, oid: int, index: int, cdata, clen: int, c: int,
                           oidb: bytes, tag: int) -> bool:
         """The rest of _store for the dense allocator when no zspage of the class has
-        room: the new zspage's frames, each from the arena or else from ouroboros."""
-        stored = clen + HANDLE_SIZE
-        frames = []
-        for _ in range(self.zbud.frames_for(stored)):
-            f = self.arena.alloc()
+        room without another frame: one frame, from the arena or else from ouroboros,
+        to grow the class's zspage or to start a new one (Dense.grow_prep)."""
+        f = self.arena.alloc()
+        if f < 0:
+            f = self._ouroboros(c)
             if f < 0:
-                f = self._ouroboros(c)
-                if f < 0:
-                    for g in frames:
-                        self.arena.free(g)
-                    return False
-            frames.append(f)
-        p = self.zbud.create_zspage(c, frames, stored, cdata, oidb, tag)
+                return False
+        p = self.zbud.grow_prep(c, clen + HANDLE_SIZE, f, cdata, oidb, tag)
         if self.zbud.pageframes[c] > self.pageframes_max[c]:
             self.pageframes_max[c] = self.zbud.pageframes[c]
         n = self.zpages[c] + 1
@@ -529,7 +526,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
     def get_data(self, p: int, pool: Pool):
         if p > 0:
             if self._idle_marked:
-                self._seen[p >> 1] = 1
+                self._seen[p >> self._seen_shift] = 1
             # A payload the codec refuses is a recompressed one (zcache_recompress.py):
             # only then is the codec byte of its handle read.
             try:

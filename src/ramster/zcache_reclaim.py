@@ -311,8 +311,7 @@ class Reclaim:
         return written, kept
 
     def _write_back_page(self, sink, p: int, pool: Pool, oid: int, index: int) -> bool:
-        # Not a read of the page: with the dense allocator the "seen" byte it would
-        # set is shared with a handle in another zspage, which would stop looking idle.
+        # Not a read of the page: it must not make anything look recently used.
         marked, self._idle_marked = self._idle_marked, False
         try:
             page = self.get_data(p, pool)

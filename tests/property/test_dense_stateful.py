@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ramster.dense import CLASS_OBJS, CLASS_SIZE, MAX_SIZE, MAX_ZSPAGE_FRAMES, Dense
+from ramster.dense import CLASS_OBJS, CLASS_SIZE, MAX_SIZE, MAX_ZSPAGE_FRAMES, Dense, class_of
 from ramster.frames import FrameArena
 from ramster.zbud import EPH, HANDLE_SIZE, PERS
 
@@ -46,18 +46,12 @@ class DenseMachine(RuleBasedStateMachine):
         stored = size + HANDLE_SIZE
         oidb = oid.to_bytes(24, "little")
         h = self.d.match_prep(c, stored, data, oidb, index)
-        if not h:
-            frames = []
-            for _ in range(self.d.frames_for(stored)):
-                f = self.arena.alloc()
-                if f < 0:
-                    break
-                frames.append(f)
-            if len(frames) < self.d.frames_for(stored):
-                for f in frames:
-                    self.arena.free(f)
+        if h <= 0:  # no zspage with room, or its next slot needs a frame: zcache's way, one frame
+            f = self.arena.alloc()
+            if f < 0:
+                assert h == -1 or not self.d.partial[c][class_of(stored)]
                 return
-            h = self.d.create_zspage(c, frames, stored, data, oidb, index)
+            h = self.d.grow_prep(c, stored, f, data, oidb, index)
         assert h > 0 and h not in self.model
         self.model[h] = (c, data, oid, index)
 

@@ -107,13 +107,14 @@ def test_compaction_moves_objects_and_frees_frames():
 
 def test_writeback_and_idle_with_dense():
     disk = {}
-    zc = Zcache(8, allocator="dense",
+    zc = Zcache(16, allocator="dense",
                 writeback_sink=lambda pool, oid, index, data: disk.__setitem__((oid, index), data) or True)
     pid = zc.new_pool(True)
-    pages = [sized_page(i, 1500) for i in range(60)]
+    pages = [sized_page(i, 1500) for i in range(100)]
     kept = [i for i, pg in enumerate(pages) if zc.put_page(pid, 1, i, pg)]
     zc.check()
-    assert disk and len(kept) == 60  # the LRU persistent zspages went to the sink to make room
+    assert disk and len(kept) == 100  # the LRU persistent zspages went to the sink to make room
+    assert zc.zbud.zspages[1] >= 2  # so that one read leaves another zspage idle
     for i in kept:
         assert zc.get_page(pid, 1, i) or disk[(1, i)] == pages[i]
     assert zc.mark_idle() == zc.idle_pages() > 0
@@ -260,3 +261,39 @@ def test_shrinking_evicts_whole_zspages_only_as_far_as_needed():
     assert zc.set_max_pageframes(used - 2) == 0
     zc.check()
     assert used - 2 - k < zc.pageframes_in_use <= used - 2  # one zspage went, not one per frame
+
+
+def test_a_zspage_grows_a_frame_at_a_time():
+    zc = Zcache(64, allocator="dense")
+    pid = zc.new_pool(True)
+    d = zc.zbud
+    frames = []
+    for i in range(40):
+        assert zc.put_page(pid, 1, i, sized_page(i, 1000))
+        frames.append(zc.pageframes_in_use)
+        zc.check()  # every used slot lies within the frames its zspage holds
+    size = {CLASS_SIZE[d.zcls[z]] for z in range(1, len(d.zcls)) if d.state[z]}
+    assert len(size) == 1
+    s = size.pop()
+    ci = class_of(s)
+    # the frames in use are what the objects reach into, never a whole empty zspage
+    full, rest = divmod(40, CLASS_OBJS[ci])
+    assert frames[-1] == full * CLASS_FRAMES[ci] + -(-rest * s // PAGE_SIZE)
+    assert frames[0] == 1 and all(b - a in (0, 1) for a, b in zip(frames, frames[1:]))
+
+
+def test_a_persistent_zspage_grows_by_evicting_ephemeral_ones():
+    zc = Zcache(6, allocator="dense")
+    eph, pers = zc.new_pool(False), zc.new_pool(True)
+    i = 0
+    while zc.pageframes_in_use < 6 and i < 100:  # the budget full of ephemeral pages
+        assert zc.put_page(eph, 1, i, sized_page(i, 1000))
+        i += 1
+    assert zc.pageframes_in_use == 6
+    pages = [sized_page(100 + i, 1000) for i in range(20)]
+    for i, pg in enumerate(pages):
+        assert zc.put_page(pers, 1, i, pg)
+        zc.check()
+    assert zc.stats()["dense.eph_evicted_pageframes"] > 0
+    for i, pg in enumerate(pages):
+        assert zc.get_page(pers, 1, i) == pg
