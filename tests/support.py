@@ -67,6 +67,16 @@ def need(*tools: str) -> None:
         missing(f"not installed: {', '.join(absent)}", [PACKAGES.get(t, t) for t in absent])
 
 
+def need_guest(*extra: str) -> None:
+    """The test boots the guest (ramster.guest): QEMU, a Debian kernel, busybox-static, musl-gcc, and the
+    `extra` commands must be there (see missing())."""
+    from ramster.guest import tools
+
+    absent = tools.check_all(extra)
+    if absent:
+        missing("the guest cannot boot: " + "; ".join(m.what for m in absent), [m.package for m in absent])
+
+
 def need_nbd():
     """libnbd's Python binding: Debian's python3-libnbd, which bootstrap.sh links into the venv."""
     try:

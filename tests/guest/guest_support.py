@@ -5,15 +5,10 @@ from pathlib import Path
 
 import support
 
-from ramster.guest import tools
-
 
 def require(*extra: str) -> None:
     """Skip when something the guest needs is missing; in CI, fail and name the Debian package instead."""
-    missing = tools.check_all(extra)
-    if not missing:
-        return
-    support.missing("the guest cannot boot: " + "; ".join(m.what for m in missing), [m.package for m in missing])
+    support.need_guest(*extra)
 
 
 def Node(tmp: Path, name: str, memory: str, *exports: str, config: Path | None = None) -> support.NodeProcess:

@@ -1,11 +1,22 @@
 """`ramster bench density`: memory per original byte of ramster's allocators and features, zram and nbdkit.
 
-One run, the same pages for every target. Two images (density_pages.py):
-held-out corpus pages, and the memory of several forked workers of one
-Python program (the duplicate-heavy case). Each target gets each image
-written through the transport `ramster bench nbd` uses (nbdcopy over a Unix
-socket; dd with O_DIRECT for zram, which has no server), then what it holds
-is measured:
+One run, the same pages for every target. Three images (density_pages.py):
+
+- held-out: corpus pages set aside from what the other benchmarks tune on;
+- workers: the memory of several forked workers of one Python program (the
+  duplicate-heavy case);
+- guest-swap: a Linux guest's swap traffic. The guest of `ramster bench
+  guest` (QEMU/TCG, a memory hog larger than its memory) boots once with its
+  swap disk a sparse raw file, runs the hog to completion, and the pages the
+  kernel wrote there (the file's data extents, each slot as last written,
+  the swap header left out) are the image, up to --guest-size. Where the
+  guest cannot boot (no QEMU, no kernel in /boot, no busybox-static, ...)
+  every target's row on it says "not available" and why; --no-guest leaves
+  the workload out, and the output says so.
+
+Each target gets each image written through the transport `ramster bench
+nbd` uses (nbdcopy over a Unix socket; dd with O_DIRECT for zram, which has
+no server), then what it holds is measured:
 
 - a ramster node (ramster-zbud, -zbud+recompress, -dense, -dense+recompress,
   -dense+dedup):
@@ -23,8 +34,10 @@ A target whose feature is missing (a node flag or ctl verb not in this
 ramster, a zram without recompression, no root for zram) is a row saying
 "not available" and why; nothing stands in for it.
 
-Put/get rates (density_rates.py) are measured in this process, pinned to the
-server CPU, as ratios to the lz4 floor timed beside them.
+Servers run on one CPU and clients (nbdcopy, dd, the forked workers, the
+guest's QEMU) on another (taskset -c). Put/get rates (density_rates.py) of
+every image are measured in this process, pinned to the server CPU, as
+ratios to the lz4 floor timed beside them.
 """
 from __future__ import annotations
 
@@ -39,158 +52,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..guest import tools
 from ..units import PAGE_SIZE
-from . import common, density_pages, density_rates, runners
+from . import common, density_pages, density_rates
 from .common import ToolError, fmt
 from .corpus import corpus_files
-from .nbd_targets import NbdkitTarget, RamsterTarget, ZramTarget
+from .density_targets import TARGETS, make, node_features, why_unavailable
 
-WORKLOADS = ("held-out", "workers")
-# name -> (node flags, recompress before measuring)
-RAMSTER = {
-    "ramster-zbud": ([], False),
-    "ramster-zbud+recompress": ([], True),
-    "ramster-dense": (["--allocator", "dense"], False),
-    "ramster-dense+recompress": (["--allocator", "dense"], True),
-    "ramster-dense+dedup": (["--allocator", "dense", "--dedup"], False),
-}
-TARGETS = (*RAMSTER, "zram-lz4", "zram-lz4+zstd", "nbdkit-zstd")
+GUEST = "guest-swap"
+WORKLOADS = ("held-out", "workers", GUEST)
 DEFAULT_HELD_OUT = 32 << 20  # every set-aside page of shared/corpus
 DEFAULT_WORKERS_SIZE = 64 << 20
 DEFAULT_WORKERS = 4
-RECOMPRESS_TIMEOUT = 600
-
-
-# ---- targets ------------------------------------------------------------------------------------
-
-class RamsterVariant(RamsterTarget):
-    """A ramster node with extra flags; memory = the image, so every variant keeps what it can."""
-
-    def __init__(self, name: str, flags: list[str], recompress: bool, *a):
-        super().__init__(*a)
-        self.name, self.flags, self.recompress = name, flags, recompress
-        short = f"r{list(RAMSTER).index(name)}"  # a Unix socket's path is at most 107 bytes
-        self.sock = self.tmp / f"{short}.sock"
-        self.log = self.tmp / f"{short}.log"
-        self.backing = self.tmp / f"{short}.backing"
-        self.control = self.tmp / f"{short}.ctl"
-
-    def command(self, size: int) -> list[str]:
-        return super().command(size) + self.flags + ["--control", str(self.control)]
-
-    def describe(self) -> str:
-        return super().describe() + (" " + " ".join(self.flags) if self.flags else "") + \
-            (" + ctl mark-idle, ctl recompress" if self.recompress else "")
-
-    def settle(self) -> dict:
-        if not self.recompress:
-            return {}
-        return _recompress_node(self)
-
-    def _settle_tiny(self) -> None:
-        """The tiny node goes through the same steps, so the second codec's own state (its
-        library, its contexts) is in the baseline and only what the pages cost is counted."""
-        if self.recompress:
-            _recompress_node(self)
-
-    def snapshot(self) -> dict:
-        st = common.wait_quiet_heap(f"http://127.0.0.1:{self.port}/stats", self.proc)
-        rss = common.rss_bytes(self.proc.pid)
-        backing = common.allocated_bytes(self.backing)
-        c = st["counters"]
-        used = rss - self.baseline_rss + backing
-        frames = c.get("zcache.pers_pageframes", 0) + c.get("zcache.eph_pageframes", 0)
-        keep = ("zcache.pers_zpages", "zcache.pers_zbytes", "zcache.pers_pageframes", "zcache.huge_pages",
-                "zcache.same_filled_pages", "zcache.zero_filled_pages", "zcache.writtenback_pages")
-        return {"memory_bytes": used, "memory_per_original_byte": used / self.size, "rss_bytes": rss,
-                "baseline_rss_bytes": self.baseline_rss, "backing_file_bytes": backing,
-                "frames_bytes": frames * PAGE_SIZE,
-                "memory_source": "node VmRSS once it trimmed its heap, minus that of the same node holding 64 KiB "
-                                 "(same steps), + backing file bytes",
-                "counters": {k: v for k, v in c.items()
-                             if k in keep or k.startswith(("dense.", "zcache.dedup", "zcache.recomp"))}}
-
-
-def _ctl(t: RamsterVariant, *verb: str) -> dict:
-    r = common.run([sys.executable, "-m", "ramster.cli", "ctl", "--control", str(t.control), "--json", *verb],
-                   timeout=RECOMPRESS_TIMEOUT)
-    if r.returncode != 0:
-        raise RuntimeError(f"ramster ctl {' '.join(verb)} failed: {(r.stderr.strip() or r.stdout.strip())[-300:]}")
-    try:
-        return json.loads(r.stdout)
-    except ValueError:
-        return {"output": r.stdout.strip()}
-
-
-def _recompress_node(t: RamsterVariant) -> dict:
-    """Mark every page idle, then ask for recompression until a pass finds nothing more to do.
-
-    The verb runs a pass on the node's loop and answers when it ends; /stats
-    then says what the passes did (recompressed + skipped = pages looked at)."""
-    _ctl(t, "mark-idle")
-    t0 = time.monotonic()
-    calls = pages = 0
-    while True:
-        calls += 1
-        n = _ctl(t, "recompress").get("result", {}).get("pages", 0)
-        pages += n
-        if n == 0 or calls >= 100:
-            break
-    c = common.get_json(f"http://127.0.0.1:{t.port}/stats", t.proc)["counters"]
-    return {"recompress_seconds": time.monotonic() - t0, "ctl_calls": calls, "recompressed_pages": pages,
-            "counters": {k: c[k] for k in RECOMPRESS_COUNTERS if k in c}}
-
-
-RECOMPRESS_COUNTERS = ("zcache.recompressed", "zcache.recompress_skipped", "zcache.recompress_saved_bytes")
-
-
-class ZramVariant(ZramTarget):
-    def __init__(self, name: str, recompress: bool, *a):
-        super().__init__(*a)
-        self.name, self.recompress = name, recompress
-
-    def start(self) -> None:
-        self.dev = runners.ZramDevice(self.size, "lz4", recompress="zstd" if self.recompress else None)
-
-    def describe(self) -> str:
-        return super().describe() + (", recomp_algorithm zstd, idle pages recompressed" if self.recompress else "")
-
-    def settle(self) -> dict:
-        if not self.recompress:
-            return {}
-        t0 = time.monotonic()
-        (self.dev.sysdir / "idle").write_text("all")
-        (self.dev.sysdir / "recompress").write_text("type=idle")  # returns when it is done
-        return {"recompress_seconds": time.monotonic() - t0}
-
-
-class NbdkitVariant(NbdkitTarget):
-    def settle(self) -> dict:
-        return {}
-
-
-def node_features() -> dict[str, bool]:
-    """Which of the variants' flags and verbs this ramster has."""
-    node = common.run([sys.executable, "-m", "ramster.cli", "node", "--help"], timeout=60).stdout
-    ctl = common.run([sys.executable, "-m", "ramster.cli", "ctl", "--help"], timeout=60).stdout
-    return {"--allocator": "--allocator" in node, "--dedup": "--dedup" in node,
-            "ctl recompress": "recompress" in ctl.split("options:")[0]}
-
-
-def why_unavailable(name: str, features: dict[str, bool]) -> str | None:
-    if name in RAMSTER:
-        flags, recompress = RAMSTER[name]
-        missing = [f for f in flags if f.startswith("--") and not features[f]]
-        if recompress and not features["ctl recompress"]:
-            missing.append("ctl recompress")
-        return f"not available: this ramster has no {', '.join(missing)}" if missing else None
-    if name.startswith("zram"):
-        why = runners.zram_unavailable()
-        if why:
-            return f"not available: {why}"
-        if name == "zram-lz4+zstd":
-            return runners.zram_recompress_unavailable("zstd")
-    return None
+DEFAULT_GUEST_SIZE = 64 << 20
 
 
 # ---- results ------------------------------------------------------------------------------------
@@ -215,6 +89,7 @@ class Stored:
 class DensityBench:
     pinning: str
     cpus: dict
+    workloads: dict[str, dict]  # name -> {"status": "ok", "not available", "failed" or "left out", "reason"}
     images: dict
     settings: dict
     versions: dict
@@ -265,21 +140,13 @@ class DensityBench:
 
 
 def as_json(b: DensityBench) -> dict:
-    return {"benchmark": "density", "pinning": b.pinning, "cpus": b.cpus, "images": b.images, "settings": b.settings,
+    return {"benchmark": "density", "pinning": b.pinning, "cpus": b.cpus, "workloads": b.workloads,
+            "images": b.images, "settings": b.settings,
             "versions": b.versions, "features": b.features, "stored": [asdict(s) for s in b.stored],
             "rates": [asdict(r) for r in b.rates], "acceptance": b.acceptance()}
 
 
 # ---- running ------------------------------------------------------------------------------------
-
-def _make(name: str, tmp: Path, procs: common.Procs, cpus: dict, size: int):
-    if name in RAMSTER:
-        flags, recompress = RAMSTER[name]
-        return RamsterVariant(name, flags, recompress, size, tmp, procs, cpus, size)
-    if name.startswith("zram"):
-        return ZramVariant(name, name.endswith("+zstd"), tmp, procs, cpus, size)
-    return NbdkitVariant("zstd", tmp, procs, cpus, size)
-
 
 def _store(t, workload: str, image: Path) -> Stored:
     res = Stored(t.name, workload, server=t.describe())
@@ -298,14 +165,48 @@ def _store(t, workload: str, image: Path) -> Stored:
     return res
 
 
+def _guest_workload(args: argparse.Namespace, tmp: Path, cpu: int, progress) -> tuple[dict, dict | None]:
+    """({"status", "reason"}, the guest-swap image's description or None when there is none)."""
+    if args.no_guest:
+        return {"status": "left out", "reason": "--no-guest"}, None
+    why = density_pages.guest_unavailable()
+    if why:
+        return {"status": "not available", "reason": why}, None
+    progress(f"{GUEST}: the guest's memory hog swapping on a raw file")
+    work = tmp / "guest"
+    work.mkdir()
+    try:
+        image = density_pages.guest_swap_image(args.guest_size, tmp / f"{GUEST}.raw", cpu, work)
+    except (RuntimeError, OSError) as e:
+        why = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
+        return {"status": "failed", "reason": why}, None
+    return {"status": "ok", "reason": ""}, image
+
+
+def _rates(workloads: dict[str, dict], tmp: Path, args: argparse.Namespace, progress) -> list[density_rates.Rate]:
+    """Every variant's rates on every image there is; a row saying why for a workload without one."""
+    pages = {wl: density_rates.pages_of((tmp / f"{wl}.raw").read_bytes(), args.rate_pages,
+                                        args.workers if wl == "workers" else 1)
+             for wl, st in workloads.items() if st["status"] == "ok"}
+    measured = density_rates.measure(pages, args.repeat, progress)
+    out = []
+    for wl, st in workloads.items():
+        if st["status"] == "ok":
+            out += [r for r in measured if r.workload == wl]
+        elif st["status"] != "left out":
+            out += [density_rates.Rate(wl, v[0], status=st["status"], reason=st["reason"])
+                    for v in density_rates.VARIANTS]
+    return out
+
+
 def run(args: argparse.Namespace, progress=lambda msg: None) -> DensityBench:
     files = corpus_files(args.corpus)
     server, client = common.two_cpus()
     cpus = {"server": server, "client": client}
     pinning = (f"servers (ramster node, nbdkit) on CPU {server} (taskset -c {server}); clients (nbdcopy, dd, the "
-               f"forked workers) on CPU {client} (taskset -c {client}); zram compresses in dd's thread on CPU "
-               f"{client}; the put/get rates in this process, pinned to CPU {server} (sched_setaffinity); "
-               f"{os.cpu_count()} CPUs online")
+               f"forked workers, the guest's QEMU) on CPU {client} (taskset -c {client}); zram compresses in dd's "
+               f"thread on CPU {client}; the put/get rates in this process, pinned to CPU {server} "
+               f"(sched_setaffinity); {os.cpu_count()} CPUs online")
     features = node_features()
     stored: list[Stored] = []
     with common.workspace("ramster-density-") as (tmp, procs):
@@ -313,11 +214,19 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> DensityBench:
         images = {"held-out": density_pages.held_out_image(files, args.held_out_size, tmp / "held-out.raw"),
                   "workers": density_pages.workers_image(args.workers, args.workers_size, tmp / "workers.raw",
                                                          client)}
+        workloads = {wl: {"status": "ok", "reason": ""} for wl in images}
+        workloads[GUEST], guest_image = _guest_workload(args, tmp, client, progress)
+        if guest_image is not None:
+            images[GUEST] = guest_image
         os.sched_setaffinity(0, {client})
-        for wl in WORKLOADS:
+        for wl, st in workloads.items():
+            if st["status"] != "ok":
+                if st["status"] != "left out":  # every target says why it has no figure here
+                    stored += [Stored(name, wl, status=st["status"], reason=st["reason"]) for name in args.targets]
+                continue
             image = tmp / f"{wl}.raw"
             size = images[wl]["size"]
-            own = tmp / wl[0]  # every target's socket and backing file, apart from the other image's
+            own = tmp / wl[0]  # every target's socket and backing file, apart from the other images'
             own.mkdir()
             for name in args.targets:
                 why = why_unavailable(name, features)
@@ -325,36 +234,42 @@ def run(args: argparse.Namespace, progress=lambda msg: None) -> DensityBench:
                     stored.append(Stored(name, wl, status="not available", reason=why.removeprefix("not available: ")))
                     continue
                 progress(f"{name}: storing {wl} ({size >> 20} MiB)")
-                stored.append(_store(_make(name, own, procs, cpus, size), wl, image))
+                stored.append(_store(make(name, own, procs, cpus, size), wl, image))
         os.sched_setaffinity(0, {server})
-        limit = args.rate_pages
-        pages = {wl: density_rates.pages_of((tmp / f"{wl}.raw").read_bytes(), limit,
-                                            args.workers if wl == "workers" else 1) for wl in WORKLOADS}
-        rates = density_rates.measure(pages, args.repeat, progress)
+        rates = _rates(workloads, tmp, args, progress)
     versions = {"nbdcopy": common.version(["nbdcopy", "--version"]), "nbdkit": common.version(["nbdkit", "--version"]),
                 "kernel": platform.release(), "ramster": __version__, "python": sys.version.split()[0]}
+    if GUEST in images:
+        versions["qemu"] = common.version([tools.QEMU, "--version"])
+        versions["guest_kernel"] = images[GUEST]["kernel"]
     settings = {"held_out_size": args.held_out_size, "workers": args.workers, "workers_size": args.workers_size,
-                "rate_pages": limit, "repeat": args.repeat,
+                "guest_size": None if args.no_guest else args.guest_size, "rate_pages": args.rate_pages,
+                "repeat": args.repeat,
                 "ramster": "node --memory = the image's size (every variant keeps what it can), --compressor lz4, "
                            "swap export of the image's size with a backing file in the temp dir",
-                "transport": "nbdcopy over Unix sockets (ramster, nbdkit); dd bs=256K oflag=direct (zram)"}
-    return DensityBench(pinning=pinning, cpus=cpus, images=images, settings=settings, versions=versions,
-                        features=features, stored=stored, rates=rates)
+                "transport": "nbdcopy over Unix sockets (ramster, nbdkit); dd bs=256K oflag=direct (zram)",
+                "guest": "-machine q35,accel=tcg -cpu max -smp 1, one virtio-blk swap disk: a sparse raw file "
+                         "through QEMU's file driver"}
+    return DensityBench(pinning=pinning, cpus=cpus, workloads=workloads, images=images, settings=settings,
+                        versions=versions, features=features, stored=stored, rates=rates)
 
 
 # ---- output -------------------------------------------------------------------------------------
 
 def _tables(b: DensityBench) -> list[common.Table]:
+    shown = [wl for wl, st in b.workloads.items() if st["status"] != "left out"]
     mem = common.Table("memory per original byte (lower is denser), after the image is written",
-                       ["target"] + [f"{wl}: B per orig. B" for wl in WORKLOADS] + [f"{wl}: MiB" for wl in WORKLOADS]
+                       ["target"] + [f"{wl}: B per orig. B" for wl in shown] + [f"{wl}: MiB" for wl in shown]
                        + ["note"], left=("target", "note"))
     for name in dict.fromkeys(s.target for s in b.stored):
         row = [name]
         cells = {s.workload: s for s in b.stored if s.target == name}
-        row += [fmt(cells[wl].per_byte, ".3f") if wl in cells else "–" for wl in WORKLOADS]
+        row += [fmt(cells[wl].per_byte, ".3f") if wl in cells else "–" for wl in shown]
         row += [fmt(cells[wl].memory.get("memory_bytes", 0) / (1 << 20) if cells[wl].status == "ok" else None, ",.1f")
-                if wl in cells else "–" for wl in WORKLOADS]
-        notes = sorted({f"{s.status}: {s.reason}" for s in cells.values() if s.status != "ok"})
+                if wl in cells else "–" for wl in shown]
+        # a workload without an image is explained once, in the notes above the tables
+        notes = sorted({f"{s.status}: {s.reason}" for s in cells.values()
+                        if s.status != "ok" and b.workloads[s.workload]["status"] == "ok"})
         row.append("; ".join(notes))
         mem.rows.append(row)
     rates = common.Table("put/get rates in one process (pages/s) and their ratio to the lz4 floor, same run",
@@ -365,8 +280,16 @@ def _tables(b: DensityBench) -> list[common.Table]:
         rates.rows.append([r.workload, r.variant, k(r.put_pps), fmt(r.put_ratio, ".2f"), k(r.get_pps),
                            fmt(r.get_ratio, ".2f"), k(r.recompress_pps), fmt(r.recompressed, "d"),
                            fmt(r.bytes_per_original_byte, ".3f"),
-                           "" if r.status == "ok" else f"{r.status}: {r.reason}"])
+                           _rate_note(b, r)])
     return [mem, rates]
+
+
+def _rate_note(b: DensityBench, r: density_rates.Rate) -> str:
+    if r.status == "ok":
+        return ""
+    if b.workloads[r.workload]["status"] != "ok":  # said once, in the workload's note
+        return f"{r.status}: no {r.workload} image (see its note)"
+    return f"{r.status}: {r.reason}"
 
 
 def _notes(b: DensityBench) -> list[str]:
@@ -380,12 +303,26 @@ def _notes(b: DensityBench) -> list[str]:
         f"forked from one Python parent ({w['parent_rows']} rows shared, {w['rows_per_worker']} of its own each); "
         f"lz4 ratio {w['lz4_ratio']:.2f}; {w['duplicate_pages']} pages ({100 * w['duplicate_share']:.1f} %) "
         f"duplicate an earlier one, {w['same_filled_pages']} same-filled.",
+        _guest_note(b),
         "Memory: ramster and nbdkit, the server's VmRSS minus that of the same server (same flags) serving 64 KiB, "
         "plus ramster's backing file bytes; zram, mm_stat mem_used_total.",
         f"Rates: best of {b.settings['repeat']} runs over {b.settings['rate_pages']} pages of each image (of the "
         "workers', an equal share of each worker's); "
         "the floor compresses every page with lz4 into a bare arena and decompresses it back.",
     ]
+
+
+def _guest_note(b: DensityBench) -> str:
+    st = b.workloads[GUEST]
+    if st["status"] != "ok":
+        return f"{GUEST}: {st['status']}: {st['reason']}."
+    g = b.images[GUEST]
+    return (f"{GUEST}: {g['pages']} pages ({g['size'] >> 20} MiB) of the {g['swap_written_bytes'] >> 20} MiB a Linux "
+            f"guest ({g['kernel']}, {g['guest_memory_mib']} MiB, QEMU TCG on CPU {b.cpus['client']}) wrote to its "
+            f"swap disk, a sparse raw file, while its {g['hog_mib']} MiB memory hog ran and passed "
+            f"({g['hog'].get('total', 0):.1f} s, {g['vmstat'].get('pswpout', 0):,} pages swapped out): the file's "
+            f"data extents, each slot as last written, lowest slots first, the swap header left out; lz4 ratio "
+            f"{g['lz4_ratio']:.2f}, {g['duplicate_pages']} duplicate and {g['same_filled_pages']} same-filled pages.")
 
 
 def _recompress_notes(b: DensityBench) -> list[str]:
@@ -437,6 +374,10 @@ def add_parser(bsub) -> None:
                    help=f"forked Python workers whose memory is the duplicate-heavy image (default {DEFAULT_WORKERS})")
     p.add_argument("--workers-size", metavar="SIZE", default=str(DEFAULT_WORKERS_SIZE),
                    help="bytes of the workers' image (default 64M)")
+    p.add_argument("--guest-size", metavar="SIZE", default=str(DEFAULT_GUEST_SIZE),
+                   help="at most this many bytes of the guest's swap traffic (default 64M)")
+    p.add_argument("--no-guest", action="store_true",
+                   help=f"leave the {GUEST} workload out (it boots a guest under QEMU, about a minute with TCG)")
     p.add_argument("--targets", type=_targets, default=list(TARGETS), metavar="LIST",
                    help=f"comma-separated (default {','.join(TARGETS)})")
     p.add_argument("--corpus", nargs="+", metavar="PATH",
@@ -456,9 +397,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         args.held_out_size = parse_size(args.held_out_size, "--held-out-size")
         args.workers_size = parse_size(args.workers_size, "--workers-size")
+        args.guest_size = parse_size(args.guest_size, "--guest-size")
     except ValueError as e:
         raise UserError(str(e)) from None
-    for flag, v in (("--held-out-size", args.held_out_size), ("--workers-size", args.workers_size)):
+    for flag, v in (("--held-out-size", args.held_out_size), ("--workers-size", args.workers_size),
+                    ("--guest-size", args.guest_size)):
         if v < 1 << 20 or v % PAGE_SIZE:
             raise UserError(f"{flag} must be a multiple of 4096 and at least 1M")
     if args.workers < 2:

@@ -1,4 +1,4 @@
-"""The two images `ramster bench density` stores: held-out corpus pages, and forked workers' memory.
+"""The images `ramster bench density` stores: held-out corpus pages, forked workers' memory, a guest's swap.
 
 Held-out pages. Each *.pages file of shared/corpus is 4096 pages dumped from
 one process or from files; the first HELD_OUT_FROM of each are the ones
@@ -19,6 +19,15 @@ which pages are present (bit 63, readable without root), /proc/PID/mem
 gives their bytes. A page the children never wrote is identical in all of
 them (the same address layout, inherited by fork), a page one wrote differs;
 that mix, not a made-up duplicate share, is what dedup meets.
+
+A guest's swap traffic. The guest of `ramster bench guest` (a Linux kernel
+under QEMU/TCG, its verifying memory hog several times larger than its
+memory) boots once, swapping on a sparse raw file through QEMU's file driver,
+and runs the hog to completion. What the guest kernel wrote to swap is then
+the file's data extents (SEEK_DATA / SEEK_HOLE), read as whole 4 KiB pages:
+each slot as last written, in slot order. Page 0 is the swap header mkswap
+wrote, not traffic, and is left out. The swap file is sparse, so a slot the
+kernel never wrote is a hole and is not a page of the image.
 """
 from __future__ import annotations
 
@@ -30,9 +39,11 @@ import sys
 from pathlib import Path
 
 from ..compress import get_codec
+from ..guest import initramfs, tools, vm
 from ..units import PAGE_SIZE
 from . import common, synthetic
 from .corpus import CorpusFile
+from .guest import DEFAULT_SIZE as SWAP_SIZE, DEFAULT_TIMEOUT as GUEST_TIMEOUT, FileTarget
 
 HELD_OUT_FROM = 2048  # pages of each corpus file before this one are not used here
 
@@ -155,4 +166,74 @@ def workers_image(workers: int, size: int, path: Path, cpu: int) -> dict:
             "rows_per_worker": own,
             "sources": [f"/proc/PID/mem of {workers} children forked from one Python parent (heap and "
                         f"anonymous private writable mappings, present pages only; {os.uname().release})"],
+            **_stats(pages)}
+
+
+def data_extents(path: Path):
+    """(start, end) byte ranges of a sparse file's data, widened to whole pages, in file order."""
+    with open(path, "rb") as f:
+        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                return
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            start -= start % PAGE_SIZE
+            end = min(-(-end // PAGE_SIZE) * PAGE_SIZE, size)
+            yield start, end
+            pos = end
+
+
+def written_pages(path: Path, limit: int) -> list[bytes]:
+    """At most `limit` pages of a swap file's data, lowest slots first, page 0 (the swap header) left out."""
+    pages: list[bytes] = []
+    with open(path, "rb") as f:
+        for start, end in data_extents(path):
+            start = max(start, PAGE_SIZE)
+            f.seek(start)
+            while start < end and len(pages) < limit:
+                page = f.read(PAGE_SIZE)
+                if len(page) < PAGE_SIZE:  # a file that ends mid-page: no whole slot there
+                    break
+                pages.append(page)
+                start += PAGE_SIZE
+            if len(pages) >= limit:
+                break
+    return pages
+
+
+def guest_unavailable() -> str | None:
+    """Why the guest cannot boot here (a tool, a kernel, busybox-static missing), or None."""
+    missing = tools.check_all()
+    return "; ".join(str(m) for m in missing) or None
+
+
+def guest_swap_image(size: int, path: Path, cpu: int, work: Path, timeout: float = GUEST_TIMEOUT) -> dict:
+    """Up to `size` bytes of what a guest's kernel wrote to swap while its memory hog ran, written to `path`.
+
+    QEMU runs pinned to `cpu`; `work` holds the initramfs, the console and the swap file until the
+    pages are read. RuntimeError if the guest does not pass (the hog's verdict and the console's tail)."""
+    kernel = tools.find_kernel()
+    initrd = initramfs.build(kernel, work / "initramfs.gz")
+    swap = FileTarget(work, None, {"qemu": cpu}, SWAP_SIZE)
+    swap.start()
+    try:
+        g = vm.run(kernel, initrd, swap.disk(), work / "guest.console", timeout, prefix=tuple(common.pin(cpu)))
+        if not g.passed:
+            raise RuntimeError(f"the guest did not pass its memory hog: {g.summary()}")
+        written = sum(end - max(start, PAGE_SIZE) for start, end in data_extents(swap.path) if end > PAGE_SIZE)
+        pages = written_pages(swap.path, size // PAGE_SIZE)
+    finally:
+        swap.stop()
+    if not pages:
+        raise RuntimeError(f"the guest's memory hog passed without writing to swap: {g.summary()}")
+    path.write_bytes(b"".join(pages))
+    return {"kind": "a Linux guest's swap traffic", "kernel": kernel.version, "guest_memory_mib": vm.GUEST_MEMORY_MIB,
+            "hog_mib": vm.HOG_MIB, "seed": vm.SEED, "swap_written_bytes": written, "hog": g.hog, "vmstat": g.vmstat,
+            "guest_wall_seconds": round(g.wall_seconds, 1),
+            "sources": [f"the swap disk of a Linux guest ({kernel.version}, {vm.GUEST_MEMORY_MIB} MiB, QEMU TCG) "
+                        f"after its {vm.HOG_MIB} MiB memory hog (seed {vm.SEED}) passed: {swap.describe()}; its data "
+                        f"extents from page 1 on, lowest slots first ({written >> 20} MiB written in all)"],
             **_stats(pages)}

@@ -198,10 +198,7 @@ def _one(t: Target, kernel, initrd: Path, args, progress) -> Run:
                    seed=args.seed)
         cpu = common.cpu_seconds(t.proc.pid) - c0 if t.proc else None
         server = t.stats()
-        verdict = g.verdict()
-        if not g.passed and (g.trouble or not g.hog):
-            verdict += f" | console: {' / '.join(g.tail(6).splitlines())}"
-        return Run(t.name, g.passed, verdict, round(g.wall_seconds, 2), g.hog, g.vmstat,
+        return Run(t.name, g.passed, g.summary(), round(g.wall_seconds, 2), g.hog, g.vmstat,
                    None if cpu is None else round(cpu, 2), server)
     except (RuntimeError, OSError, KeyError) as e:
         return Run(t.name, False, f"{type(e).__name__}: {e} {common.tail(t.log)}", 0.0, {}, {})

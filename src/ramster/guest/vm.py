@@ -105,6 +105,13 @@ class GuestRun:
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.console.splitlines()[-n:])
 
+    def summary(self) -> str:
+        """The verdict, and the console's last lines when the guest had trouble or the hog never timed itself."""
+        verdict = self.verdict()
+        if not self.passed and (self.trouble or not self.hog):
+            verdict += f" | console: {' / '.join(self.tail(6).splitlines())}"
+        return verdict
+
 
 def command(kernel: Kernel, initrd: Path, disk: dict, memory_mib: int = GUEST_MEMORY_MIB,
             hog_mib: int = HOG_MIB, seed: int = SEED) -> list[str]:
