@@ -32,8 +32,11 @@ Where the owners are written down depends on how many there have been:
   holds DEDUP_BASE - d, and the set is pruned when stale owners outnumber
   the current ones. An entry stays shared until its last owner goes.
 
-Only this much is per page: two list slots, a key and an index entry
-(about 100 bytes, against the kilobyte or two the page's copy takes); the
+Only this much is per page: 12 bytes of arrays (under, refs), a list slot
+and the key (56 bytes) and an index entry with its entry number (about 60):
+about 130 bytes, against the kilobyte or two the page's copy takes. under
+and refs are arrays, not lists, because a zbudref or handle in a list is an
+int object of its own (32 bytes more per page, measured); the
 owner sets exist only for copies that actually saved memory. Free entries
 are reused from a stack. A refcount reaching zero frees the copy (zcache does
 that) and the entry.
@@ -43,6 +46,8 @@ Huge pages, pages of foreign pools and repatriated payloads are stored as
 without dedup.
 """
 from __future__ import annotations
+
+from array import array
 
 from .pampd import DEDUP_BASE, MAX_DEDUP
 
@@ -59,8 +64,8 @@ class DedupTable:
         # the key of the page being stored, set by the put path just before the
         # store and taken by `link`; None: the store is not a dedup put's
         self.pending: int | None = None
-        self.under: list[int] = []
-        self.refs: list[int] = []
+        self.under = array("q")
+        self.refs = array("i")
         self.keys: list[int] = []
         self.index: dict[int, int] = {}
         self.owners: dict[int, dict[tuple, None]] = {}
