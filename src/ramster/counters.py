@@ -113,6 +113,7 @@ class Stat:
 COUNTERS: dict[str, Stat] = {}
 EXPORT_STATS: dict[str, Stat] = {}
 PEER_STATS: dict[str, Stat] = {}
+CLASS_STATS: dict[str, Stat] = {}  # the dense allocator's size classes (/stats "classes")
 METRICS: list[Metric] = []  # every family, in the order /metrics shows them
 
 
@@ -421,6 +422,20 @@ _export("counters.cache_hits", "export_cache_hits", COUNTER, "Pages a cache expo
 _export("counters.cache_misses", "export_cache_misses", COUNTER,
         "Pages a cache export read from its backing file (and then cached).")
 
+# ---- the dense allocator's size classes: labels pool and class_size ------------------------
+CLASS_LABELS = ("pool", "class_size")
+
+
+def _class(key: str, base: str, help: str, unit: str = NUMBER) -> None:
+    _declare(CLASS_STATS, key, _metric(base, GAUGE, unit, help, CLASS_LABELS))
+
+
+_class("objects", "dense_class_objects", "Objects (compressed pages) a size class holds now, a gauge.")
+_class("zspages", "dense_class_zspages", "Zspages of a size class now, a gauge.")
+_class("frames", "dense_class_frames", "Memory the zspages of a size class hold now, a gauge.", FRAMES)
+_class("unused_bytes", "dense_class_unused",
+       "Memory of a size class's zspages that holds no object (fragmentation), a gauge.", BYTES)
+
 # ---- peers: label peer --------------------------------------------------------------------
 
 
@@ -464,6 +479,10 @@ DESCRIPTIVE: dict[str, str] = {
     "exports.backing": "a path, not a measurement",
     "peers.name": "the peer label",
     "peers.number": "the peer's node number, configuration",
+    "classes.pool": "the pool label",
+    "classes.size": "the class_size label",
+    "classes.frames_per_zspage": "the class's geometry, a constant",
+    "classes.objs_per_zspage": "the class's geometry, a constant",
 }
 
 
@@ -489,6 +508,9 @@ def undeclared(stats: dict) -> list[str]:
                 out.update(f"peers.{k}" for k in p if k not in PEER_STATS and f"peers.{k}" not in DESCRIPTIVE)
         elif part == "node":
             out.update(f"node.{k}" for k in value if f"node.{k}" not in DESCRIPTIVE)
+        elif part == "classes":
+            for row in value:
+                out.update(f"classes.{k}" for k in row if k not in CLASS_STATS and f"classes.{k}" not in DESCRIPTIVE)
         else:
             out.add(part)
     return sorted(out)

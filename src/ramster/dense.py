@@ -739,20 +739,24 @@ class Dense:
     def zpages(self, c: int) -> int:
         return self.cumul_zpages[c] - self.freed_zpages[c]
 
-    def class_stats(self) -> list[dict[str, int]]:
-        """Per size class in use: size, frames per zspage, zspages, objects, and the
-        bytes its zspages hold but no object uses (zsmalloc's per-class table)."""
-        per: dict[int, list[int]] = {}
+    def class_stats(self) -> list[dict]:
+        """Per pool kind and size class in use: the class's geometry, its zspages, the
+        frames they hold, its objects, and the bytes its frames hold but no object
+        uses (zsmalloc's per-class table). A walk of every zspage: for /stats, not a
+        hot path."""
+        per: dict[tuple[int, int], list[int]] = {}
         for z, slots in enumerate(self.slots):
-            if slots is not None and self.state[z]:
-                row = per.setdefault(self.zcls[z], [0, 0, 0])
+            st = self.state[z]
+            if slots is not None and st:
+                row = per.setdefault((st >> CLASS_SHIFT, self.zcls[z]), [0, 0, 0])
                 row[0] += 1
                 row[1] += self.inuse[z]
                 row[2] += self.nfr[z]
         out = []
-        for ci in sorted(per):
-            zs, n, frames = per[ci]
-            out.append({"size": CLASS_SIZE[ci], "frames_per_zspage": CLASS_FRAMES[ci], "objs_per_zspage": CLASS_OBJS[ci],
+        for (c, ci) in sorted(per):
+            zs, n, frames = per[(c, ci)]
+            out.append({"pool": "pers" if c == PERS else "eph", "size": CLASS_SIZE[ci],
+                        "frames_per_zspage": CLASS_FRAMES[ci], "objs_per_zspage": CLASS_OBJS[ci],
                         "zspages": zs, "frames": frames, "objects": n,
                         "unused_bytes": frames * PAGE_SIZE - n * CLASS_SIZE[ci]})
         return out

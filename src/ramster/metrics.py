@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric as Family
 
 from . import __version__
-from .counters import BUILD_INFO, COUNTER, COUNTERS, EXPORT_STATS, METRICS, PEER_STATS, Metric, Stat
+from .counters import BUILD_INFO, CLASS_STATS, COUNTER, COUNTERS, EXPORT_STATS, METRICS, PEER_STATS, Metric, Stat
 from .units import format_address, parse_address
 
 log = logging.getLogger("ramster.metrics")
@@ -76,6 +76,10 @@ class NodeCollector:
                 st = PEER_STATS.get(field)
                 if st is not None:
                     add(st, (p["name"],), int(value) if isinstance(value, bool) else value)
+        for row in s.get("classes", []):
+            head = (row["pool"], str(row["size"]))
+            for field, st in CLASS_STATS.items():
+                add(st, head, row[field])
         build = GaugeMetricFamily(BUILD_INFO.name, BUILD_INFO.help, labels=BUILD_INFO.labels)
         build.add_metric((__version__,), 1)
         families[BUILD_INFO] = build

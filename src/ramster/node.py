@@ -215,6 +215,7 @@ class Node:
             "counters": counters,
             "exports": exports,
             "peers": peers,
+            "classes": self.zc.class_stats(),
         }
 
     # ---- running ----------------------------------------------------------------------

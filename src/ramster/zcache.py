@@ -429,6 +429,10 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         self._link(pool, oid, index, p)
         return True
 
+    def class_stats(self) -> list[dict]:
+        """The dense allocator's size classes in use (Dense.class_stats); [] with zbud."""
+        return self.zbud.class_stats() if self._dense else []
+
     def compact(self) -> int:
         """Move pages out of sparse zspages and free them (the dense allocator; zbud
         never moves a page). Returns the frames given back."""
