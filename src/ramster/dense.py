@@ -48,11 +48,15 @@ What is kept where:
   `seen[p >> SEEN_SHIFT]`, zbud's frame byte), so a zspage is idle while
   none of its objects' bytes is set.
 
-Fragmentation: a free leaves a hole in its zspage. Every so many frees, and
-on `compact()`, each class whose partial zspages together have room for a
-whole zspage's objects moves the objects of its emptiest partial zspage into
-the fullest ones and frees it. Zombie and dying zspages are never partial,
-so compaction does not move objects that remotify or writeback hold.
+Fragmentation: a free leaves a hole in its zspage. Every so many frees, at
+the end of a recompression pass, and on `compact()`, each class empties its
+emptiest partial zspage into the others while they have room for its
+objects in the frames they hold, or for a whole zspage's objects (zsmalloc's
+rule), and then each partial zspage left moves its highest objects down
+into its holes and gives back the frames no object reaches (`_shrink`: with
+one partial zspage in a class, the only way its holes come back). Zombie and
+dying zspages are never partial, so compaction does not move objects that
+remotify or writeback hold; a handle keeps its number when its object moves.
 
 Frames: the allocator takes and gives back arena frames itself (it holds
 the arena). When the arena has none for a put (match_prep says -1, or 0
@@ -62,7 +66,7 @@ of a new one; an evicted zspage gives its first frame back through
 `finish_evict`, as zbud's does.
 The allocator is single-threaded, as zbud.
 
-It is one file of about 830 lines for zbud's reason: the class table, the
+It is one file of about 880 lines for zbud's reason: the class table, the
 zspage arrays, the partial stacks, the LRU and its idle mark, the zombie set,
 compaction and the moves recompression makes must change together, and `check()` states their invariants
 in one place.
@@ -679,34 +683,47 @@ class Dense:
     # ---- compaction --------------------------------------------------------------------------
 
     def compact(self) -> int:
-        """Empty the sparsest partial zspages of every class into the fullest ones,
-        where a class's partial zspages have room for a whole zspage's objects.
-        Returns the frames given back to the arena."""
+        """Empty the sparsest partial zspages of every class into the others of their
+        class (see _compact_class). Returns the frames given back to the arena."""
         freed = 0
         for c in (EPH, PERS):
             for ci in range(NCLASSES):
                 stack = self.partial[c][ci]
-                if len(stack) >= 2:
+                if stack:
                     freed += self._compact_class(c, ci, stack)
         if freed:
             self.compactions += 1
             self.frames_compacted += freed
         return freed
 
+    def _room(self, z: int, size: int, objs: int) -> int:
+        """Free slots of zspage z within the frames it holds now."""
+        return min(objs, (self.nfr[z] << PAGE_SHIFT) // size) - self.inuse[z]
+
     def _compact_class(self, c: int, ci: int, stack: array) -> int:
-        """Returns the frames given back, less those the zspages that took objects grew by."""
+        """Move the objects of the class's emptiest partial zspage into the others and
+        free it, while that pays: when the others' free slots within the frames they
+        hold take them all (no frame grows: every frame of the emptied zspage is
+        gained, which is what recompression's holes need), or, as zsmalloc does,
+        when the others have room for a whole zspage's objects. Returns the frames
+        given back, less those the zspages that took objects grew by."""
         objs = CLASS_OBJS[ci]
         size = CLASS_SIZE[ci]
         inuse = self.inuse
         freed = 0
-        while len(stack) >= 2 and sum(objs - inuse[z] for z in stack) >= objs:
+        while len(stack) >= 2:
             src = min(stack, key=inuse.__getitem__)
+            others = [z for z in stack if z != src]
+            if (sum(self._room(z, size, objs) for z in others) < inuse[src]
+                    and sum(objs - inuse[z] for z in stack) < objs):
+                break
             self._partial_del(c, src)
             sslots = self.slots[src]
             for j, h in enumerate(sslots):
                 if not h:
                     continue
-                dst = max(stack, key=inuse.__getitem__)
+                # a covered hole first (no frame grows), else the fullest zspage
+                dst = max(stack, key=lambda z: (self._room(z, size, objs) > 0, inuse[z]))
                 dslots = self.slots[dst]
                 k = dslots.index(0)
                 if (k + 1) * size > self.nfr[dst] << PAGE_SHIFT:
@@ -729,7 +746,39 @@ class Dense:
             # now age with the zspages they joined
             freed += self.nfr[src]
             self._free_zspage(c, src)
+        for z in stack:
+            freed += self._shrink(c, z, size)
         return freed
+
+    def _shrink(self, c: int, z: int, size: int) -> int:
+        """Move the objects in the highest slots of partial zspage z down into its
+        holes and give back the frames no object reaches any more (a class with
+        one partial zspage has nowhere else to put them); the frames freed."""
+        sl = self.slots[z]
+        top = len(sl) - 1
+        while True:
+            while not sl[top]:
+                top -= 1
+            low = sl.index(0)
+            if low > top:
+                break
+            h = sl[top]
+            self._write(z, low * size, self._read(z, top * size, self.hsize[h]))
+            sl[low] = h
+            sl[top] = 0
+            self.loc[h] = z << SLOT_BITS | low
+            self.objects_moved += 1
+        need = ((top + 1) * size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        k = self.nfr[z]
+        if need >= k:
+            return 0
+        base = z * MAX_ZSPAGE_FRAMES
+        for i in range(need, k):
+            self.arena.free(self.zframes[base + i])
+            self.zframes[base + i] = -1
+        self.nfr[z] = need
+        self.pageframes[c] -= k - need
+        return k - need
 
     # ---- statistics --------------------------------------------------------------------------
 

@@ -115,6 +115,9 @@ class Recompress:
                 t, d = self._recompress_frame(item, idle_only)
             tried += t
             done += d
+        if self._dense and self._recomp_pos >= len(queue):
+            # a pass leaves holes in the zspages objects moved out of: compaction packs them
+            self.zbud.compact()
         self.arena.release_free_frames()
         return done
 

@@ -297,3 +297,17 @@ def test_a_persistent_zspage_grows_by_evicting_ephemeral_ones():
     assert zc.stats()["dense.eph_evicted_pageframes"] > 0
     for i, pg in enumerate(pages):
         assert zc.get_page(pers, 1, i) == pg
+
+
+def test_compaction_packs_a_lone_zspage_and_gives_back_its_empty_frames():
+    zc = Zcache(64, allocator="dense")
+    pid = zc.new_pool(True)
+    pages = [sized_page(i, 1000) for i in range(12)]
+    _fill(zc, pid, pages)
+    assert zc.zbud.zspages[1] == 1 and zc.pageframes_in_use >= 3
+    for i in range(10):  # the lowest slots go: the two left sit at the top of the zspage
+        zc.flush_page(pid, 1, i)
+    before = zc.pageframes_in_use
+    assert zc.compact() == before - 1 and zc.pageframes_in_use == 1
+    zc.check()
+    assert zc.get_page(pid, 1, 10) == pages[10] and zc.get_page(pid, 1, 11) == pages[11]
