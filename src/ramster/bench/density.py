@@ -20,15 +20,19 @@ no server), then what it holds is measured:
 
 - a ramster node (ramster-zbud, -zbud+recompress, -dense, -dense+recompress,
   -dense+dedup):
-  its VmRSS minus that of the same node, same flags, serving a 64 KiB export,
-  plus its backing file's allocated bytes (nbd_targets.RamsterTarget). For
+  its VmRSS once it has trimmed its heap (heaptrim.py: a second after the
+  traffic stops) minus that of the same node, same flags, holding 64 KiB of
+  synthetic pages, plus its backing file's allocated bytes
+  (nbd_targets.RamsterTarget). For
   +recompress, every page is marked idle and `ramster ctl recompress` run
   first (`ramster ctl mark-idle`, then `ramster ctl recompress` until a pass
   finds nothing more), and /stats read for what it did; its 64 KiB node
   went through the same steps;
 - zram-lz4 and zram-lz4+zstd (recompression of idle pages with zstd, where
   the kernel's zram has recomp_algorithm): mm_stat mem_used_total;
-- nbdkit-zstd (`nbdkit memory allocator=zstd`): VmRSS minus its 64 KiB self.
+- nbdkit-zstd (`nbdkit memory allocator=zstd`): VmRSS minus its self
+  holding 64 KiB of synthetic pages (so the codec's code and contexts are
+  in both).
 
 A target whose feature is missing (a node flag or ctl verb not in this
 ramster, a zram without recompression, no root for zram) is a row saying
@@ -304,8 +308,9 @@ def _notes(b: DensityBench) -> list[str]:
         f"lz4 ratio {w['lz4_ratio']:.2f}; {w['duplicate_pages']} pages ({100 * w['duplicate_share']:.1f} %) "
         f"duplicate an earlier one, {w['same_filled_pages']} same-filled.",
         _guest_note(b),
-        "Memory: ramster and nbdkit, the server's VmRSS minus that of the same server (same flags) serving 64 KiB, "
-        "plus ramster's backing file bytes; zram, mm_stat mem_used_total.",
+        "Memory: ramster and nbdkit, the server's VmRSS (ramster's once it trimmed its heap) minus that of the same "
+        "server (same flags, same steps) holding 64 KiB of synthetic pages, plus ramster's backing file bytes; "
+        "zram, mm_stat mem_used_total.",
         f"Rates: best of {b.settings['repeat']} runs over {b.settings['rate_pages']} pages of each image (of the "
         "workers', an equal share of each worker's); "
         "the floor compresses every page with lz4 into a bare arena and decompresses it back.",
