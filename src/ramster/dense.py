@@ -172,6 +172,7 @@ class Dense:
         self.compactions = 0
         self.objects_moved = 0
         self.frames_compacted = 0
+        self.compact_starved = False
         self._frees = 0
 
     # ---- growth --------------------------------------------------------------------------
@@ -686,6 +687,7 @@ class Dense:
         """Empty the sparsest partial zspages of every class into the others of their
         class (see _compact_class). Returns the frames given back to the arena."""
         freed = 0
+        self.compact_starved = False  # set when an object had no frame to move into
         for c in (EPH, PERS):
             for ci in range(NCLASSES):
                 stack = self.partial[c][ci]
@@ -711,7 +713,8 @@ class Dense:
         size = CLASS_SIZE[ci]
         inuse = self.inuse
         freed = 0
-        while len(stack) >= 2:
+        stuck = False
+        while len(stack) >= 2 and not stuck:
             src = min(stack, key=inuse.__getitem__)
             others = [z for z in stack if z != src]
             if (sum(self._room(z, size, objs) for z in others) < inuse[src]
@@ -728,8 +731,8 @@ class Dense:
                 k = dslots.index(0)
                 if (k + 1) * size > self.nfr[dst] << PAGE_SHIFT:
                     if not self._grow(c, dst):  # no frame to move it into: src stays as it is now
-                        self._partial_add(c, src)
-                        return freed
+                        stuck = self.compact_starved = True
+                        break
                     freed -= 1
                 s = self.hsize[h]
                 self._write(dst, k * size, self._read(src, j * size, s))
@@ -742,6 +745,9 @@ class Dense:
                 if n == objs:
                     self._partial_del(c, dst)
                 self.objects_moved += 1
+            if stuck:
+                self._partial_add(c, src)
+                break
             # the emptied zspage's place in the LRU order is lost with it; its objects
             # now age with the zspages they joined
             freed += self.nfr[src]
@@ -754,6 +760,8 @@ class Dense:
         """Move the objects in the highest slots of partial zspage z down into its
         holes and give back the frames no object reaches any more (a class with
         one partial zspage has nowhere else to put them); the frames freed."""
+        if not self.inuse[z]:  # an empty zspage is freed where it empties, never partial
+            return 0
         sl = self.slots[z]
         top = len(sl) - 1
         while True:

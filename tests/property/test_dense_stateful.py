@@ -80,6 +80,8 @@ class DenseMachine(RuleBasedStateMachine):
         before = self.arena.in_use
         freed = self.d.compact()
         assert self.arena.in_use == before - freed
+        if self.d.compact_starved:  # an object needed a frame for the zspage it joins: none to be had
+            return
         for c in (EPH, PERS):  # no class is left with room for a whole zspage in its partial ones
             for ci, stack in enumerate(self.d.partial[c]):
                 if len(stack) > 1:
