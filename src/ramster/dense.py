@@ -268,7 +268,19 @@ class Dense:
         if off + s <= PAGE_SIZE:
             start = (self.zframes[z * MAX_ZSPAGE_FRAMES + (o >> PAGE_SHIFT)] << PAGE_SHIFT) + off
             return self.buf[start + HANDLE_SIZE:start + s]
-        return self._read(z, o, s)[HANDLE_SIZE:]
+        # the payload crosses into the next frame (or only its header does): one copy
+        # of the two pieces, joined from views (slices of bytes would copy twice more)
+        o += HANDLE_SIZE
+        s -= HANDLE_SIZE
+        base = z * MAX_ZSPAGE_FRAMES + (o >> PAGE_SHIFT)
+        off = o & (PAGE_SIZE - 1)
+        start = (self.zframes[base] << PAGE_SHIFT) + off
+        room = PAGE_SIZE - off
+        if s <= room:  # only the header crossed
+            return self.buf[start:start + s]
+        nxt = self.zframes[base + 1] << PAGE_SHIFT
+        buf = self.buf
+        return b"".join((buf[start:start + room], buf[nxt:nxt + s - room]))
 
     def payload_size(self, h: int) -> int:
         return self.hsize[h] - HANDLE_SIZE
@@ -400,6 +412,18 @@ class Dense:
             _pack_handle(buf, start, oidb, tag)
             if cdata is not None:
                 buf[start + HANDLE_SIZE:start + stored] = cdata
+        elif off + HANDLE_SIZE <= PAGE_SIZE and cdata is not None:
+            # the payload crosses into the next frame: the header and the first piece
+            # go straight into this one, the rest into the next (no object built first)
+            base = z * MAX_ZSPAGE_FRAMES + (o >> PAGE_SHIFT)
+            start = (self.zframes[base] << PAGE_SHIFT) + off
+            buf = self.buf
+            _pack_handle(buf, start, oidb, tag)
+            room = PAGE_SIZE - off - HANDLE_SIZE
+            nxt = self.zframes[base + 1] << PAGE_SHIFT
+            mv = memoryview(cdata)
+            buf[start + HANDLE_SIZE:start + HANDLE_SIZE + room] = mv[:room]
+            buf[nxt:nxt + stored - HANDLE_SIZE - room] = mv[room:]
         else:
             obj = bytearray(stored)
             _pack_handle(obj, 0, oidb, tag)
