@@ -180,6 +180,21 @@ class NodeProcess:
                 raise RuntimeError(f"node {self.name} not ready in time:\n{self.log_tail()}")
             time.sleep(0.05)
 
+    def swap_io(self, data: bytes | None = None, size: int = 0, export: str = "swap") -> bytes:
+        """Write `data` to the export from offset 0, or read `size` bytes back, in 1 MiB
+        requests over one libnbd connection."""
+        h = need_nbd().NBD()
+        h.connect_uri(self.uri(export))
+        mib = 1 << 20
+        if data is not None:
+            for off in range(0, len(data), mib):
+                h.pwrite(data[off:off + mib], off)
+            out = b""
+        else:
+            out = b"".join(h.pread(min(mib, size - off), off) for off in range(0, size, mib))
+        h.shutdown()
+        return out
+
     def uri(self, export: str) -> str:
         return f"nbd+unix:///{export}?socket={self.sock}"
 

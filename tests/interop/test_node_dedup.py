@@ -7,7 +7,7 @@ import random
 
 import pytest
 from pages import image
-from support import NodeProcess, need_nbd
+from support import NodeProcess
 
 pytestmark = pytest.mark.interop
 
@@ -30,38 +30,24 @@ def copies(n: int, size: int) -> bytes:
     return bytes(out)
 
 
-def io(node: NodeProcess, data: bytes | None = None, size: int = 0) -> bytes:
-    nbd = need_nbd()
-    h = nbd.NBD()
-    h.connect_uri(node.uri("swap"))
-    if data is not None:
-        for off in range(0, len(data), MiB):
-            h.pwrite(data[off:off + MiB], off)
-        out = b""
-    else:
-        out = b"".join(h.pread(min(MiB, size - off), off) for off in range(0, size, MiB))
-    h.shutdown()
-    return out
-
-
 def test_duplicates_stored_once_written_back_and_restarted(tmp_path):
     data = copies(4, 2 * MiB)
     swap = tmp_path / "swap.img"
     args = ("--memory", "8M", "--export", f"swap:swap:8M:{swap}", "--dedup")
     node = NodeProcess(tmp_path / "n", *args)
     try:
-        io(node, data)
+        node.swap_io(data)
         c = node.counters()
         assert c["zcache.dedup_saved_pages"] > len(data) // PAGE // 2, c
         assert c["zcache.dedup_pages"] > 0 and c["zcache.dedup_hits"] >= c["zcache.dedup_saved_pages"]
         assert node.stats()["node"]["dedup"] is True
-        assert io(node, size=len(data)) == data
+        assert node.swap_io(size=len(data)) == data
         # squeeze memory: shared copies go to the swap disk once per owner, or stay
         node.stop()
         node = NodeProcess(tmp_path / "n", "--memory", "1M", *args[2:])
-        assert io(node, size=len(data)) == data  # from the swap disk, every owner's page
-        io(node, data[:4 * MiB])  # written again into 1 MiB of memory: writeback makes room
+        assert node.swap_io(size=len(data)) == data  # from the swap disk, every owner's page
+        node.swap_io(data[:4 * MiB])  # written again into 1 MiB of memory: writeback makes room
         assert node.counters()["zcache.writtenback_pages"] > 0
-        assert io(node, size=len(data)) == data
+        assert node.swap_io(size=len(data)) == data
     finally:
         assert node.stop() == 0

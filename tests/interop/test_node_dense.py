@@ -10,25 +10,11 @@ import urllib.request
 import pytest
 from pages import image
 from prometheus_client.parser import text_string_to_metric_families
-from support import NodeProcess, need, need_nbd
+from support import NodeProcess, need
 
 pytestmark = pytest.mark.interop
 
 MiB = 1 << 20
-
-
-def io(node: NodeProcess, data: bytes | None = None, size: int = 0) -> bytes:
-    nbd = need_nbd()
-    h = nbd.NBD()
-    h.connect_uri(node.uri("swap"))
-    if data is not None:
-        for off in range(0, len(data), MiB):
-            h.pwrite(data[off:off + MiB], off)
-        out = b""
-    else:
-        out = b"".join(h.pread(min(MiB, size - off), off) for off in range(0, size, MiB))
-    h.shutdown()
-    return out
 
 
 def test_dense_node_stores_denser_and_writes_back(tmp_path):
@@ -39,8 +25,8 @@ def test_dense_node_stores_denser_and_writes_back(tmp_path):
         node = NodeProcess(tmp_path / allocator, "--memory", "16M", "--export", f"swap:swap:16M:{swap}",
                            "--allocator", allocator)
         try:
-            io(node, data)
-            assert io(node, size=len(data)) == data
+            node.swap_io(data)
+            assert node.swap_io(size=len(data)) == data
             c = node.counters()
             frames[allocator] = c["zcache.pers_pageframes"]
             assert c[f"{allocator}.pers_pageframes"] == frames[allocator] > 0
@@ -52,10 +38,10 @@ def test_dense_node_stores_denser_and_writes_back(tmp_path):
     node = NodeProcess(tmp_path / "dense", "--memory", "1M", "--export", f"swap:swap:16M:{tmp_path}/dense.img",
                        "--allocator", "dense")
     try:
-        io(node, data)
+        node.swap_io(data)
         c = node.counters()
         assert c["zcache.writtenback_pages"] > 0 and c["dense.pers_pageframes"] <= 256
-        assert io(node, size=len(data)) == data
+        assert node.swap_io(size=len(data)) == data
     finally:
         assert node.stop() == 0
 
@@ -66,7 +52,7 @@ def test_dense_node_reports_its_size_classes(tmp_path):
     node = NodeProcess(tmp_path, "--memory", "16M", "--export", f"swap:swap:8M:{tmp_path}/swap.img",
                        "--allocator", "dense")
     try:
-        io(node, data)
+        node.swap_io(data)
         st = node.stats()
         rows = st["classes"]
         c = st["counters"]
