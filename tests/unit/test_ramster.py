@@ -35,6 +35,8 @@ class LoopbackNet:
         self.nodes: dict[int, Ramster] = {}
         self.down: set[int] = set()
         self.requests: list[tuple[int, int, str]] = []
+        # node -> event: a request to it waits for the event, then fails as a timeout would
+        self.stalled: dict[int, asyncio.Event] = {}
 
     def view(self, me: int) -> "NodeNet":
         return NodeNet(self, me)
@@ -56,6 +58,10 @@ class NodeNet:
         if node in self.ln.down:
             raise Unavailable(f"node {node} is down")
         self.ln.requests.append((self.me, node, type(msg).__name__))
+        stall = self.ln.stalled.get(node)
+        if stall is not None:
+            await stall.wait()
+            raise Unavailable(f"node {node} did not answer in time")
         (req,) = wire.Decoder().feed(wire.encode(msg))
         await asyncio.sleep(0)  # a real network yields
         reply = await self.ln.nodes[node].handle(self.me, req)
@@ -542,5 +548,37 @@ def test_recompressed_pages_travel_in_the_clusters_codec_both_ways():
             assert await a.get(pool, i & 255, i >> 8, free=i % 2 == 0) == page(i)
         a.zc.check()
         b.zc.check()
+
+    run(go())
+
+
+def test_a_get_racing_a_rewrite_returns_a_page_not_eio():
+    """A get waits on a holder that stops answering while the page is written again;
+    the write's flush takes the other holder's copy. The get must then answer from
+    what the handle holds now (either version is right for a read racing a write),
+    not EIO as if every copy were out of reach."""
+    async def go():
+        ln = cluster(3, replicas=2)
+        a, pool, remote = await remotified(ln, 40)
+        i = remote[0]
+        oid, index = i & 255, i >> 8
+        held = ln.nodes[2].zc.foreign_pages[1]
+        ln.stalled[1] = asyncio.Event()
+        get = asyncio.ensure_future(a.get(pool, oid, index))
+        for _ in range(1000):  # until the get waits on node 1
+            if (0, 1, "Get") in ln.requests:
+                break
+            await asyncio.sleep(0)
+        assert (0, 1, "Get") in ln.requests
+        new = sized_page(7777, 900)
+        assert a.zc.put_page(pool.pool_id, oid, index, new)
+        for _ in range(1000):  # until the rewrite's flush has reached node 2
+            if ln.nodes[2].zc.foreign_pages[1] == held - 1:
+                break
+            await asyncio.sleep(0)
+        assert ln.nodes[2].zc.foreign_pages[1] == held - 1
+        ln.stalled[1].set()  # node 1 times out
+        assert await get in (new, page(i))
+        assert a.stats()["ramster.remote_pers_pages_unsucc_get"] == 0
 
     run(go())

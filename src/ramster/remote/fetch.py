@@ -41,6 +41,9 @@ log = logging.getLogger("ramster.remote")
 
 checksum = xxhash.xxh3_64_intdigest
 
+# _fetch's answer when the page was rewritten or flushed while its holders were asked
+_AGAIN = object()
+
 
 class RemoteError(Exception):
     """A remote page could not be read: `lost` if no copy exists any more."""
@@ -64,16 +67,18 @@ class Fetch:
                 return zc.get_pool_page(pool, oid, index, free)
             key = (pool.client_id, pool.pool_id, oid, index)
             pending = self._inflight.get(key)
-            if pending is None:
-                break
-            await pending  # concurrent gets of one page share one fetch, then look again
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            return await self._fetch(pool, oid, index, r, free)
-        finally:
-            del self._inflight[key]
-            fut.set_result(None)
+            if pending is not None:
+                await pending  # concurrent gets of one page share one fetch, then look again
+                continue
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            try:
+                out = await self._fetch(pool, oid, index, r, free)
+            finally:
+                del self._inflight[key]
+                fut.set_result(None)
+            if out is not _AGAIN:
+                return out
 
     async def _fetch(self, pool, oid: int, index: int, r: int, free: bool) -> bytes | None:
         zc, table = self.zc, self.table
@@ -100,6 +105,10 @@ class Fetch:
             data, source = reply.data, node
             break
         still = zc.remote_entry(pool, oid, index) == r
+        if data is None and not still:
+            # a write (or a flush) replaced the page while its holders were asked, and
+            # its flushes took their copies: the handle's new content answers, not EIO
+            return _AGAIN
         if data is None:
             if c:
                 self.remote_pers_pages_unsucc_get += 1
