@@ -202,13 +202,18 @@ class Shell:
         # Without job control, every job bash started is in its process group: whatever is
         # left (a block failed before its `kill`) gets SIGTERM, and the output pipe's EOF
         # says the last of them is gone.
+        # The pipe closes in do_exit before the process becomes a zombie, so the group's
+        # members are then looked up in the process table until none runs.
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 break
             self.reader.join(30)
-            if not self.reader.is_alive():
+            deadline = time.monotonic() + 30
+            while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a poll interval: the process table decides
+            if not self.reader.is_alive() and not _group_alive(self.proc.pid):
                 break
         self.notify.close()
         return self.proc.returncode
@@ -224,6 +229,18 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
 
 
 def _stop(pid: int, timeout: float = 30.0) -> None:
