@@ -120,11 +120,13 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         self.tmem = Tmem(self)
         self.lookup = self.tmem.lookup
         # identical pages stored once (dedup.py, zcache_dedup.py); _store links
-        # what it placed through _link, which only a node with dedup makes an entry
+        # what it placed through _link, which on a node with dedup also indexes it
         self.dedup = DedupTable(self.tmem.put) if dedup else None
         self._link = self.dedup.link if dedup else self.tmem.put
         if dedup:  # its own put path; without dedup put_page runs as it always has
             self.put_page = self._put_page_dedup
+            self._free_any = self.free
+            self.free = self._free_dedup  # tmem's pamops too: an overwrite or a flush unindexes
         for name in DEDUP_COUNTERS:
             setattr(self, name, 0)
         self._pools: dict[int, Pool] = {}  # local client's pools by id

@@ -8,12 +8,16 @@ key; a key in the index leads to a stored copy, whose payload is compared
 with the new one byte for byte, and only an equal payload is shared (the
 codec is deterministic: equal pages compress to equal payloads, and a
 payload decompresses to one page). Hashing the payload rather than the page
-reads a third of the bytes or less, and reads them from the cache: the handle's slot gets the entry's pampd and
-the refcount grows. Any other page is stored as without dedup,
-and the table's `link` (what `_store` links with on such a node) makes it an
-entry before tmem sees it. The put is a put_page of its own, bound at
-construction, so a node without dedup runs the put path without a test for it. A write to one owner never changes another: a put
-replaces the slot's pampd and drops one reference, as it frees any old page.
+reads a third of the bytes or less, and reads them from the cache. An
+entry's copy is shared at once: the slot gets the entry's pampd and the
+refcount grows. A plain page (one owner so far) is checked first, since its
+index value may have outlived it (dedup.py), and becomes an entry of two
+owners. Any other page is stored as without dedup, and the table's `link`
+(what `_store` links with on such a node) indexes it. The put is a put_page
+of its own, bound at construction, so a node without dedup runs the put
+path without a test for it. A write to one owner never changes another: a
+put replaces the slot's pampd and drops one reference, as it frees any old
+page.
 
 A copy in a frame that leaves memory, by owner kind:
 
@@ -25,10 +29,13 @@ A copy in a frame that leaves memory, by owner kind:
   each); an owner it refused keeps the copy, and the frame goes back to the
   LRU with it. So every owner's page is either in its own place in the
   backing file or still in memory;
-- remotify: a single entry travels as its owner's page (the remote commit
-  replaces that one slot and drops the one reference); a shared copy is not
+- remotify: a plain page travels as any page; an entry's copy is not
   remotified: it is one page of memory standing for several, and is the last
-  thing worth sending away.
+  thing worth sending away. (An entry left with one owner stays an entry:
+  tmem cannot say which slot that is without the owner set.)
+
+A plain page taken off its LRU (remotify or writeback has its frame) is
+never made an entry: it leaves as the page of its one owner.
 
 A put that shares a copy taken off its LRU meanwhile is safe: the copy stays
 until its last reference goes, whichever path drops the others.
@@ -39,7 +46,7 @@ from xxhash import xxh3_128_intdigest
 
 from .handles import check_index, check_page, normalize_oid
 from .pampd import DEDUP_BASE, SAME_FILLED_MAX_CLEN
-from .tmem import INDEX_LIMIT, OID_LIMIT, Pool
+from .tmem import INDEX_LIMIT, LOCAL_CLIENT, OID_LIMIT, Pool
 from .units import PAGE_SIZE
 
 
@@ -69,21 +76,25 @@ class DedupPaths:
         # equal pages have equal payloads, and equal payloads are equal pages)
         key = xxh3_128_intdigest(cdata, c)  # the class seeds it: never a key across classes
         dt = self.dedup
-        d = dt.index.get(key)
-        if d is not None:
-            p = dt.under[d]
-            # a recompressed copy (zcache_recompress.py) keeps the key of its first
-            # payload: its page is compared instead, decoded as a get decodes it
-            # (bytes(): a memoryview compares item by item, twenty times slower)
-            if bytes(self.zbud.payload(p)) == cdata or (self.zbud.codec(p) and self.get_data(p, pool) == page):
-                self.dedup_hits += 1
-                q = DEDUP_BASE - d
-                if self.tmem.lookup(pool, oid, index) != q:  # else: the same page again
-                    self._dedup_share(d, p, (pool, oid, index))
-                    self.tmem.put(pool, oid, index, q)
-                self.zbud.touch(p)
-                return True
-            self.dedup_collisions += 1
+        v = dt.index.get(key)
+        if v is not None:
+            if v > 0:
+                if self._share_plain(v, key, pool, oid, index, cdata, page):
+                    return True
+            else:
+                d = DEDUP_BASE - v
+                p = dt.under[d]
+                # a recompressed copy (zcache_recompress.py) keeps the key of its first
+                # payload: its page is compared instead, decoded as a get decodes it
+                # (bytes(): a memoryview compares item by item, twenty times slower)
+                if bytes(self.zbud.payload(p)) == cdata or (self.zbud.codec(p) and self.get_data(p, pool) == page):
+                    self.dedup_hits += 1
+                    if self.tmem.lookup(pool, oid, index) != v:  # else: the same page again
+                        self._dedup_share(d, p, (pool, oid, index))
+                        self.tmem.put(pool, oid, index, v)
+                    self.zbud.touch(p)
+                    return True
+                self.dedup_collisions += 1
         dt.pending = key  # the table's link takes it
         ok = self._store(pool, oid, index, cdata, clen, c, page if huge else None)
         dt.pending = None  # a refusal, or a huge page: no link took it
@@ -93,6 +104,31 @@ class DedupPaths:
             self.failed_puts[c] += 1
             return False
         return self._put_failed(pool, oid, index, c)
+
+    def _share_plain(self, p: int, key: int, pool: Pool, oid: int, index: int, cdata, page) -> bool:
+        """A put whose key leads to the plain page p: share it if it is still that
+        page (dedup.py: index values are checked when found, not removed when their
+        page goes), making it an entry of two owners; False: store the put's own."""
+        zbud = self.zbud
+        if not zbud.stored_size(p) or zbud.is_taken(p) or zbud.kind_of(p) != pool.cls:
+            return False  # freed, or taken by remotify or writeback (it must leave as it is)
+        client_id, pool_id, o_oid, o_index = zbud.handle(p)
+        opool = self.tmem.get_pool(client_id, pool_id) if client_id == LOCAL_CLIENT else None
+        if opool is None or self.tmem.lookup(opool, o_oid, o_index) != p:
+            return False  # another page now, or one being replaced
+        if not (bytes(zbud.payload(p)) == cdata or (zbud.codec(p) and self.get_data(p, pool) == page)):
+            self.dedup_collisions += 1
+            return False
+        self.dedup_hits += 1
+        if opool is not pool or o_oid != oid or o_index != index:  # else: the same page again
+            d = self.dedup.promote(p, key, (opool, o_oid, o_index), (pool, oid, index))
+            q = DEDUP_BASE - d
+            self.tmem.relink(opool, o_oid, o_index, q)
+            self.tmem.put(pool, oid, index, q)  # frees what this slot held before
+            self.dedup_pages += 1
+            self.dedup_saved_pages += 1
+        zbud.touch(p)
+        return True
 
     def _dedup_share(self, d: int, p: int, owner: tuple) -> None:
         dt = self.dedup
@@ -108,6 +144,13 @@ class DedupPaths:
         self.dedup_saved_pages += 1
 
     # ---- pamops on an entry --------------------------------------------------------------------
+
+    def _free_dedup(self, p: int, pool: Pool, oid: int | None, index: int) -> None:
+        """free() on a node with dedup: a plain page's index value goes with it (the
+        paths that free whole frames leave theirs to be checked and replaced)."""
+        if p > 0:
+            self.dedup.forget(p)
+        self._free_any(p, pool, oid, index)
 
     def _dedup_free(self, q: int, pool: Pool) -> None:
         """One reference of entry DEDUP_BASE - q goes; the last frees the copy."""

@@ -206,7 +206,7 @@ class Recompress:
             handle = self._tagged_handle(zbud.handle_bytes(p))
             q = zbud.match_cold(c, len(cdata) + HANDLE_SIZE, cdata, handle)
             if q:
-                self._relink(d, q)
+                self._relink(d, p, q)
                 s = zbud.free_and_delist(p)
                 if s < 0:
                     self.arena.free((p >> 1) - NSENTINELS)
@@ -294,7 +294,7 @@ class Recompress:
             q = self._place_cold(c, cdata, self._tagged_handle(dense.handle_bytes(h)))
             if not q:
                 continue  # no frame for a new zspage of its class now: a later pass tries again
-            self._relink(d, q)
+            self._relink(d, h, q)
             dense.free_and_delist(h)
             saved = old - HANDLE_SIZE - len(cdata)
             self.zbytes[c] -= saved
@@ -316,12 +316,14 @@ class Recompress:
                 return d
         return None
 
-    def _relink(self, owner, q: int) -> None:
-        """Point the page's one holder (see _whose) at its new place q."""
+    def _relink(self, owner, p: int, q: int) -> None:
+        """Point the page's one holder (see _whose) at q, its new place instead of p."""
         if type(owner) is int:
             self.dedup.move(owner, q)  # every owner's slot holds the entry, not the copy
         else:
             self.tmem.relink(*owner, q)
+            if self.dedup is not None:
+                self.dedup.moved(p, q)  # its key leads to the new place
 
     def _place_cold(self, c: int, cdata, handle: bytes, spare: int = -1) -> int:
         """Store a recompressed payload without making anything recent: in a unit of
