@@ -41,10 +41,13 @@ read by it directly. A payload no such check can make safe (the node's codec
 would read it as a wrong page) is not kept.
 
 Pages leave memory in the node's codec only: writeback decompresses through
-the get path, and the remote paths (`take_lru` for remotify, `get_raw` for a
-peer returning a foreign page to its owner) re-encode a recompressed page
-with the cluster's codec first, so the wire and the peers never see a codec
-byte and a peer may recompress the foreign pages it keeps too.
+the get path, and remotify (`take_lru`) re-encodes a recompressed page with
+the cluster's codec first, so the wire and the peers never see a codec byte.
+Pages of foreign pools are never recompressed: their owner checks what comes
+back against the checksum of the bytes it sent, and only those bytes pass. A
+page sent raw and re-encoded would come back compressed, and a codec's
+output may differ between two builds of its library, so no re-encoding can
+promise them.
 
 Candidates are found per pass: the huge frames, then the idle units (zbud
 frames, dense zspages) of each class (or, with idle_only=False, every unit on
@@ -227,6 +230,9 @@ class Recompress:
         p = HUGE_BASE - f
         if self.tmem.lookup(pool, oid, index) != p:
             return 0, 0
+        if pool.client_id != LOCAL_CLIENT:  # goes back as it came (module comment)
+            self._huge_tried.add(f)
+            return 0, 0
         page = self._huge_page(p)
         cdata = self._recode(page, 0)
         if cdata is None:
@@ -307,10 +313,12 @@ class Recompress:
         """Who holds the stored page p: (pool, oid, index) when that handle's slot holds
         p itself, the dedup entry d (an int) whose copy it is, or None (a page being
         replaced or freed: not to be touched)."""
+        if client_id != LOCAL_CLIENT:
+            return None  # a foreign page goes back as it came (module comment)
         pool = self.tmem.get_pool(client_id, pool_id)
         if pool is not None and self.tmem.lookup(pool, oid, index) == p:
             return pool, oid, index
-        if self.dedup is not None and client_id == LOCAL_CLIENT:
+        if self.dedup is not None:
             d = self._bud_entry(p, pool, oid, index)
             if d >= 0:
                 return d

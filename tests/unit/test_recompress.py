@@ -225,8 +225,10 @@ def test_writeback_of_recompressed_pages_writes_the_pages(allocator):
 
 @pytest.mark.parametrize("allocator", ["zbud", "dense"])
 def test_remotify_and_a_peers_return_carry_the_clusters_codec(allocator):
-    """take_lru hands RAMster payloads a peer can store and its owner decode; get_raw
-    returns a foreign page recompressed on the peer in the cluster's codec."""
+    """take_lru hands RAMster payloads a peer can store and its owner decode; a peer
+    never recompresses a foreign page, so get_raw returns the very bytes it was sent
+    (the owner checks them against its checksum: a raw page re-encoded, or a codec
+    of another build, would fail it)."""
     owner, peer = Zcache(256, allocator=allocator), Zcache(256, allocator=allocator)
     pid = owner.new_pool(persistent=True)
     pages = {i: page(i) for i in range(60)}
@@ -238,15 +240,21 @@ def test_remotify_and_a_peers_return_carry_the_clusters_codec(allocator):
     assert {h[3] for h in out} == set(pages)
     lz4 = get_codec("lz4")
     foreign = peer.foreign_pool(1, pid, True)
+    sent = {}
     for _, pool, oid, index, payload in out:
         assert owner.decode(payload) == pages[index]
         assert len(payload) == PAGE_SIZE or lz4.decompress(payload) == pages[index]
         assert peer.put_raw(foreign, oid, index, payload)
+        sent[index] = bytes(payload)
+    assert any(len(x) == PAGE_SIZE for x in sent.values()), "no page travelled raw"
     owner.release_taken(taken)
+    peer.mark_idle()
     peer.recompress(idle_only=False)
-    assert peer.recompressed > 0
+    peer.recompress()
+    assert peer.recompressed == 0 and peer.recompress_skipped == 0 and peer.recompress_pending() == 0
     for i, p in pages.items():
-        assert owner.decode(peer.get_raw(foreign, 1, i, free=False)) == p
+        assert peer.get_raw(foreign, 1, i, free=False) == sent[i]
+        assert owner.decode(sent[i]) == p
     owner.check()
     peer.check()
 
