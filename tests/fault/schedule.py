@@ -14,6 +14,13 @@ Two configurations, chosen by the seed's parity, each with what it promises
   included, gives 0 EIO.
 
 Node a has little memory (8M), so about half of its export lives on b and c.
+
+What each node stores its pages with is a third choice, by the seed modulo 3
+(so 6 consecutive seeds cover every pair with a configuration): the seed's
+zbud alone; the dense allocator, dedup and background recompression on every
+node; or a mix (a: dense + dedup, b: recompression, c: dense +
+recompression), since those are each node's own settings and peers must
+work whatever the others chose.
 """
 from __future__ import annotations
 
@@ -30,6 +37,13 @@ from .nemesis import REPAIR_TIMEOUT, Fault, Nemesis
 from .workload import Workload
 
 CONFIGS = ("r1-disk", "r2")
+DENSE_ALL = ["--allocator", "dense", "--dedup", "--recompress-cpu", "0.3"]
+STORES = {  # name -> flags of nodes a, b, c
+    "zbud": ([], [], []),
+    "dense-dedup-recompress": (DENSE_ALL, DENSE_ALL, DENSE_ALL),
+    "mixed": (["--allocator", "dense", "--dedup"], ["--recompress-cpu", "0.3"],
+              ["--allocator", "dense", "--recompress-cpu", "0.3"]),
+}
 NPAGES = 8192  # a 32 MiB export on a node with 8 MiB of memory
 WORKERS = 3
 CHAOS_MIN = 3.0  # seconds of workload at least
@@ -54,13 +68,18 @@ class Schedule:
     def backing(self) -> bool:
         return self.config == "r1-disk"
 
+    @property
+    def store(self) -> str:
+        return tuple(STORES)[self.seed % len(STORES)]
+
     def id(self) -> str:
         kinds = "+".join(f.kind + (f"-{f.target}" if f.target != "disk" else "") for f in self.faults)
-        return f"seed{self.seed}-{self.config}-{kinds}"
+        return f"seed{self.seed}-{self.config}-{self.store}-{kinds}"
 
     def describe(self) -> str:
         lines = [f"seed {self.seed}: {self.config} (replicas={self.replicas}, "
-                 f"backing file={'yes' if self.backing else 'no'}), {self.npages} pages, {self.workers} workers"]
+                 f"backing file={'yes' if self.backing else 'no'}), {self.npages} pages, {self.workers} workers, "
+                 f"stores: {self.store} ({'; '.join(' '.join(f) or 'defaults' for f in STORES[self.store])})"]
         lines += [f"  fault {i + 1}: {f.describe()}" for i, f in enumerate(self.faults)]
         return "\n".join(lines)
 
@@ -156,9 +175,10 @@ def build_cluster(schedule: Schedule, root: Path) -> tuple[Cluster, SmallDisk | 
     if schedule.backing:
         disk = SmallDisk(root / "disk", size="40m")
         a_export += f":{disk.path / 'a.swap'}"
-    nodes = [NodeDef("a", 0, "8M", [a_export]),
-             NodeDef("b", 1, "64M", ["swap:swap:1M"]),
-             NodeDef("c", 2, "64M", ["swap:swap:1M"])]
+    fa, fb, fc = STORES[schedule.store]
+    nodes = [NodeDef("a", 0, "8M", [a_export], args=list(fa)),
+             NodeDef("b", 1, "64M", ["swap:swap:1M"], args=list(fb)),
+             NodeDef("c", 2, "64M", ["swap:swap:1M"], args=list(fc))]
     try:
         return Cluster(root, nodes, replicas=schedule.replicas), disk
     except BaseException:
