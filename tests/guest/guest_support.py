@@ -11,10 +11,11 @@ def require(*extra: str) -> None:
     support.need_guest(*extra)
 
 
-def Node(tmp: Path, name: str, memory: str, *exports: str, config: Path | None = None) -> support.NodeProcess:
+def Node(tmp: Path, name: str, memory: str, *exports: str, config: Path | None = None,
+         flags: tuple[str, ...] = ()) -> support.NodeProcess:
     """A `ramster node` in tmp/name serving NBD on a Unix socket, with /stats on a free port;
-    with `config`, node `name` of that cluster file."""
-    args = ["--memory", memory, "--log-level", "info"]
+    with `config`, node `name` of that cluster file; `flags` are more of its options."""
+    args = ["--memory", memory, "--log-level", "info", *flags]
     if config is not None:
         args += ["--config", str(config), "--name", name]
     for e in exports:

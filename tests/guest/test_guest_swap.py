@@ -7,8 +7,12 @@ fails the test too (see ramster.guest).
 """
 from __future__ import annotations
 
+import concurrent.futures
+import subprocess
+import threading
+
 import pytest
-from support import free_port
+from support import RAMSTER, free_port
 
 from ramster.guest import vm
 from ramster.remote import keys
@@ -76,6 +80,51 @@ def test_swap_export_writes_back_to_its_file(guest_image, nodes, tmp_path):
     assert disk.stat().st_blocks > 0
 
 
+# the dense allocator, dedup and recompression in the background, together
+DENSE_ALL = ("--allocator", "dense", "--dedup", "--recompress-cpu", "0.5")
+
+
+def operator(node, stop: threading.Event) -> list[str]:
+    """What an operator might run against a node while a kernel swaps on it: zram's verbs,
+    one after another until `stop`; the failures, as lines."""
+    verbs = [["mark-idle"], ["recompress", "2000"], ["compact"], ["writeback", "idle", "500"]]
+    failed = []
+    while not stop.is_set():
+        for v in verbs:
+            r = subprocess.run([*RAMSTER, "ctl", "--control", str(node.sock) + ".ctl", *v],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                failed.append(f"ctl {' '.join(v)}: {r.returncode} {r.stdout}{r.stderr}")
+        stop.wait(0.5)  # a pace, not a synchronisation: the verbs run whenever they run
+    return failed
+
+
+def test_dense_dedup_recompress_export_writes_back_to_its_file(guest_image, nodes, tmp_path):
+    """(b') As (b), storing with the dense allocator, dedup and background recompression,
+    while an operator marks pages idle, recompresses, compacts and writes idle pages back:
+    the kernel's pages go through all of it and the file, and come back intact. (The hog
+    writes no two equal pages but same-filled ones, so every page takes dedup's store
+    path and none is shared.)"""
+    disk = tmp_path / "swap.disk"
+    node = nodes(tmp_path, "a", "48M", f"swap:swap:1G:{disk}", flags=DENSE_ALL)
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        failed = pool.submit(operator, node, stop)
+        try:
+            run = boot(guest_image, node, tmp_path)
+        finally:
+            stop.set()
+        assert not failed.result(), failed.result()
+    stats = node.stats()
+    check_guest(run, node)
+    c, e = stats["counters"], export_counters(stats)
+    assert e["errors"] == 0 and e["failed_writes"] == 0, e
+    assert c["zcache.writtenback_pages"] > 0 and e["backing_reads"] > 0, (c, e)
+    assert c["zcache.recompressed"] > 0 and c["control.recompressions"] > 0, c
+    assert c["dense.pers_pageframes"] <= 48 * 256, c
+    check_stopped_cleanly(node)
+
+
 def write_cluster(tmp_path, names: list[str]):
     """tmp_path/cluster.toml, every node's private key in tmp_path/keys (the default key_dir, beside the file)."""
     public = keys.node_keys(tmp_path / "keys", names)
@@ -89,15 +138,16 @@ def write_cluster(tmp_path, names: list[str]):
     return path
 
 
-def test_swap_export_remotified_to_peers(guest_image, nodes, tmp_path):
+@pytest.mark.parametrize("flags", [(), DENSE_ALL], ids=["zbud", "dense-dedup-recompress"])
+def test_swap_export_remotified_to_peers(guest_image, nodes, tmp_path, flags):
     """(c) Three nodes: the guest's node has no file and too little memory, so pages live on its two large peers.
 
     128 MiB is about two thirds of the frames the hog's pages take (~200 MiB), and large enough that memory
     runs out while the guest is writing at full speed: stores must then wait for remotify rather than
     fail (a smaller node slows the guest down from its first writes and hides that)."""
     cfg = write_cluster(tmp_path, ["a", "b", "c"])
-    a = nodes(tmp_path, "a", "128M", "swap:swap:1G", config=cfg)
-    peers = [nodes(tmp_path, name, "512M", "swap:swap:4M", config=cfg) for name in ("b", "c")]
+    a = nodes(tmp_path, "a", "128M", "swap:swap:1G", config=cfg, flags=flags)
+    peers = [nodes(tmp_path, name, "512M", "swap:swap:4M", config=cfg, flags=flags) for name in ("b", "c")]
     a.wait_for(lambda s: sum(p["connected"] for p in s["peers"]) == 2, "connecting to both peers")
     run = boot(guest_image, a, tmp_path)
     stats = a.stats()
