@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import subprocess
 
@@ -26,17 +27,31 @@ def version(v: int, p: int) -> bytes:
     return (line * (PAGE // len(line) + 1))[:PAGE - 64] + hashlib.blake2b(line, digest_size=64).digest()
 
 
+def shared_version(v: int, p: int) -> bytes:
+    """As version(), but every even page is one of 64 contents (copies dedup shares), and
+    each begins with 1800 random bytes, so the dense allocator cannot keep them all either."""
+    q = p % 64 if p % 2 == 0 else p
+    return random.Random(f"{v}/{q}").randbytes(1800) + version(v, q)[1800:]
+
+
+# what the node stores with -> (its flags, the pages written)
+STORES = {
+    "zbud": ((), version),
+    "dense-dedup-recompress": (("--allocator", "dense", "--dedup", "--recompress-cpu", "0.5"), shared_version),
+}
+
+
 def start(tmp, backing, *extra) -> NodeProcess:
     return NodeProcess(tmp, "--memory", "1M", "--export", f"swap:swap:16M:{backing}", *extra)
 
 
-def write_two_versions(node: NodeProcess) -> tuple[list[bytes], list[bytes]]:
+def write_two_versions(node: NodeProcess, content=version) -> tuple[list[bytes], list[bytes]]:
     nbd = need_nbd()
 
     h = nbd.NBD()
     h.connect_uri(node.uri("swap"))
-    v1 = [version(1, p) for p in range(PAGES)]
-    v2 = [version(2, p) for p in range(PAGES)]
+    v1 = [content(1, p) for p in range(PAGES)]
+    v2 = [content(2, p) for p in range(PAGES)]
     for v in (v1, v2):
         for p, data in enumerate(v):
             h.pwrite(data, p * PAGE)
@@ -62,14 +77,16 @@ def read_back(node: NodeProcess) -> list[bytes | None]:
     return out
 
 
-def test_sigterm_then_restart_reads_every_last_version(tmp_path):
+@pytest.mark.parametrize("store", STORES)
+def test_sigterm_then_restart_reads_every_last_version(tmp_path, store):
     need("nbdinfo")
+    flags, content = STORES[store]
     backing = tmp_path / "swap.img"
-    node = start(tmp_path, backing)
-    _, v2 = write_two_versions(node)
+    node = start(tmp_path, backing, *flags)
+    _, v2 = write_two_versions(node, content)
     assert node.stats()["counters"]["zcache.writtenback_pages"] > 0  # the file held v1 of many pages
     assert node.stop() == 0
-    node = start(tmp_path, backing)
+    node = start(tmp_path, backing, *flags)
     try:
         got = read_back(node)
         assert sum(g is None for g in got) == 0, "a clean stop must keep every page"
@@ -79,14 +96,18 @@ def test_sigterm_then_restart_reads_every_last_version(tmp_path):
     assert "Traceback" not in node.stderr()
 
 
-def test_kill9_then_restart_reads_last_version_or_eio(tmp_path):
+@pytest.mark.parametrize("store", STORES)
+def test_kill9_then_restart_reads_last_version_or_eio(tmp_path, store):
     need("nbdinfo")
+    flags, content = STORES[store]
     backing = tmp_path / "swap.img"
-    node = start(tmp_path, backing)
-    v1, v2 = write_two_versions(node)
+    node = start(tmp_path, backing, *flags)
+    v1, v2 = write_two_versions(node, content)
+    if content is shared_version:
+        assert node.counters()["zcache.dedup_hits"] > 0
     node.proc.send_signal(signal.SIGKILL)
     node.proc.wait()
-    node = start(tmp_path, backing)
+    node = start(tmp_path, backing, *flags)
     try:
         got = read_back(node)
         older = [p for p in range(PAGES) if got[p] == v1[p]]
