@@ -13,11 +13,6 @@ same remote entry:
   the page is home), which frees the remote entry and flushes the copies in
   order with later puts to those nodes.
 
-When no holder is connected at all (the connections went down together:
-this node was stopped past the peers' idle timeout, a link flapped), the get
-waits up to a request timeout for one to come back and asks again, once,
-rather than fail a page every holder still has (`remote_gets_after_reconnect`).
-
 Concurrent gets of one page share one fetch (`_inflight`), then look again.
 The outcomes, as the trust contract wants them: an ephemeral page no holder
 has is a miss; a persistent one raises RemoteError, `lost=False` when a holder
@@ -92,31 +87,23 @@ class Fetch:
         nodes = table.nodes(r)
         data = None
         source = NO_NODE
-        for attempt in (0, 1):
-            unreachable = 0
-            # connected holders first: a paused one costs a whole request timeout
-            for node in sorted(nodes, key=lambda n: not self.net.connected(n)):
-                try:
-                    reply = await self.net.request(node, wire.Get(pool.pool_id, pool.persistent, oid, index, free))
-                except Exception as e:
-                    log.debug("get from node %d failed: %s", node, e)
-                    unreachable += 1
-                    continue
-                if not isinstance(reply, wire.GetReply) or not reply.found:
-                    continue
-                if checksum(reply.data) != want:
-                    self.remote_checksum_errors += 1
-                    log.error("page %s/%d from node %d failed its checksum", oid, index, node)
-                    continue
-                data, source = reply.data, node
-                break
-            # No holder reachable, none down for good: a blip (this node was stopped past
-            # the peers' idle timeout, a link flapped) has closed the connections, and they
-            # are being made again. Waiting a request timeout for one beats an EIO.
-            if (data is not None or attempt or unreachable < len(nodes) or zc.remote_entry(pool, oid, index) != r
-                    or not await self.net.wait_connected(nodes)):
-                break
-            self.remote_gets_after_reconnect += 1
+        unreachable = 0
+        # connected holders first: a paused one costs a whole request timeout
+        for node in sorted(nodes, key=lambda n: not self.net.connected(n)):
+            try:
+                reply = await self.net.request(node, wire.Get(pool.pool_id, pool.persistent, oid, index, free))
+            except Exception as e:
+                log.debug("get from node %d failed: %s", node, e)
+                unreachable += 1
+                continue
+            if not isinstance(reply, wire.GetReply) or not reply.found:
+                continue
+            if checksum(reply.data) != want:
+                self.remote_checksum_errors += 1
+                log.error("page %s/%d from node %d failed its checksum", oid, index, node)
+                continue
+            data, source = reply.data, node
+            break
         still = zc.remote_entry(pool, oid, index) == r
         if data is None and not still:
             # a write (or a flush) replaced the page while its holders were asked, and

@@ -319,12 +319,6 @@ class PeerNetwork:
         """A snapshot of every other node's state, by number."""
         return [dataclasses.replace(s) for _, s in sorted(self._states.items())]
 
-    async def wait_connected(self, nodes, timeout: float | None = None) -> bool:
-        """Until one of `nodes` is connected (and not marked down), at most `timeout`
-        (default: the cluster's request_timeout); whether one is."""
-        return await self.wait_until(lambda: any(self.connected(n) for n in nodes),
-                                     self.config.request_timeout if timeout is None else timeout)
-
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until predicate() holds, re-checking whenever a peer's state changes.
 
