@@ -10,6 +10,7 @@
     log_format = "text"                 # text | json | logfmt (see ramster.logsetup)
     recompress_codec = "zstd"           # the second codec cold pages are recompressed with
     recompress_cpu = 0.05               # share of a CPU for it in the background (default 0: off)
+    recompress_groups = true            # dense + zstd: cold persistent pages compressed 32 together
     dedup = false                       # store identical pages once (see ramster.dedup)
 
     [[node.export]]
@@ -66,7 +67,7 @@ MAX_EXPORT_SIZE = PAGE_SIZE << 40  # 4 PiB
 MAX_NAME_BYTES = 256
 
 _NODE_KEYS = ("memory", "compressor", "allocator", "listen", "metrics", "log_level", "log_format", "export",
-              "recompress_codec", "recompress_cpu", "dedup")
+              "recompress_codec", "recompress_cpu", "recompress_groups", "dedup")
 _EXPORT_KEYS = ("name", "kind", "size", "backing")
 
 
@@ -139,6 +140,7 @@ class NodeConfig:
     log_format: str = "text"
     recompress_codec: str = "zstd"
     recompress_cpu: float = 0.0  # 0: no background recompression
+    recompress_groups: bool = True  # cold groups (zcache_cold.py), on a dense node recompressing with zstd
     dedup: bool = False
     exports: list[ExportConfig] = field(default_factory=list)
     source: Path | None = None  # the TOML file it came from, if any
@@ -233,6 +235,7 @@ def build(
     log_format: str | None = None,
     recompress_codec: str | None = None,
     recompress_cpu=None,
+    recompress_groups: bool | None = None,
     dedup: bool | None = None,
 ) -> NodeConfig:
     """The defaults, overridden by the file, overridden by flags; validated."""
@@ -303,6 +306,11 @@ def build(
         except (TypeError, ValueError):
             raise ConfigError(f"invalid recompress_cpu {share!r}: expected a fraction of a CPU, "
                               "like 0.05") from None
+    rg = pick(recompress_groups, "recompress_groups")
+    if rg is not None:
+        if not isinstance(rg, bool):
+            raise ConfigError(f"invalid recompress_groups {rg!r}: expected true or false")
+        cfg.recompress_groups = rg
     dd = pick(dedup, "dedup")
     if dd is not None:
         if not isinstance(dd, bool):

@@ -288,6 +288,24 @@ _per_pool("dense.{pool}_frag_bytes", "dense_fragmentation", GAUGE,
 _counter("dense.compactions", "dense_compactions", "Compaction runs of the dense allocator that freed frames.")
 _counter("dense.objects_moved", "dense_objects_moved", "Compressed pages moved by compaction.")
 _counter("dense.frames_compacted", "dense_frames_compacted", "Page frames compaction gave back to the arena.")
+# cold groups: cold persistent pages compressed together by recompression (zcache_cold.py, coldlog.py)
+_gauge("dense.cold_groups", "dense_cold_groups", "Cold groups (cold pages compressed together) held now, a gauge.")
+_gauge("dense.cold_pages", "dense_cold_pages", "Pages held now in cold groups, a gauge.")
+_gauge("dense.cold_zbytes", "dense_cold_compressed",
+       "Compressed bytes of the cold groups held now (freed members' bytes included until their group goes), a gauge.",
+       BYTES)
+_gauge("dense.cold_pageframes", "dense_cold_pageframes", "Memory the cold log holds now in page frames, a gauge.",
+       FRAMES)
+_gauge("dense.cold_hole_bytes", "dense_cold_holes",
+       "Bytes of the cold log freed groups left and compaction has not reclaimed yet, a gauge.", BYTES)
+_counter("dense.cold_compactions", "dense_cold_compactions", "Compactions of the cold log.")
+_counter("dense.cold_grouped", "dense_cold_grouped_pages", "Cold pages recompression put into cold groups.")
+_counter("dense.cold_regrouped", "dense_cold_regrouped_pages",
+         "Pages of sparse cold groups moved into new groups.")
+_counter("dense.cold_written_back", "dense_cold_written_back_pages",
+         "Pages of cold groups written to a backing file.")
+_counter("dense.cold_refused", "dense_cold_refused_pages",
+         "Pages of cold groups the writeback sink refused or had no place for (they stayed).")
 
 # A node reports the "zbud." or the "dense." keys, those of the allocator it runs
 # (Zcache(allocator=...)); every other key is reported by every node.
@@ -470,6 +488,7 @@ DESCRIPTIVE: dict[str, str] = {
     "node.dedup": "configuration, not a measurement",
     "node.recompress_codec": "configuration, not a measurement",
     "node.recompress_cpu": "configuration, not a measurement",
+    "node.recompress_groups": "configuration, not a measurement",
     "node.page_size": "a constant, PAGE_SIZE",
     "node.listen": "configuration, not a measurement",
     "node.metrics": "configuration, not a measurement",

@@ -168,6 +168,8 @@ class Dense:
         self.freed_zpages = [0, 0]
         self.pageframes = [0, 0]
         self.pageframes_max = [0, 0]  # zcache's own gauge (a zspage grows inside match_prep)
+        # frames of the class held beside the allocator (the cold log's), counted in that gauge
+        self.extra_frames = [0, 0]
         self.zspages = [0, 0]
         self.evicted_pageframes = [0, 0]
         self.compactions = 0
@@ -223,8 +225,8 @@ class Dense:
         self.nfr[z] = k + 1
         n = self.pageframes[c] + 1
         self.pageframes[c] = n
-        if n > self.pageframes_max[c]:
-            self.pageframes_max[c] = n
+        if n + self.extra_frames[c] > self.pageframes_max[c]:
+            self.pageframes_max[c] = n + self.extra_frames[c]
         return True
 
     def _start(self, z: int, o: int) -> tuple[int, int]:

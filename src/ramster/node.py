@@ -86,7 +86,8 @@ class Node:
         try:
             self.zc = Zcache(max_pageframes=config.memory // PAGE_SIZE, compressor=config.compressor,
                              writeback_sink=self.writeback, allocator=config.allocator,
-                             recompressor=config.recompress_codec, dedup=config.dedup)
+                             recompressor=config.recompress_codec, dedup=config.dedup,
+                             cold_groups=config.recompress_groups)
         except ValueError as err:  # e.g. the compressor's library is not installed, or memory > the arena
             raise ConfigError(str(err)) from None
         # Non-exclusive: an NBD client may read a swap block any number of times (see SwapExport).
@@ -207,6 +208,7 @@ class Node:
                 "dedup": self.config.dedup,
                 "recompress_codec": self.config.recompress_codec,
                 "recompress_cpu": self.config.recompress_cpu,
+                "recompress_groups": self.zc.cold_groups,
                 "page_size": PAGE_SIZE,
                 "listen": list(self.addresses),
                 "metrics": self.metrics.address if self.metrics is not None else None,

@@ -19,22 +19,27 @@ ranges, so one comparison tells the kinds apart on the hot paths:
     HUGE_BASE - f                 huge page     arena frame f, as it is (uncompressed)
     REMOTE_BASE - r               remote page   on peers: entry r of RAMster's remote
                                                 table says which nodes hold a copy
+    COLD_BASE - k                 cold page     member k % COLD_GROUP of cold group
+                                                k // COLD_GROUP (coldlog.py): compressed
+                                                with the other pages of its group
     DEDUP_BASE - d                dedup page    entry d of zcache's dedup table (dedup.py)
                                                 names the zbud page every owner shares
 
-        2**31-1 ... 1 | 0 | -1 | -2 ... -(2**24)+1 | -(2**24) ... | -(2**24)-2**30 ... | DEDUP_BASE ... -2**31
-        zbud refs      empty zero  same-filled (k)     huge (frame f)  remote (r)           dedup (d)
+        2**31-1 ... 1 | 0 | -1 | -2 ... -(2**24)+1 | -(2**24) ... | -(2**24)-2**30 ... | COLD_BASE ... | DEDUP_BASE ... -2**31
+        zbud refs      empty zero  same-filled (k)     huge (frame f)  remote (r)           cold (k)        dedup (d)
 
 So `p > 0` is the zbud fast path, `p > HUGE_BASE` (p < 0) a page with no frame,
-`REMOTE_BASE < p <= HUGE_BASE` a huge frame, `DEDUP_BASE < p <= REMOTE_BASE`
-a page on a peer and `p <= DEDUP_BASE` a page shared through the dedup table
+`REMOTE_BASE < p <= HUGE_BASE` a huge frame, `COLD_BASE < p <= REMOTE_BASE`
+a page on a peer, `DEDUP_BASE < p <= COLD_BASE` a page of a cold group (only
+recompression on the dense allocator makes those) and `p <= DEDUP_BASE` a page shared through the dedup table
 (only a node started with dedup has those; the remote test comes first on every
 path, so a node without dedup pays nothing for the range). The ranges are wide enough for what fills them: a zbudref is below 2**31
 because the arena has fewer than 2**30 frames (frames.MAX_FRAMES); the fill
 table is capped at MAX_FILLS patterns (after that a same-filled page is
 compressed like any other); a huge page's frame number is an arena frame, the
-remote table holds fewer than MAX_REMOTE (2**29) entries and the dedup table
-fewer than MAX_DEDUP (about 2**29).
+remote table holds fewer than MAX_REMOTE (2**29) entries, the cold groups
+fewer than MAX_COLD (2**28) members and the dedup table fewer than MAX_DEDUP
+(about 2**28).
 
 Only zcache decodes pampds. tmem hands them to zcache's pamops and learns
 nothing more from them than what those return (a get that cannot be served
@@ -58,12 +63,13 @@ MAX_FILLS = (1 << 24) - 2
 SAME_FILLED_MAX_CLEN = 64
 REMOTE_BASE = HUGE_BASE - (1 << 30)
 MAX_REMOTE = 1 << 29
-DEDUP_BASE = REMOTE_BASE - MAX_REMOTE
+COLD_BASE = REMOTE_BASE - MAX_REMOTE
+MAX_COLD = 1 << 28
+COLD_SHIFT = 5  # a cold group holds at most 1 << COLD_SHIFT pages
+COLD_GROUP = 1 << COLD_SHIFT
+DEDUP_BASE = COLD_BASE - MAX_COLD
 # tmem's slots are signed 32-bit
 MAX_DEDUP = DEDUP_BASE + (1 << 31) + 1
-
-
-
 
 
 def is_frameless(p: int) -> bool:
@@ -97,7 +103,16 @@ def remote_entry(p: int) -> int:
 
 
 def is_remote(p: int) -> bool:
-    return DEDUP_BASE < p <= REMOTE_BASE
+    return COLD_BASE < p <= REMOTE_BASE
+
+
+def cold(g: int, m: int) -> int:
+    """The pampd of member m of cold group g."""
+    return COLD_BASE - (g << COLD_SHIFT | m)
+
+
+def is_cold(p: int) -> bool:
+    return DEDUP_BASE < p <= COLD_BASE
 
 
 def dedup(d: int) -> int:

@@ -18,10 +18,11 @@ must agree with zbud's and tmem's structures.
 Every caller goes through Zcache's public methods: the front-ends by pool id
 (or by the Pool handle `pool()` returns, on a block device's read path),
 RAMster through the named operations of zcache_remote.py. The class is
-written in five files by what the methods are for: this one (the front-ends'
+written in six files by what the methods are for: this one (the front-ends'
 door, the put and get paths, the pamops tmem calls), zcache_reclaim.py
 (making room: ouroboros, shrinking, writeback), zcache_recompress.py (cold
-pages stored again with a denser codec), zcache_dedup.py (identical pages
+pages stored again with a denser codec), zcache_cold.py (cold pages
+compressed together in groups, in the cold log), zcache_dedup.py (identical pages
 sharing one copy: a node built with dedup=True gets that file's put as its
 put_page, so this one's never tests for it) and zcache_remote.py (what RAMster
 asks of this node). A page that lives on a peer is an expected
@@ -48,11 +49,12 @@ from . import compress as _compress
 from .frames import FrameArena
 from .handles import check_index, check_page, normalize_oid
 from .dedup import DEDUP_COUNTERS, DedupTable
-from .pampd import (DEDUP_BASE, HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE, SAME_FILLED_MAX_CLEN,
-                    ZERO_FILLED, is_frameless, is_huge, is_remote)
+from .pampd import (COLD_BASE, COLD_GROUP, DEDUP_BASE, HUGE_BASE, MAX_FILLS, ON_PEER, REMOTE_BASE, SAME_FILLED_BASE,
+                    SAME_FILLED_MAX_CLEN, ZERO_FILLED, is_cold, is_frameless, is_huge, is_remote)
 from .tmem import INDEX_LIMIT, LOCAL_CLIENT, MAX_POOLS_PER_CLIENT, OID_LIMIT, Pool, Tmem, TmemError
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .zbud import EPH, HANDLE_SIZE, MAX_BUDDY_SIZE, NSENTINELS, PERS, Zbud
+from .zcache_cold import ColdGroups, cold_init
 from .zcache_dedup import DedupPaths
 from .dense import Dense
 from .zcache_reclaim import RECLAIM_COUNTERS, Reclaim
@@ -86,7 +88,7 @@ _EVENT_COUNTERS = (
 )  # fmt: skip
 
 
-class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
+class Zcache(Reclaim, Recompress, ColdGroups, RemoteDoor, DedupPaths):
     """Compressed transcendent memory in a fixed budget of page frames."""
 
     # The pampd under a handle of a Pool (0: none; pampd.py says what it means):
@@ -96,7 +98,8 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
 
     def __init__(self, max_pageframes: int, compressor: str = _compress.DEFAULT, *,
                  reserve_pageframes: int | None = None, writeback_sink=None, dedup: bool = False,
-                 recompressor: str = DEFAULT_RECOMPRESSOR, allocator: str = DEFAULT_ALLOCATOR):
+                 recompressor: str = DEFAULT_RECOMPRESSOR, allocator: str = DEFAULT_ALLOCATOR,
+                 cold_groups: bool = True):
         if isinstance(max_pageframes, bool) or not isinstance(max_pageframes, int):
             raise TypeError(f"max_pageframes must be an int, not {type(max_pageframes).__name__}")
         if max_pageframes < 0:
@@ -172,6 +175,10 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         self.foreign_pages_max = [0, 0]
         # the second codec cold pages are recompressed with (zcache_recompress.py)
         recompress_init(self, recompressor)
+        # the cold groups recompression makes on a dense node recompressing with zstd
+        # (zcache_cold.py); without them it recompresses persistent pages one by one,
+        # as it does ephemeral ones
+        cold_init(self, cold_groups and self._dense and recompressor.lower() == "zstd")
 
     # ---- public API (DESIGN.md) ----------------------------------------------------
 
@@ -281,7 +288,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         p = self.tmem.lookup(pool, oid, index)
         if p <= DEDUP_BASE:
             p = self.dedup.under[DEDUP_BASE - p]
-        if not p or p <= REMOTE_BASE:
+        if not p or (p <= REMOTE_BASE and p > COLD_BASE):
             return None
         if p > 0:
             self.zbud.touch(p)  # a hit: the frame becomes the most recently used
@@ -333,7 +340,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         s["zcache.objnode_count_max"] = self.tmem.objnode_count_max
         for c, name in ((EPH, "eph"), (PERS, "pers")):
             s[f"zcache.failed_{name}_puts"] = self.failed_puts[c]
-            s[f"zcache.{name}_pageframes"] = self.zbud.pageframes[c]
+            s[f"zcache.{name}_pageframes"] = self.zbud.pageframes[c] + (len(self._cold.frames) if c else 0)
             s[f"zcache.{name}_pageframes_max"] = self.pageframes_max[c]
             s[f"zcache.{name}_zpages"] = self.zpages[c]
             s[f"zcache.{name}_zpages_max"] = self.zpages_max[c]
@@ -346,6 +353,8 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         s.update((f"zcache.{k}", getattr(self, k)) for k in DEDUP_COUNTERS)
         s.update((f"zcache.{k}", getattr(self, k)) for k in RECLAIM_COUNTERS)
         s.update((f"zcache.{k}", getattr(self, k)) for k in RECOMPRESS_COUNTERS)
+        if self._dense:
+            s.update((f"dense.{k}", v) for k, v in self.cold_stats().items())
         s["zcache.idle_pages"] = self.idle_pages()
         s["zcache.pageframes_alloced"] = self.arena.pageframes_alloced
         s["zcache.pageframes_freed"] = self.arena.pageframes_freed
@@ -550,8 +559,10 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
             if self._huge_idle:
                 self._huge_idle.discard(HUGE_BASE - p)
             return self._huge_page(p)
-        if p > DEDUP_BASE:
+        if p > COLD_BASE:
             return ON_PEER
+        if p > DEDUP_BASE:
+            return self._cold_get(p)
         return self.get_data(self.dedup.under[DEDUP_BASE - p], pool)
 
     def get_data_and_free(self, p: int, pool: Pool):
@@ -563,7 +574,7 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
                 data = self._decode_tagged(p)
             if len(data) != PAGE_SIZE:
                 data = self._decode_tagged(p)
-        elif p > REMOTE_BASE or p <= DEDUP_BASE:
+        elif p > REMOTE_BASE or p <= COLD_BASE:
             data = self.get_data(p, pool)
         else:
             return ON_PEER
@@ -586,6 +597,8 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
             if p <= REMOTE_BASE:
                 if p <= DEDUP_BASE:
                     self._dedup_free(p, pool)
+                elif p <= COLD_BASE:
+                    self._cold_free(p)
                 else:
                     self.remote.free_remote(REMOTE_BASE - p, pool, oid, index)
             else:
@@ -627,11 +640,14 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
         self.tmem.check()
         a = self.arena
         pf = self.zbud.pageframes
-        assert a.pageframes_alloced - a.pageframes_freed == pf[EPH] + pf[PERS] + self.huge_pages == a.in_use
+        cl = self._cold
+        cl.check()
+        assert a.pageframes_alloced - a.pageframes_freed == pf[EPH] + pf[PERS] + self.huge_pages + len(cl.frames) == a.in_use
         assert self.huge_pages == len(self.huge_lru) + len(self.huge_taken)
         assert not set(self.huge_lru) & set(self.huge_taken)
+        cold_pages = [0, cl.pages]
         for c in (EPH, PERS):
-            assert self.zbytes[c] == self.zbud.zbytes(c) - HANDLE_SIZE * self.zbud.zpages(c)
+            assert self.zbytes[c] == self.zbud.zbytes(c) - HANDLE_SIZE * self.zbud.zpages(c) + (cl.zbytes if c else 0)
             assert self.pageframes_max[c] >= pf[c]
         specials = [0, 0]
         huge = 0
@@ -642,8 +658,13 @@ class Zcache(Reclaim, Recompress, RemoteDoor, DedupPaths):
                     specials[c] += 1
                 elif is_huge(p):
                     huge += 1
+                elif is_cold(p):
+                    cold_pages[c] -= 1
+                    assert pool.persistent and pool.client_id == LOCAL_CLIENT
+                    assert self._cold.live(*divmod(COLD_BASE - p, COLD_GROUP)), p
         for c in (EPH, PERS):
-            assert self.zpages[c] == self.zbud.zpages(c) + specials[c]
+            assert self.zpages[c] == self.zbud.zpages(c) + specials[c] + (cl.pages if c else 0)
+            assert not cold_pages[c], "a cold member no slot holds, or a slot holding a freed one"
         assert self.zero_filled_pages + self.same_filled_pages == specials[EPH] + specials[PERS]
         assert huge == self.huge_pages
         self._check_dedup()

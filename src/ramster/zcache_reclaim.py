@@ -20,7 +20,8 @@ from pages rather than give frames to them. Three ways, cheapest first:
 
 Idleness is kept per frame, not per page, where the LRU already keeps its
 order: zbud's frames by their LRU stamp against a mark (zbud.py), huge frames
-in a set of the frames marked, left by a get and by a free. A zbud frame is
+in a set of the frames marked, left by a get and by a free, cold groups by a
+byte each that a read of any member sets (coldlog.py). A zbud frame is
 one unit of memory, so a read of either of its pages makes both not idle,
 and a frame whose pages the sink refused goes back to the LRU tail and is
 idle again only at the next mark. A page shared through the dedup table leaves
@@ -106,6 +107,8 @@ class Reclaim:
         marked = self.zbud.mark_idle()
         self._huge_idle = set(self.huge_lru)
         marked += len(self._huge_idle)
+        self._cold.clear_seen()
+        marked += self._cold.pages
         self._idle_marked = True
         self._idle_epoch += 1
         self.marked_idle += marked
@@ -117,7 +120,7 @@ class Reclaim:
             return 0
         zbud = self.zbud
         n = sum(zbud.frame_zpages(f) for c in (EPH, PERS) for f in zbud.idle_frames(c))
-        return n + sum(1 for f in self._huge_idle if f in self.huge_lru)
+        return n + sum(1 for f in self._huge_idle if f in self.huge_lru) + self._cold.idle_pages()
 
     def writeback_idle(self, max_pages: int | None = None) -> int:
         """Move the idle pages out of memory, as zram's `echo idle > writeback`:
@@ -142,6 +145,9 @@ class Reclaim:
             return done
         huge = [f for f in self.huge_lru if f in self._huge_idle]
         n = self._write_back_huge_frames(huge, sink, left - done)
+        self.written_back_idle += n
+        done += n
+        n = self._write_back_cold(sink, getattr(sink, "accepts", None), left - done, idle_only=True)[0]
         self.written_back_idle += n
         done += n
         accepts = getattr(sink, "accepts", None)
@@ -196,7 +202,11 @@ class Reclaim:
     def _ouroboros(self, c: int) -> int:
         """No frame left: eat the LRU ephemeral frame. Its arena frame, or -1."""
         self.failed_get_free_pages += 1
-        f = self._evict_eph_frame()
+        f = -1
+        if self._cold.groups and self._cold_compact():  # holes in the cold log: frames at no loss
+            f = self.arena.alloc()
+        if f < 0:
+            f = self._evict_eph_frame()
         if f < 0 and c and self.writeback_sink is not None:
             # no ephemeral frame left to eat: make room by writing back the LRU persistent frame
             if self.writeback_lru(1, self.writeback_sink):
@@ -269,6 +279,12 @@ class Reclaim:
                 freed += 1
             else:
                 self._revive_huge(p)
+        if freed < nframes and self._cold.groups:
+            # cold groups next: the coldest pages, and those at the end of the log
+            # give their frames back as soon as they are written
+            freed += self._cold_compact()
+            if freed < nframes:
+                freed += self._write_back_cold(sink, accepts, 1 << 62, nframes - freed)[1]
         tries = min(self.zbud.pageframes[PERS], window)
         while freed < nframes and tries > 0:
             tries -= 1
@@ -317,6 +333,10 @@ class Reclaim:
             page = self.get_data(p, pool)
         finally:
             self._idle_marked = marked
+        return self._hand_to_sink(sink, pool, oid, index, page)
+
+    def _hand_to_sink(self, sink, pool: Pool, oid: int, index: int, page: bytes) -> bool:
+        """The page to the sink; only once it took it is the tmem copy freed."""
         self.outstanding_writeback_pages += 1
         try:
             ok = sink(pool, oid, index, page)

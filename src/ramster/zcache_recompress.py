@@ -119,7 +119,10 @@ class Recompress:
             tried += t
             done += d
         if self._dense and self._recomp_pos >= len(queue):
-            # a pass leaves holes in the zspages objects moved out of: compaction packs them
+            # the pass's last cold pages make a group, sparse groups merge, and the
+            # holes the pass left in the log and in the zspages are packed
+            done += self._cold_flush() + self._cold_regroup()
+            self._cold_compact()
             self.zbud.compact()
         self.arena.release_free_frames()
         return done
@@ -291,7 +294,11 @@ class Recompress:
                 continue
             tried += 1
             old = dense.hsize[h]
-            page = self._decompress(dense.payload(h))
+            payload = bytes(dense.payload(h))
+            page = self._decompress(payload)
+            if c == PERS and self.cold_groups and type(d) is tuple:  # its own slot's: into a cold group (zcache_cold.py)
+                done += self._cold_take(d, h, page, payload)
+                continue
             cdata = self._recode(page, old)
             if cdata is None:
                 dense.set_codec(h, TRIED)

@@ -29,7 +29,7 @@ budget and policies, counted in foreign_pages, and never remotified again.
 """
 from __future__ import annotations
 
-from .pampd import DEDUP_BASE, REMOTE_BASE, huge, huge_frame, is_huge, is_remote, remote, remote_entry
+from .pampd import COLD_BASE, DEDUP_BASE, REMOTE_BASE, huge, huge_frame, is_huge, is_remote, remote, remote_entry
 from .tmem import LOCAL_CLIENT, Pool
 from .units import PAGE_SIZE
 from .zbud import EPH, MAX_BUDDY_SIZE, PERS
@@ -158,6 +158,8 @@ class RemoteDoor:
             return self.zbud.is_taken(p)
         if p <= DEDUP_BASE:
             return self._dedup_taken(p)
+        if p <= COLD_BASE:
+            return False  # a cold group's page is on no LRU (zcache_cold.py)
         return huge_frame(p) in self.huge_taken
 
     def decode(self, payload) -> bytes:
@@ -185,7 +187,7 @@ class RemoteDoor:
             if q is None or (persistent is not None and q.persistent != persistent):
                 continue
             for o, index, p in self.tmem.scan_below(q, REMOTE_BASE, oid):
-                if p > DEDUP_BASE:  # not a dedup entry's pampd
+                if p > COLD_BASE:  # not a cold group's or a dedup entry's pampd
                     yield q, o, index, remote_entry(p)
 
     def drop_page(self, pool: Pool, oid: int, index: int) -> bool:

@@ -311,17 +311,32 @@ def test_a_value_left_by_an_evicted_frame_is_checked_not_shared(allocator):
 
 def test_a_recompressed_page_keeps_its_key():
     zc = zc_(allocator="dense")
-    pid = zc.new_pool(persistent=True)
+    pid = zc.new_pool()  # ephemeral: recompressed one by one (persistent pages make cold groups)
     pg = page(40)
     assert zc.put_page(pid, 1, 0, pg)
     (key, p), = zc.dedup.index.items()
     zc.mark_idle()
     assert zc.recompress() == 1
     q = zc.lookup(zc.pool(pid), 1, 0)
-    assert q != p and zc.dedup.index == {key: q}
+    assert q != p and zc.zbud.codec(q) and zc.dedup.index == {key: q}
     assert zc.put_page(pid, 1, 1, pg)  # compared as a get decodes it, and shared
     assert dedup_stats(zc) == {"hits": 1, "collisions": 0, "pages": 1, "saved_pages": 1}
     assert zc.get_page(pid, 1, 0) == pg and zc.get_page(pid, 1, 1) == pg
+    zc.check()
+
+
+def test_a_page_in_a_cold_group_leaves_the_index():
+    zc = zc_(allocator="dense")
+    pid = zc.new_pool(persistent=True)
+    pg = page(40)
+    assert zc.put_page(pid, 1, 0, pg) and zc.put_page(pid, 1, 1, page(41))
+    assert len(zc.dedup.index) == 2
+    zc.mark_idle()
+    assert zc.recompress() == 2 and zc.stats()["dense.cold_pages"] == 2
+    assert zc.dedup.index == {}  # no value leads to a page no longer stored on its own
+    assert zc.put_page(pid, 1, 2, pg)  # stored afresh, not shared with the grouped copy
+    assert dedup_stats(zc)["hits"] == 0
+    assert [zc.get_page(pid, 1, i) for i in range(3)] == [pg, page(41), pg]
     zc.check()
 
 

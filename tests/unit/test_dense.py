@@ -177,7 +177,7 @@ def test_allocator_is_chosen_by_name():
 
 def test_recompression_moves_cold_objects_to_smaller_classes():
     from pages import page
-    zc = Zcache(2048, allocator="dense")
+    zc = Zcache(2048, allocator="dense", cold_groups=False)  # page by page
     pid = zc.new_pool(persistent=True)
     pages = {i: page(i) for i in range(600)}
     for i, pg in pages.items():

@@ -65,7 +65,8 @@ class RamsterVariant(RamsterTarget):
         backing = common.allocated_bytes(self.backing)
         c = st["counters"]
         used = rss - self.baseline_rss + backing
-        frames = c.get("zcache.pers_pageframes", 0) + c.get("zcache.eph_pageframes", 0)
+        # every frame of the arena: the allocator's, huge pages' and the cold log's
+        frames = c.get("zcache.pageframes_alloced", 0) - c.get("zcache.pageframes_freed", 0)
         keep = ("zcache.pers_zpages", "zcache.pers_zbytes", "zcache.pers_pageframes", "zcache.huge_pages",
                 "zcache.same_filled_pages", "zcache.zero_filled_pages", "zcache.writtenback_pages")
         return {"memory_bytes": used, "memory_per_original_byte": used / self.size, "rss_bytes": rss,

@@ -93,7 +93,7 @@ where the numbers come from, for an export whose pages are of pool kind K
 (pers for swap, eph for cache; huge pages, stored raw, are persistent only):
   DATA        (zcache.K_zpages + zcache.huge_pages) x 4096
   COMPR       zcache.K_zbytes + zcache.huge_pages x 4096
-  ZERO-PAGES  zcache.K_zpages - zbud.K_zpages
+  ZERO-PAGES  zcache.K_zpages - zbud.K_zpages (- dense.cold_pages for pers)
   TOTAL       (zcache.K_pageframes + zcache.huge_pages) x 4096
   MEM-LIMIT   zcache.max_pageframes x 4096
   MEM-USED    (zcache.K_pageframes_max + zcache.huge_pages_max) x 4096

@@ -12,8 +12,8 @@ the figures of the kind its pages live in, computed from the seed's counters:
     COMPR       compr_data_size                 zcache.K_zbytes [+ zcache.huge_pages x 4096]
     ALGORITHM   comp_algorithm                  the node's compressor
     STREAMS     max_comp_streams                1: a node compresses on one thread
-    ZERO-PAGES  same_pages                      zcache.K_zpages - zbud.K_zpages (zero- and
-                                                same-filled pages, which take no memory)
+    ZERO-PAGES  same_pages                      zcache.K_zpages - zbud.K_zpages [- dense.cold_pages]
+                                                (zero- and same-filled pages, which take no memory)
     TOTAL       mem_used_total                  (zcache.K_pageframes [+ huge_pages]) x 4096
     MEM-LIMIT   mem_limit                       zcache.max_pageframes x 4096 (the node's budget)
     MEM-USED    mem_used_max                    (zcache.K_pageframes_max [+ huge_pages_max]) x 4096
@@ -119,7 +119,8 @@ def _memory(c: dict, pools: tuple[str, ...]) -> dict:
     return {
         "DATA": (zpages + huge) * PAGE_SIZE,
         "COMPR": sum(g(f"zcache.{k}_zbytes") for k in pools) + huge * PAGE_SIZE,
-        "ZERO-PAGES": zpages - sum(g(f"zbud.{k}_zpages") + g(f"dense.{k}_zpages") for k in pools),
+        "ZERO-PAGES": zpages - sum(g(f"zbud.{k}_zpages") + g(f"dense.{k}_zpages") for k in pools)
+        - (g("dense.cold_pages") if "pers" in pools else 0),
         "TOTAL": (sum(g(f"zcache.{k}_pageframes") for k in pools) + huge) * PAGE_SIZE,
         "MEM-LIMIT": g("zcache.max_pageframes") * PAGE_SIZE,
         "MEM-USED": (sum(g(f"zcache.{k}_pageframes_max") for k in pools) + huge_max) * PAGE_SIZE,

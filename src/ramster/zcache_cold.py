@@ -1,0 +1,289 @@
+"""Cold groups: recompression's last step on the dense allocator, pages compressed together.
+
+A part of Zcache (it is one of its bases). A recompression pass over a dense
+node's persistent zspages does not store each cold page again on its own: it
+collects them, up to COLD_GROUP at a time, and compresses each batch as one
+input with the recompression codec at COLD_LEVEL. The blob goes to the cold
+log (coldlog.py), each page's tmem slot gets the pampd of its place in the
+group (pampd.cold), and the page's dense object is freed. A group keeps
+0.215 of its pages' bytes where zstd-3 on single pages keeps 0.255 (held-out
+corpus pages): what takes the node below nbdkit's zstd allocator.
+
+What a group holds, before compression: the 32-byte handle of each member
+(the handle its dense object carried: oid, index, pool, client) and then the
+members' pages, in order. The handles let writeback and regrouping find each
+member's slot without a per-page Python object; a slot still holding the
+member's pampd is the proof the member is current.
+
+Which pages: persistent, of a local pool, held by their own slot (a dedup
+entry's copy stays where dedup can find it, and a plain page leaves the dedup
+index, as when it is freed), in the node's codec, on an idle zspage (the pass
+walks those). Ephemeral pages are recompressed one by one as before: they are
+dropped, not written back, and a group would pin memory an eviction could not
+take a frame at a time.
+
+The paths a member takes:
+
+- get: the group is decompressed and the member's page cut out. The last
+  group read is kept decompressed (`_cold_cached`), so the neighbours a
+  swap-in reads next cost a slice, not another decompression;
+- free (a flush, an overwrite, an exclusive get): the member's bit goes
+  (coldlog.free_member); the last member frees the blob;
+- writeback (writeback_lru, writeback_idle, a shrunk budget): huge frames
+  first, then cold groups from the end of the log, then the LRU (the idle
+  verb takes only groups none of whose pages was read since the mark). Each live
+  member goes to the sink and is freed only once the sink took it, as every
+  other page; a group whose members the sink refused stays;
+- remotify never sees them (they are on no LRU); a group's pages stay here
+  until they are written back, freed, or regrouped;
+- regrouping: groups left with a quarter of their members or fewer are
+  merged into new groups at the end of the next pass (two of them at least).
+
+A group is made only when every member's slot is checked just before, the
+blob reads back exactly (decompressed and compared), and the log had the
+frames for it; otherwise every page stays where it was. The frames come from
+the budget like any other (a pass never evicts anything to make room), and
+the log compacts at the end of each pass and when a put runs out of frames.
+"""
+from __future__ import annotations
+
+import zstandard
+
+from .coldlog import ColdLog
+from .pampd import COLD_BASE, COLD_GROUP, COLD_SHIFT, MAX_COLD, cold
+from .units import PAGE_SIZE
+from .zbud import CLASS_SHIFT, HANDLE, HANDLE_SIZE, LIVE, PERS
+
+# zstd at 9 on 32 pages: 0.215 of the bytes at ~100 us a page (15: 0.202 at ~1 ms)
+COLD_LEVEL = 9
+# a group this empty is regrouped by the next pass
+SPARSE = COLD_GROUP // 4
+RAW_MAX = COLD_GROUP * (HANDLE_SIZE + PAGE_SIZE)  # a group before compression, at most
+_STATE = (1 << CLASS_SHIFT) - 1  # a unit's state bits, less its class
+COLD_COUNTERS = ("cold_grouped", "cold_regrouped", "cold_written_back", "cold_refused")
+
+
+class ColdGroups:
+    """Zcache's cold groups (see the module comment)."""
+
+    def cold_stats(self) -> dict[str, int]:
+        """The cold groups' numbers, "dense." in stats() (counters.py says what each is)."""
+        log = self._cold
+        s = {"cold_groups": log.groups, "cold_pages": log.pages, "cold_zbytes": log.zbytes,
+             "cold_pageframes": len(log.frames), "cold_hole_bytes": log.hole_bytes(),
+             "cold_compactions": log.compactions}
+        s.update((k, getattr(self, k)) for k in COLD_COUNTERS)
+        return s
+
+    # ---- reading and freeing a member ---------------------------------------------------------
+
+    def _cold_raw(self, g: int) -> bytes:
+        if self._cold_cached_g == g:
+            return self._cold_cached
+        raw = self._cold_d.decompress(self._cold.blob(g), max_output_size=RAW_MAX)
+        self._cold_cached_g = g
+        self._cold_cached = raw
+        return raw
+
+    def _cold_get(self, p: int) -> bytes:
+        k = COLD_BASE - p
+        g = k >> COLD_SHIFT
+        if self._idle_marked:
+            self._cold.seen[g] = 1
+        m = k & (COLD_GROUP - 1)
+        raw = self._cold_raw(g)
+        n = len(raw) // (HANDLE_SIZE + PAGE_SIZE)
+        off = n * HANDLE_SIZE + m * PAGE_SIZE
+        return raw[off:off + PAGE_SIZE]
+
+    def _cold_free(self, p: int) -> None:
+        k = COLD_BASE - p
+        g = k >> COLD_SHIFT
+        log = self._cold
+        before = log.zbytes
+        if log.free_member(g, k & (COLD_GROUP - 1)):
+            if self._cold_cached_g == g:
+                self._cold_cached_g = -1
+                self._cold_cached = b""
+        self.zpages[PERS] -= 1
+        self.zbytes[PERS] -= before - log.zbytes
+
+    # ---- making groups (called by the recompression pass) ---------------------------------------
+
+    def _cold_take(self, owner: tuple, h: int, page: bytes, payload: bytes) -> int:
+        """Queue the page of dense handle h (its slot: owner; its stored payload:
+        `payload`) for the next group; the pages grouped now (a full queue). The queue may wait for the next call of the
+        pass, while puts and frees run: a page is grouped only if its slot still
+        holds h and h still holds those very bytes (a handle freed and handed out
+        again, even to the same slot, holds another page's)."""
+        batch = self._cold_batch
+        batch.append((owner, h, page, payload))
+        return self._cold_flush() if len(batch) >= COLD_GROUP else 0
+
+    def _cold_flush(self) -> int:
+        """Make a group of the queued pages still in place; the pages grouped."""
+        batch, self._cold_batch = self._cold_batch, []
+        dense = self.zbud
+        lookup = self.tmem.lookup
+        state = dense.state
+        # a new pass may look at a page the last one queued: the newest entry of a handle stands
+        batch = list({entry[1]: entry for entry in batch}.values())
+        members = [(o, h, page) for o, h, page, payload in batch
+                   if lookup(*o) == h and dense.hsize[h] and state[dense.unit_of(h)] & _STATE == LIVE
+                   and not dense.codec(h) and dense.payload(h) == payload]
+        if not members:
+            return 0
+        if len(self._cold.mask) * COLD_GROUP >= MAX_COLD and not self._cold._free_g:
+            return 0
+        raw = b"".join(dense.handle_bytes(h) for _, h, _ in members) + b"".join(pg for _, _, pg in members)
+        blob = self._cold_c.compress(raw)
+        old = sum(dense.hsize[h] for _, h, _ in members)
+        if len(blob) >= old - HANDLE_SIZE * len(members) or self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
+            for _, h, _ in members:
+                dense.set_codec(h, 0xFF)  # TRIED: not worth it, a later pass skips the page
+            self.recompress_skipped += len(members)
+            return 0
+        log = self._cold
+        g = log.add(blob, len(members))
+        if g < 0:
+            return 0  # no frames for the blob now: a later pass tries again
+        if self._cold_cached_g == g:
+            self._cold_cached_g = -1
+        dedup = self.dedup
+        relink = self.tmem.relink
+        stored = 0
+        for m, (owner, h, _) in enumerate(members):
+            relink(*owner, cold(g, m))
+            if dedup is not None:
+                dedup.forget(h)
+            stored += dense.free_and_delist(h)
+        self.zbytes[PERS] += len(blob) - (stored - HANDLE_SIZE * len(members))
+        self.recompress_saved_bytes += stored - HANDLE_SIZE * len(members) - len(blob)
+        self.recompressed += len(members)
+        self.cold_grouped += len(members)
+        return len(members)
+
+    def _cold_regroup(self) -> int:
+        """Put the live members of sparse groups (a quarter full or less) into new
+        groups, when there are two sparse groups or more to merge; the pages moved.
+        A member's old place is freed once the new group holds it."""
+        log = self._cold
+        sparse = [g for g in log.newest() if bin(log.mask[g]).count("1") <= SPARSE]
+        if len(sparse) < 2:
+            return 0
+        batch = [(owner, cold(g, m), page) for g in sparse for owner, m, page in self._cold_members(g)]
+        done = 0
+        lookup = self.tmem.lookup
+        for i in range(0, len(batch), COLD_GROUP):
+            part = [(o, p, page) for o, p, page in batch[i:i + COLD_GROUP] if lookup(*o) == p]
+            if not part:
+                continue
+            raw = b"".join(_handle(o) for o, _, _ in part) + b"".join(pg for _, _, pg in part)
+            blob = self._cold_c.compress(raw)
+            if self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
+                continue
+            g = log.add(blob, len(part))
+            if g < 0:
+                break
+            if self._cold_cached_g == g:
+                self._cold_cached_g = -1
+            self.zpages[PERS] += len(part)
+            self.zbytes[PERS] += len(blob)
+            for m, (owner, p, _) in enumerate(part):
+                self.tmem.relink(*owner, cold(g, m))
+                self._cold_free(p)
+            self.cold_regrouped += len(part)
+            done += len(part)
+        return done
+
+    def _cold_members(self, g: int):
+        """(owner, m, page) of every live member of group g whose slot still holds it."""
+        log = self._cold
+        raw = self._cold_raw(g)
+        n = len(raw) // (HANDLE_SIZE + PAGE_SIZE)
+        mask = log.mask[g]
+        get_pool = self.tmem.get_pool
+        lookup = self.tmem.lookup
+        out = []
+        for m in range(n):
+            if not mask >> m & 1:
+                continue
+            oid, index, pool_id, client_id = _owner(raw, m)
+            pool = get_pool(client_id, pool_id)
+            if pool is None or lookup(pool, oid, index) != cold(g, m):
+                continue
+            off = n * HANDLE_SIZE + m * PAGE_SIZE
+            out.append(((pool, oid, index), m, raw[off:off + PAGE_SIZE]))
+        return out
+
+    # ---- leaving memory ----------------------------------------------------------------------------
+
+    def _write_back_cold(self, sink, accepts, limit: int, frames_wanted: int = 1 << 62,
+                         idle_only: bool = False) -> tuple[int, int]:
+        """Write the cold groups' pages to the sink, the end of the log first, whole
+        groups only, at most `limit` pages, until `frames_wanted` frames came back;
+        with idle_only, only groups none of whose pages was read since the idle
+        mark. Returns (pages written, frames given back)."""
+        log = self._cold
+        frames = len(log.frames)
+        written = 0
+        for g in log.newest():
+            if idle_only and log.seen[g]:
+                continue
+            # what compaction will give back once these pages are gone: a group the sink
+            # refused may keep the end of the log where it is
+            if frames - -(-log.zbytes // PAGE_SIZE) >= frames_wanted:
+                break
+            members = self._cold_members(g)
+            if written + len(members) > limit:
+                break
+            for (pool, oid, index), m, page in members:
+                if accepts is not None and not accepts(pool, oid, index):
+                    self.cold_refused += 1
+                    continue
+                if self._hand_to_sink(sink, pool, oid, index, page):
+                    written += 1
+                    self.cold_written_back += 1
+                else:
+                    self.cold_refused += 1
+        if log.hole_bytes() >= PAGE_SIZE:
+            log.compact()
+        return written, frames - len(log.frames)
+
+    def _cold_frames(self, n: int) -> None:
+        """The log holds n frames now: they are persistent pages' frames, in zcache's
+        pers_pageframes and its high-water mark (the allocator counts its own)."""
+        dense = self.zbud
+        dense.extra_frames[PERS] = n
+        total = dense.pageframes[PERS] + n
+        if total > dense.pageframes_max[PERS]:
+            dense.pageframes_max[PERS] = total
+
+    def _cold_compact(self) -> int:
+        return self._cold.compact()
+
+
+def _owner(raw: bytes, m: int) -> tuple[int, int, int, int]:
+    """(oid, index, pool_id, client_id) of member m's handle."""
+    oidb, index, pool_id, _codec, client_id = HANDLE.unpack_from(raw, m * HANDLE_SIZE)
+    return int.from_bytes(oidb, "little"), index, pool_id, client_id
+
+
+def _handle(owner: tuple) -> bytes:
+    pool, oid, index = owner
+    return oid.to_bytes(24, "little") + (index | pool.handle_tag).to_bytes(8, "little")
+
+
+def cold_init(zc, on: bool) -> None:
+    """The state a Zcache keeps for cold groups (called from its __init__); `on`: the
+    recompression pass makes them."""
+    zc.cold_groups = on
+    zc._cold = ColdLog(zc.arena, zc._cold_frames if zc._dense else None)
+    zc._cold_c = zstandard.ZstdCompressor(level=COLD_LEVEL, write_content_size=False, write_checksum=False,
+                                          write_dict_id=False)
+    zc._cold_d = zstandard.ZstdDecompressor()
+    zc._cold_batch = []
+    zc._cold_cached_g = -1
+    zc._cold_cached = b""
+    for name in COLD_COUNTERS:
+        setattr(zc, name, 0)
