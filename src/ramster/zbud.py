@@ -78,6 +78,8 @@ _pack_handle = struct.Struct("<24sQ").pack_into
 # node's own codec (zcache_recompress.py gives the other values their meaning)
 CODEC_OFFSET = 29
 CODEC_SHIFT = 40
+# the codec byte of a page recompression looked at and left in the node's codec
+TRIED = 0xFF
 
 
 _unpack_handle = HANDLE.unpack_from

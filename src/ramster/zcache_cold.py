@@ -2,12 +2,14 @@
 
 A part of Zcache (it is one of its bases). A recompression pass over a dense
 node's persistent zspages does not store each cold page again on its own: it
-collects them, up to COLD_GROUP at a time, and compresses each batch as one
-input with the recompression codec at COLD_LEVEL. The blob goes to the cold
+queues them (up to COLD_WINDOW), sorts them by slot, and compresses each run
+of COLD_GROUP as one input with zstd at COLD_LEVEL. The blob goes to the cold
 log (coldlog.py), each page's tmem slot gets the pampd of its place in the
 group (pampd.cold), and the page's dense object is freed. A group keeps
-0.215 of its pages' bytes where zstd-3 on single pages keeps 0.255 (held-out
-corpus pages): what takes the node below nbdkit's zstd allocator.
+0.21 of its pages' bytes where zstd-3 on single pages keeps 0.255 (held-out
+corpus pages): what takes the node below nbdkit's zstd allocator. Slot order
+makes neighbours share a group: denser (neighbouring pages look alike), and
+a swap-in of a page and the ones after it decompresses the group once.
 
 What a group holds, before compression: the 32-byte handle of each member
 (the handle its dense object carried: oid, index, pool, client) and then the
@@ -52,10 +54,13 @@ import zstandard
 from .coldlog import ColdLog
 from .pampd import COLD_BASE, COLD_GROUP, COLD_SHIFT, MAX_COLD, cold
 from .units import PAGE_SIZE
-from .zbud import CLASS_SHIFT, HANDLE, HANDLE_SIZE, LIVE, PERS
+from .zbud import CLASS_SHIFT, HANDLE, HANDLE_SIZE, LIVE, PERS, TRIED
 
 # zstd at 9 on 32 pages: 0.215 of the bytes at ~100 us a page (15: 0.202 at ~1 ms)
 COLD_LEVEL = 9
+# pages a pass queues before it sorts them by slot and cuts them into groups (a
+# handle and its slot each: about 100 bytes a page while the pass runs)
+COLD_WINDOW = 512 * COLD_GROUP
 # a group this empty is regrouped by the next pass
 SPARSE = COLD_GROUP // 4
 RAW_MAX = COLD_GROUP * (HANDLE_SIZE + PAGE_SIZE)  # a group before compression, at most
@@ -110,55 +115,74 @@ class ColdGroups:
 
     # ---- making groups (called by the recompression pass) ---------------------------------------
 
-    def _cold_take(self, owner: tuple, h: int, page: bytes, payload: bytes) -> int:
-        """Queue the page of dense handle h (its slot: owner; its stored payload:
-        `payload`) for the next group; the pages grouped now (a full queue). The queue may wait for the next call of the
-        pass, while puts and frees run: a page is grouped only if its slot still
-        holds h and h still holds those very bytes (a handle freed and handed out
-        again, even to the same slot, holds another page's)."""
+    def _cold_take(self, owner: tuple, h: int) -> int:
+        """Queue the page of dense handle h (its slot: owner) for a group; the pages
+        grouped now (when the window is full).
+
+        The queue is a window of up to COLD_WINDOW pages, sorted by slot before it
+        is cut into groups, so a group holds neighbouring pages (a swap area's
+        slots), and a swap-in that reads a page and its neighbours decompresses
+        one group, not one per page. The window waits across calls of the pass,
+        while puts and frees run, so it keeps no bytes: a page is grouped as its
+        handle holds it when the group is made, and only if its slot still holds
+        that handle (a page freed, replaced or moved since is left alone)."""
         batch = self._cold_batch
-        batch.append((owner, h, page, payload))
-        return self._cold_flush() if len(batch) >= COLD_GROUP else 0
+        batch.append((owner, h))
+        return self._cold_flush() if len(batch) >= COLD_WINDOW else 0
 
     def _cold_flush(self) -> int:
-        """Make a group of the queued pages still in place; the pages grouped."""
+        """Make groups of the queued pages still in place; the pages grouped."""
         batch, self._cold_batch = self._cold_batch, []
         dense = self.zbud
         lookup = self.tmem.lookup
         state = dense.state
         # a new pass may look at a page the last one queued: the newest entry of a handle stands
-        batch = list({entry[1]: entry for entry in batch}.values())
-        members = [(o, h, page) for o, h, page, payload in batch
-                   if lookup(*o) == h and dense.hsize[h] and state[dense.unit_of(h)] & _STATE == LIVE
-                   and not dense.codec(h) and dense.payload(h) == payload]
-        if not members:
-            return 0
+        batch = {h: o for o, h in batch}.items()
+        members = sorted(((o, h) for h, o in batch
+                          if lookup(*o) == h and dense.hsize[h] and state[dense.unit_of(h)] & _STATE == LIVE
+                          and not dense.codec(h)),
+                         key=_slot_order)
+        done = 0
+        for i in range(0, len(members), COLD_GROUP):
+            n = self._cold_group(members[i:i + COLD_GROUP])
+            if n < 0:
+                break  # no frames: a later pass tries again
+            done += n
+        return done
+
+    def _cold_group(self, members: list) -> int:
+        """One group of `members` (owner, dense handle); the pages grouped, 0 when
+        compressing them together saves nothing, -1 when the log has no room."""
+        dense = self.zbud
         if len(self._cold.mask) * COLD_GROUP >= MAX_COLD and not self._cold._free_g:
-            return 0
-        raw = b"".join(dense.handle_bytes(h) for _, h, _ in members) + b"".join(pg for _, _, pg in members)
+            return -1
+        decompress = self._decompress
+        raw = (b"".join(dense.handle_bytes(h) for _, h in members)
+               + b"".join(decompress(dense.payload(h)) for _, h in members))
         blob = self._cold_c.compress(raw)
-        old = sum(dense.hsize[h] for _, h, _ in members)
-        if len(blob) >= old - HANDLE_SIZE * len(members) or self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
-            for _, h, _ in members:
-                dense.set_codec(h, 0xFF)  # TRIED: not worth it, a later pass skips the page
+        payloads = sum(dense.hsize[h] - HANDLE_SIZE for _, h in members)
+        if len(raw) != len(members) * (HANDLE_SIZE + PAGE_SIZE) or len(blob) >= payloads:
+            for _, h in members:
+                dense.set_codec(h, TRIED)  # a later pass skips the page
             self.recompress_skipped += len(members)
             return 0
+        if self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
+            return 0  # never kept: a blob that does not read back exactly
         log = self._cold
         g = log.add(blob, len(members))
         if g < 0:
-            return 0  # no frames for the blob now: a later pass tries again
+            return -1
         if self._cold_cached_g == g:
             self._cold_cached_g = -1
         dedup = self.dedup
         relink = self.tmem.relink
-        stored = 0
-        for m, (owner, h, _) in enumerate(members):
+        for m, (owner, h) in enumerate(members):
             relink(*owner, cold(g, m))
             if dedup is not None:
                 dedup.forget(h)
-            stored += dense.free_and_delist(h)
-        self.zbytes[PERS] += len(blob) - (stored - HANDLE_SIZE * len(members))
-        self.recompress_saved_bytes += stored - HANDLE_SIZE * len(members) - len(blob)
+            dense.free_and_delist(h)
+        self.zbytes[PERS] += len(blob) - payloads
+        self.recompress_saved_bytes += payloads - len(blob)
         self.recompressed += len(members)
         self.cold_grouped += len(members)
         return len(members)
@@ -171,7 +195,8 @@ class ColdGroups:
         sparse = [g for g in log.newest() if bin(log.mask[g]).count("1") <= SPARSE]
         if len(sparse) < 2:
             return 0
-        batch = [(owner, cold(g, m), page) for g in sparse for owner, m, page in self._cold_members(g)]
+        batch = sorted(((owner, cold(g, m), page) for g in sparse for owner, m, page in self._cold_members(g)),
+                       key=_slot_order)
         done = 0
         lookup = self.tmem.lookup
         for i in range(0, len(batch), COLD_GROUP):
@@ -261,6 +286,13 @@ class ColdGroups:
 
     def _cold_compact(self) -> int:
         return self._cold.compact()
+
+
+def _slot_order(entry: tuple) -> tuple[int, int, int]:
+    # index before oid: frontswap (the one local persistent pool) spreads a swap area's
+    # consecutive offsets over 256 oids at one index (its swizzle), so this is slot order
+    pool, oid, index = entry[0]
+    return pool.pool_id, index, oid
 
 
 def _owner(raw: bytes, m: int) -> tuple[int, int, int, int]:

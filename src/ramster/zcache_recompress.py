@@ -69,12 +69,11 @@ from .handles import page_budget
 from .pampd import HUGE_BASE
 from .tmem import LOCAL_CLIENT
 from .units import PAGE_SIZE
-from .zbud import CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_SIZE, NSENTINELS, PERS, nchunks
+from .zbud import (CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_SIZE, NSENTINELS, PERS, TRIED,
+                   nchunks)
 
 # the recompression counters, "zcache." in stats()
 RECOMPRESS_COUNTERS = ("recompressed", "recompress_skipped", "recompress_saved_bytes")
-# the codec byte of a page recompression looked at and left in the node's codec
-TRIED = 0xFF
 DEFAULT_RECOMPRESSOR = "zstd"
 
 
@@ -293,12 +292,11 @@ class Recompress:
             if d is None:
                 continue
             tried += 1
-            old = dense.hsize[h]
-            payload = bytes(dense.payload(h))
-            page = self._decompress(payload)
             if c == PERS and self.cold_groups and type(d) is tuple:  # its own slot's: into a cold group (zcache_cold.py)
-                done += self._cold_take(d, h, page, payload)
+                done += self._cold_take(d, h)
                 continue
+            old = dense.hsize[h]
+            page = self._decompress(dense.payload(h))
             cdata = self._recode(page, old)
             if cdata is None:
                 dense.set_codec(h, TRIED)

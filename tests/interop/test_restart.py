@@ -83,8 +83,12 @@ def test_sigterm_then_restart_reads_every_last_version(tmp_path, store):
     flags, content = STORES[store]
     backing = tmp_path / "swap.img"
     node = start(tmp_path, backing, *flags)
-    _, v2 = write_two_versions(node, content)
-    assert node.stats()["counters"]["zcache.writtenback_pages"] > 0  # the file held v1 of many pages
+    try:
+        _, v2 = write_two_versions(node, content)
+        assert node.stats()["counters"]["zcache.writtenback_pages"] > 0  # the file held v1 of many pages
+    except BaseException:
+        node.stop()  # no node left behind by a failure
+        raise
     assert node.stop() == 0
     node = start(tmp_path, backing, *flags)
     try:
@@ -102,11 +106,13 @@ def test_kill9_then_restart_reads_last_version_or_eio(tmp_path, store):
     flags, content = STORES[store]
     backing = tmp_path / "swap.img"
     node = start(tmp_path, backing, *flags)
-    v1, v2 = write_two_versions(node, content)
-    if content is shared_version:
-        assert node.counters()["zcache.dedup_hits"] > 0
-    node.proc.send_signal(signal.SIGKILL)
-    node.proc.wait()
+    try:
+        v1, v2 = write_two_versions(node, content)
+        if content is shared_version:
+            assert node.counters()["zcache.dedup_hits"] > 0
+    finally:
+        node.proc.send_signal(signal.SIGKILL)
+        node.proc.wait()
     node = start(tmp_path, backing, *flags)
     try:
         got = read_back(node)
