@@ -43,8 +43,10 @@ class ColdLog:
         self.blen = array("i")
         self.mask = array("L")
         self.seen = bytearray()
-        self.order: list[int] = []  # group ids in log order, freed ones until they leave it
-        self._free_g: list[int] = []
+        # arrays, not lists: a pass makes and drops many small objects, and an int a list
+        # kept among them would pin their allocator's arenas in memory
+        self.order = array("i")  # group ids in log order, freed ones until they leave it
+        self._free_g = array("i")
         self.groups = 0  # live groups
         self.pages = 0  # live members
         self.zbytes = 0  # bytes of the live groups' blobs
@@ -181,7 +183,7 @@ class ColdLog:
         if not self.hole_bytes():
             return 0
         at = 0
-        live = []
+        live = array("i")
         for g in self.order:
             if not self.mask[g]:
                 self._free_g.append(g)

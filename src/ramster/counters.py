@@ -350,6 +350,8 @@ _per_pool("ramster.remote_{pool}_pages_lost", "remote_pages_lost", COUNTER,
           "Pages whose every copy was on peers that lost them, read back as errors.", pools=("pers",))
 _counter("ramster.remote_checksum_errors", "remote_checksum_errors",
          "Pages a peer returned whose checksum did not match what was sent.")
+_counter("ramster.remote_gets_after_reconnect", "remote_gets_after_reconnect",
+         "Remote gets that found no holder connected, waited for a lost connection to come back, and asked again.")
 _counter("ramster.pages_rereplicated", "pages_rereplicated",
          "Copies of pages made again on another peer after a peer holding one went away.")
 _gauge("ramster.remote_pages_short", "remote_pages_short",

@@ -49,6 +49,8 @@ the log compacts at the end of each pass and when a put runs out of frames.
 """
 from __future__ import annotations
 
+from array import array
+
 import zstandard
 
 from .coldlog import ColdLog
@@ -58,8 +60,8 @@ from .zbud import CLASS_SHIFT, HANDLE, HANDLE_SIZE, LIVE, PERS, TRIED
 
 # zstd at 9 on 32 pages: 0.215 of the bytes at ~100 us a page (15: 0.202 at ~1 ms)
 COLD_LEVEL = 9
-# pages a pass queues before it sorts them by slot and cuts them into groups (a
-# handle and its slot each: about 100 bytes a page while the pass runs)
+# pages a pass queues (their handles, 4 bytes each) before it sorts them by slot and
+# cuts them into groups: 64 MiB of pages at a time
 COLD_WINDOW = 512 * COLD_GROUP
 # a group this empty is regrouped by the next pass
 SPARSE = COLD_GROUP // 4
@@ -115,40 +117,71 @@ class ColdGroups:
 
     # ---- making groups (called by the recompression pass) ---------------------------------------
 
-    def _cold_take(self, owner: tuple, h: int) -> int:
-        """Queue the page of dense handle h (its slot: owner) for a group; the pages
-        grouped now (when the window is full).
+    def _cold_take(self, h: int) -> int:
+        """Queue the page of dense handle h, held by its own slot, for a group; the
+        pages grouped now (when the window is full).
 
         The queue is a window of up to COLD_WINDOW pages, sorted by slot before it
         is cut into groups, so a group holds neighbouring pages (a swap area's
         slots), and a swap-in that reads a page and its neighbours decompresses
         one group, not one per page. The window waits across calls of the pass,
-        while puts and frees run, so it keeps no bytes: a page is grouped as its
-        handle holds it when the group is made, and only if its slot still holds
-        that handle (a page freed, replaced or moved since is left alone)."""
+        while puts and frees run, so it keeps no bytes and no owner: a page is
+        grouped as its handle holds it when the group is made, and only if the
+        slot its handle names still holds that handle (a page freed, replaced or
+        moved since is left alone). It is an array of handles: no Python object a
+        page (see coldlog.py on arenas)."""
         batch = self._cold_batch
-        batch.append((owner, h))
+        batch.append(h)
         return self._cold_flush() if len(batch) >= COLD_WINDOW else 0
 
     def _cold_flush(self) -> int:
         """Make groups of the queued pages still in place; the pages grouped."""
-        batch, self._cold_batch = self._cold_batch, []
-        dense = self.zbud
-        lookup = self.tmem.lookup
-        state = dense.state
-        # a new pass may look at a page the last one queued: the newest entry of a handle stands
-        batch = {h: o for o, h in batch}.items()
-        members = sorted(((o, h) for h, o in batch
-                          if lookup(*o) == h and dense.hsize[h] and state[dense.unit_of(h)] & _STATE == LIVE
-                          and not dense.codec(h)),
-                         key=_slot_order)
+        batch, self._cold_batch = self._cold_batch, array("i")
+        order = self._cold_sorted(batch)
+        del batch
         done = 0
-        for i in range(0, len(members), COLD_GROUP):
-            n = self._cold_group(members[i:i + COLD_GROUP])
+        for i in range(0, len(order), COLD_GROUP):
+            members = [(self._cold_owner(h), h) for h in order[i:i + COLD_GROUP]]
+            n = self._cold_group(members)
             if n < 0:
                 break  # no frames: a later pass tries again
             done += n
         return done
+
+    def _cold_sorted(self, handles) -> array:
+        """The handles still fit for a group, each once (a new pass may look at a page
+        the last one queued), in slot order. One int a page is made here, its sort
+        key with the handle in its low bits, and all are gone before any group is:
+        a tuple or two a page, kept until the sort, grew the process by a megabyte
+        the allocator's arenas kept (see coldlog.py)."""
+        dense = self.zbud
+        state = dense.state
+        keys = []
+        for h in handles:
+            if not dense.hsize[h] or state[dense.unit_of(h)] & _STATE != LIVE or dense.codec(h):
+                continue
+            owner = self._cold_owner(h)
+            if owner is not None:
+                pool, oid, index = owner
+                keys.append(_slot_key(pool.pool_id, oid, index) << 32 | h)
+        keys.sort()
+        out = array("i")
+        last = -1
+        for k in keys:
+            h = k & 0xFFFFFFFF
+            if h != last:  # a handle queued twice: the same key, side by side
+                out.append(h)
+                last = h
+        return out
+
+    def _cold_owner(self, h: int):
+        """(pool, oid, index) of the slot dense handle h's header names, if that slot
+        still holds h; else None."""
+        client_id, pool_id, oid, index = self.zbud.handle(h)
+        pool = self.tmem.get_pool(client_id, pool_id)
+        if pool is None or not pool.persistent or self.tmem.lookup(pool, oid, index) != h:
+            return None
+        return pool, oid, index
 
     def _cold_group(self, members: list) -> int:
         """One group of `members` (owner, dense handle); the pages grouped, 0 when
@@ -159,7 +192,7 @@ class ColdGroups:
         decompress = self._decompress
         raw = (b"".join(dense.handle_bytes(h) for _, h in members)
                + b"".join(decompress(dense.payload(h)) for _, h in members))
-        blob = self._cold_c.compress(raw)
+        blob = self._cold_compressor().compress(raw)
         payloads = sum(dense.hsize[h] - HANDLE_SIZE for _, h in members)
         if len(raw) != len(members) * (HANDLE_SIZE + PAGE_SIZE) or len(blob) >= payloads:
             for _, h in members:
@@ -196,7 +229,7 @@ class ColdGroups:
         if len(sparse) < 2:
             return 0
         batch = sorted(((owner, cold(g, m), page) for g in sparse for owner, m, page in self._cold_members(g)),
-                       key=_slot_order)
+                       key=lambda entry: _slot_key(entry[0][0].pool_id, *entry[0][1:]))
         done = 0
         lookup = self.tmem.lookup
         for i in range(0, len(batch), COLD_GROUP):
@@ -204,7 +237,7 @@ class ColdGroups:
             if not part:
                 continue
             raw = b"".join(_handle(o) for o, _, _ in part) + b"".join(pg for _, _, pg in part)
-            blob = self._cold_c.compress(raw)
+            blob = self._cold_compressor().compress(raw)
             if self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
                 continue
             g = log.add(blob, len(part))
@@ -284,15 +317,29 @@ class ColdGroups:
         if total > dense.pageframes_max[PERS]:
             dense.pageframes_max[PERS] = total
 
+    def _cold_compressor(self):
+        """The group compressor, made when a pass first needs it: its context holds
+        about 3.5 MB at level 9 (hash and chain tables sized for a group), so the
+        pass drops it at its end (`_cold_release`) rather than keep it between passes."""
+        c = self._cold_c
+        if c is None:
+            # the content size (3 bytes) lets a read decode straight into its output: without
+            # it the decompression context keeps a window buffer, 750 KB instead of 96 KB
+            c = self._cold_c = zstandard.ZstdCompressor(level=COLD_LEVEL, write_content_size=True,
+                                                        write_checksum=False, write_dict_id=False)
+        return c
+
+    def _cold_release(self) -> None:
+        self._cold_c = None
+
     def _cold_compact(self) -> int:
         return self._cold.compact()
 
 
-def _slot_order(entry: tuple) -> tuple[int, int, int]:
+def _slot_key(pool_id: int, oid: int, index: int) -> int:
     # index before oid: frontswap (the one local persistent pool) spreads a swap area's
     # consecutive offsets over 256 oids at one index (its swizzle), so this is slot order
-    pool, oid, index = entry[0]
-    return pool.pool_id, index, oid
+    return (pool_id << 32 | index) << 192 | oid
 
 
 def _owner(raw: bytes, m: int) -> tuple[int, int, int, int]:
@@ -311,10 +358,9 @@ def cold_init(zc, on: bool) -> None:
     recompression pass makes them."""
     zc.cold_groups = on
     zc._cold = ColdLog(zc.arena, zc._cold_frames if zc._dense else None)
-    zc._cold_c = zstandard.ZstdCompressor(level=COLD_LEVEL, write_content_size=False, write_checksum=False,
-                                          write_dict_id=False)
+    zc._cold_c = None
     zc._cold_d = zstandard.ZstdDecompressor()
-    zc._cold_batch = []
+    zc._cold_batch = array("i")
     zc._cold_cached_g = -1
     zc._cold_cached = b""
     for name in COLD_COUNTERS:

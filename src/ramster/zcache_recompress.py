@@ -64,6 +64,8 @@ batch is synchronous and no write can interleave with the page it moves.
 """
 from __future__ import annotations
 
+from array import array
+
 from . import compress as _compress
 from .handles import page_budget
 from .pampd import HUGE_BASE
@@ -100,7 +102,9 @@ class Recompress:
         limit = page_budget(max_pages)
         if (not self._recomp_queue or self._recomp_pass != (self._idle_epoch, idle_only)
                 or self._recomp_pos >= len(self._recomp_queue)):
-            self._recomp_queue = self._recompress_candidates(idle_only)
+            # an array: ints kept in a list through the pass would pin the arenas of the
+            # many small objects a pass makes and drops (coldlog.py)
+            self._recomp_queue = array("i", self._recompress_candidates(idle_only))
             self._recomp_pass = (self._idle_epoch, idle_only)
             self._recomp_pos = 0
             self._recomp_slot = 0
@@ -121,6 +125,7 @@ class Recompress:
             # the pass's last cold pages make a group, sparse groups merge, and the
             # holes the pass left in the log and in the zspages are packed
             done += self._cold_flush() + self._cold_regroup()
+            self._cold_release()
             self._cold_compact()
             self.zbud.compact()
         self.arena.release_free_frames()
@@ -293,7 +298,7 @@ class Recompress:
                 continue
             tried += 1
             if c == PERS and self.cold_groups and type(d) is tuple:  # its own slot's: into a cold group (zcache_cold.py)
-                done += self._cold_take(d, h)
+                done += self._cold_take(h)
                 continue
             old = dense.hsize[h]
             page = self._decompress(dense.payload(h))

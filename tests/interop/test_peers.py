@@ -691,3 +691,61 @@ def test_tls_round_trip(tmp_path):
             await stop_all([a, b])
 
     run(main())
+
+
+def test_a_lost_connection_is_waited_for_and_a_dead_peer_is_not(tmp_path):
+    """wait_reconnect: a connection cut a moment ago comes back within the grace; a
+    peer that died refuses the redial, which ends the grace at once."""
+    async def main():
+        doc = cluster_doc(tmp_path, ["m", "a"])
+        write_toml(tmp_path / "cluster.toml", doc)
+        m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
+        a = await start_net(doc, "a")
+        try:
+            await all_connected([a])
+            assert a.reconnect_grace(0) == 0  # connected: nothing to wait for
+            a._conns[0].close("test: cut the wire")
+            assert await a.wait_until(lambda: not a.connected(0), 5)
+            assert a.reconnect_grace(0) > 0
+            assert await a.wait_reconnect([0])  # a dials again at once (reconnect_delay 0.05 s)
+            assert a.connected(0) and a.reconnect_grace(0) == 0
+            await m.kill()
+            assert await a.wait_until(lambda: not a.connected(0), 5)
+            # the redial is refused (nothing listens): the grace ends with it, not with time
+            assert await a.wait_until(lambda: 0 not in a._lost_at, 5)
+            assert a.reconnect_grace(0) == 0 and not await a.wait_reconnect([0])
+        finally:
+            await a.stop()
+            await m.stop()
+
+    run(main(), timeout=45)
+
+
+def test_a_stall_of_this_node_waits_for_a_peer_heard_from_after_it(tmp_path):
+    """This node's loop stopped past the idle timeout (SIGSTOP, a long GC, a VM pause):
+    its requests time out and its connections are gone when it resumes, through no
+    fault of the peers. The stall is noticed, and wait_reconnect waits for a peer
+    heard from after it instead of failing at once."""
+    async def main():
+        doc = cluster_doc(tmp_path, ["m", "a"])
+        write_toml(tmp_path / "cluster.toml", doc)
+        m = await PeerProcess.start(tmp_path / "cluster.toml", "m")
+        a = await start_net(doc, "a")
+        try:
+            await all_connected([a])
+            r = await a.request(0, PutPages(3, True, [PutPage(1, 1, 11, b"kept")]))
+            assert r.statuses == [0]
+            before = time.monotonic()
+            assert not a.stalled_since(before)
+            time.sleep(FAST["idle_timeout"] + 0.5)  # the whole loop stops: m hears nothing and hangs up
+            assert not a.stalled_since(before)  # not yet: the tick has not run
+            assert await a.wait_until(lambda: a.stalled_since(before), 5)
+            assert await a.wait_reconnect([0], before)  # heard from again, on a new connection
+            assert a.peers()[0].last_seen > before
+            r = await a.request(0, Get(3, True, 1, 1, False))
+            assert (r.found, r.data) == (True, b"kept")
+        finally:
+            await a.stop()
+            assert await m.stop() == 0
+
+    run(main(), timeout=45)

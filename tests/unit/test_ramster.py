@@ -37,6 +37,9 @@ class LoopbackNet:
         self.requests: list[tuple[int, int, str]] = []
         # node -> event: a request to it waits for the event, then fails as a timeout would
         self.stalled: dict[int, asyncio.Event] = {}
+        # set by a test: lost connections are coming back (wait_reconnect waits for this event)
+        self.reconnect: asyncio.Event | None = None
+        self.waiting = asyncio.Event()  # set when a get starts that wait
 
     def view(self, me: int) -> "NodeNet":
         return NodeNet(self, me)
@@ -53,6 +56,14 @@ class NodeNet:
 
     def connected(self, node: int) -> bool:
         return node not in self.ln.down
+
+    async def wait_reconnect(self, nodes, since=None) -> bool:
+        """As the real network's: here lost connections come back when a test's `reconnect` says."""
+        back = self.ln.reconnect
+        if back is not None and not any(self.connected(n) for n in nodes):
+            self.ln.waiting.set()
+            await back.wait()
+        return any(self.connected(n) for n in nodes)
 
     async def request(self, node: int, msg):
         if node in self.ln.down:
@@ -581,5 +592,34 @@ def test_a_get_racing_a_rewrite_returns_a_page_not_eio():
         ln.stalled[1].set()  # node 1 times out
         assert await get in (new, page(i))
         assert a.stats()["ramster.remote_pers_pages_unsucc_get"] == 0
+
+    run(go())
+
+
+@pytest.mark.parametrize("back", [True, False])
+def test_a_get_with_no_holder_connected_waits_for_a_lost_connection_to_come_back(back):
+    """Every holder's connection went at once (this node was stopped past the peers'
+    idle timeout, say): the get waits for one to come back and reads the page; only
+    when none comes back within the grace does it fail, with EIO, the page not lost."""
+    async def go():
+        ln = cluster(3, replicas=2)
+        a, pool, remote = await remotified(ln, 40)
+        i = remote[0]
+        ln.down |= {1, 2}
+        ln.reconnect = asyncio.Event()
+        get = asyncio.ensure_future(a.get(pool, i & 255, i >> 8))
+        await asyncio.wait_for(ln.waiting.wait(), 10)  # until the get waits (a bound, not a pace)
+        if back:
+            ln.down.clear()
+            ln.reconnect.set()
+            assert await get == page(i)
+            assert a.remote_gets_after_reconnect == 1
+        else:
+            ln.reconnect.set()  # the grace is over (or the redial failed) and nobody came back
+            with pytest.raises(RemoteError) as info:
+                await get
+            assert not info.value.lost and a.remote_pers_pages_lost == 0
+            assert a.remote_gets_after_reconnect == 0
+        a.zc.check()
 
     run(go())

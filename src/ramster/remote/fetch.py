@@ -13,6 +13,13 @@ same remote entry:
   the page is home), which frees the remote entry and flushes the copies in
   order with later puts to those nodes.
 
+When no holder is reachable and their connections were lost a moment ago,
+or this node itself was stalled (stopped) while it asked them, the get waits
+for one to come back (peer.wait_reconnect: a grace of about a second, ended
+early by a redial that fails) and asks again, once
+(`remote_gets_after_reconnect`), rather than fail a page every holder still
+has.
+
 Concurrent gets of one page share one fetch (`_inflight`), then look again.
 The outcomes, as the trust contract wants them: an ephemeral page no holder
 has is a miss; a persistent one raises RemoteError, `lost=False` when a holder
@@ -31,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 
 import xxhash
 
@@ -87,23 +95,33 @@ class Fetch:
         nodes = table.nodes(r)
         data = None
         source = NO_NODE
-        unreachable = 0
-        # connected holders first: a paused one costs a whole request timeout
-        for node in sorted(nodes, key=lambda n: not self.net.connected(n)):
-            try:
-                reply = await self.net.request(node, wire.Get(pool.pool_id, pool.persistent, oid, index, free))
-            except Exception as e:
-                log.debug("get from node %d failed: %s", node, e)
-                unreachable += 1
-                continue
-            if not isinstance(reply, wire.GetReply) or not reply.found:
-                continue
-            if checksum(reply.data) != want:
-                self.remote_checksum_errors += 1
-                log.error("page %s/%d from node %d failed its checksum", oid, index, node)
-                continue
-            data, source = reply.data, node
-            break
+        for attempt in (0, 1):
+            unreachable = 0
+            asked = time.monotonic()
+            # connected holders first: a paused one costs a whole request timeout
+            for node in sorted(nodes, key=lambda n: not self.net.connected(n)):
+                try:
+                    reply = await self.net.request(node, wire.Get(pool.pool_id, pool.persistent, oid, index, free))
+                except Exception as e:
+                    log.debug("get from node %d failed: %s", node, e)
+                    unreachable += 1
+                    continue
+                if not isinstance(reply, wire.GetReply) or not reply.found:
+                    continue
+                if checksum(reply.data) != want:
+                    self.remote_checksum_errors += 1
+                    log.error("page %s/%d from node %d failed its checksum", oid, index, node)
+                    continue
+                data, source = reply.data, node
+                break
+            # No holder reachable, and their connections were lost a moment ago (this node
+            # was stopped past the peers' idle timeout, a link flapped): they are being
+            # made again, and a page every holder still has is worth that wait, not an EIO.
+            # A holder that died refuses its redial, which ends the wait (peer.py).
+            if (data is not None or attempt or not nodes or unreachable < len(nodes)
+                    or zc.remote_entry(pool, oid, index) != r or not await self.net.wait_reconnect(nodes, asked)):
+                break
+            self.remote_gets_after_reconnect += 1
         still = zc.remote_entry(pool, oid, index) == r
         if data is None and not still:
             # a write (or a flush) replaced the page while its holders were asked, and

@@ -29,7 +29,18 @@ stop can close them all. Unlike r2net:
 
 A dialler retries with capped exponential backoff (reconnect_delay doubling
 up to reconnect_max, with jitter so that a cluster that lost a node does not
-redial in lockstep).
+redial in lockstep). A connection that was ready and is lost is expected back
+within a grace (the first redial's delay, and a handshake): until then, or
+until this node's own redial of it fails, `wait_reconnect` lets a caller
+that found no node to ask wait for it rather than fail. A node stopped past
+its peers' idle timeout finds every connection closed when it resumes, and
+its peers are back within that grace; a node that died refuses the first
+redial, so its pages fail at once after that. A node that was stopped also
+sees its requests time out when it resumes, before it notices that the
+connections are gone: a tick every `keepalive` seconds that finds the loop
+was stalled past half a request timeout records it (`stalled_since`), and
+`wait_reconnect(nodes, since)` then waits for a holder heard from after the
+stall, the requests having failed for this node's pause, not the holders'.
 
 The network is the transport only: what a request means is the handler's
 business (ramster.remote.ramster), given to `start()` with the two other
@@ -61,6 +72,7 @@ log = logging.getLogger("ramster.remote")
 
 PROTOCOL_VERSION = wire.VERSION
 REFUSAL_LOG_INTERVAL = 30.0  # seconds between log lines about one node's refused connections
+HANDSHAKE_GRACE = 0.5  # seconds a redialled peer is given to complete its handshake (wait_reconnect)
 
 
 @dataclass
@@ -99,6 +111,10 @@ class PeerNetwork:
         self._refusal_logs: dict[int | None, Throttled] = {}
         self._states = {n.number: PeerState(n.name, n.number) for n in config.peers}
         self._conns: dict[int, PeerConnection] = {}
+        self._lost_at: dict[int, float] = {}  # ready connections lost and not back yet (monotonic)
+        self._stalled_at = 0.0  # when the loop last resumed from a stall (monotonic; _tick)
+        self._last_tick = 0.0
+        self._ticker: asyncio.TimerHandle | None = None
         self._all: set[PeerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -132,12 +148,16 @@ class PeerNetwork:
             reuse_address=True, ssl=self._ssl_server,
             ssl_handshake_timeout=cfg.request_timeout if self._ssl_server else None)
         log.info("node %d (%s) listening on %s", cfg.local.number, cfg.local.name, cfg.local.address)
+        self._last_tick = time.monotonic()
+        self._ticker = loop.call_later(cfg.keepalive, self._tick)
         for spec in cfg.peers:
             if spec.number < cfg.local.number:
                 self._spawn(self._dial(spec))
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         for t in list(self._tasks):
             t.cancel()
         if self._server is not None:
@@ -177,10 +197,13 @@ class PeerNetwork:
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
                 log.debug("node %d (%s): connect to %s failed: %s", spec.number, spec.name, spec.address,
                           e or type(e).__name__)
+                self._redial_failed(spec.number)
             if conn is not None:
                 was_ready = await conn.closed
                 if was_ready:
                     delay = cfg.reconnect_delay
+                else:
+                    self._redial_failed(spec.number)
             if self._stopping:
                 return
             # jitter keeps a cluster that lost a node from redialling in lockstep
@@ -204,6 +227,7 @@ class PeerNetwork:
             # Only a connection that completed the signed handshake gets here, so
             # this is the node itself: it dialled again, having given up on the old one.
             old.close("replaced by a new connection from the same node")
+        self._lost_at.pop(n, None)
         st = self._states[n]
         restarted = st.boot_id is not None and st.boot_id != conn.peer_boot
         st.boot_id = conn.peer_boot
@@ -236,6 +260,7 @@ class PeerNetwork:
             self.state_changed()
             return
         del self._conns[conn.peer]
+        self._lost_at[conn.peer] = time.monotonic()
         self._states[conn.peer].connected = False
         log.info("%s: disconnected (%s)", conn.name, conn.reason or "closed")
         if not self._stopping:
@@ -304,6 +329,54 @@ class PeerNetwork:
         if self._states[node_number].down:
             raise PeerUnavailable(f"node {node_number} is marked down")
         return await conn.request(msg, self.config.request_timeout if timeout is None else timeout)
+
+    def _tick(self) -> None:
+        """A timer callback, not a task: after a stall it runs with the request
+        timeouts that were due, before the callers they woke look at the state."""
+        cfg = self.config
+        now = time.monotonic()
+        if now - self._last_tick > cfg.keepalive + cfg.request_timeout / 2:
+            self._stalled_at = now
+            log.info("this node's loop was stalled for %.1f s", now - self._last_tick - cfg.keepalive)
+        self._last_tick = now
+        if not self._stopping:
+            self._ticker = asyncio.get_running_loop().call_later(cfg.keepalive, self._tick)
+
+    def stalled_since(self, t: float) -> bool:
+        """Whether this node's loop resumed from a stall after monotonic time t."""
+        return self._stalled_at > t
+
+    def _redial_failed(self, n: int) -> None:
+        """This node's redial of n did not end in a ready connection: n is not coming back soon."""
+        if self._lost_at.pop(n, None) is not None:
+            self.state_changed()
+
+    def reconnect_grace(self, node_number: int) -> float:
+        """Seconds left for a lost peer to be back (0: it is connected, marked down, or
+        its grace is over): the first redial's longest delay, and a handshake."""
+        t = self._lost_at.get(node_number)
+        if t is None or self._states[node_number].down:
+            return 0.0
+        grace = self.config.reconnect_delay * 1.2 + min(self.config.request_timeout, HANDSHAKE_GRACE)
+        return max(0.0, t + grace - time.monotonic())
+
+    async def wait_reconnect(self, nodes, since: float | None = None) -> bool:
+        """Wait while none of `nodes` is connected and one of them is within its
+        reconnect grace; whether one is connected. With `since` (monotonic), when
+        this node stalled after it: wait for one heard from after the stall."""
+        nodes = list(nodes)
+        cfg = self.config
+        if since is not None and self.stalled_since(since):
+            after = self._stalled_at
+            heard = lambda: any(self.connected(n) and (self._states[n].last_seen or 0) > after  # noqa: E731
+                                for n in nodes)
+            await self.wait_until(heard, cfg.reconnect_delay * 1.2 + HANDSHAKE_GRACE + cfg.keepalive)
+            return heard()
+        grace = max((self.reconnect_grace(n) for n in nodes), default=0.0)
+        if grace > 0:
+            await self.wait_until(lambda: any(self.connected(n) for n in nodes)
+                                  or not any(self.reconnect_grace(n) for n in nodes), grace)
+        return any(self.connected(n) for n in nodes)
 
     def connected(self, node_number: int) -> bool:
         """Connected and not marked down: worth asking."""

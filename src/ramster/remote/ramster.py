@@ -58,7 +58,8 @@ _COUNTERS = (
     "remote_eph_pages_succ_get", "remote_pers_pages_succ_get", "remote_eph_pages_unsucc_get",
     "remote_pers_pages_unsucc_get", "pers_pages_remote_nomem", "remote_objects_flushed", "remote_pages_flushed",
     "remote_object_flushes_failed", "remote_page_flushes_failed", "remote_pools_destroyed",
-    "remote_pool_destroys_failed", "remote_pers_pages_lost", "remote_checksum_errors", "pages_rereplicated",
+    "remote_pool_destroys_failed", "remote_pers_pages_lost", "remote_checksum_errors", "remote_gets_after_reconnect",
+    "pages_rereplicated",
 )  # fmt: skip
 
 
