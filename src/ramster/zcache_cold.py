@@ -54,6 +54,7 @@ from array import array
 import zstandard
 
 from .coldlog import ColdLog
+from .tmem import LOCAL_CLIENT
 from .pampd import COLD_BASE, COLD_GROUP, COLD_SHIFT, MAX_COLD, cold
 from .units import PAGE_SIZE
 from .zbud import CLASS_SHIFT, HANDLE, HANDLE_SIZE, LIVE, PERS, TRIED
@@ -176,8 +177,11 @@ class ColdGroups:
 
     def _cold_owner(self, h: int):
         """(pool, oid, index) of the slot dense handle h's header names, if that slot
-        still holds h; else None."""
+        is a local persistent pool's and still holds h; else None (a handle queued,
+        freed and handed to a peer's page meanwhile names a foreign slot)."""
         client_id, pool_id, oid, index = self.zbud.handle(h)
+        if client_id != LOCAL_CLIENT:
+            return None
         pool = self.tmem.get_pool(client_id, pool_id)
         if pool is None or not pool.persistent or self.tmem.lookup(pool, oid, index) != h:
             return None
@@ -331,6 +335,8 @@ class ColdGroups:
 
     def _cold_release(self) -> None:
         self._cold_c = None
+        self._cold_cached_g = -1  # and the group the pass read last: 132 KB
+        self._cold_cached = b""
 
     def _cold_compact(self) -> int:
         return self._cold.compact()

@@ -314,3 +314,28 @@ def test_a_swap_areas_neighbouring_offsets_share_a_group():
         assert len({(COLD_BASE - p) // COLD_GROUP for p in run if is_cold(p)}) <= 2
     for off in range(N):
         assert fs.load(0, off) == page(off)
+
+
+def test_a_queued_handle_handed_to_a_peers_page_is_not_grouped():
+    zc = Zcache(2048, allocator="dense")
+    pid = zc.new_pool(persistent=True)
+    foreign = zc.foreign_pool(3, 1, True)
+    for i in range(40):
+        assert zc.put_page(pid, 1, i, page(i))
+    zc.mark_idle()
+    zc.recompress(max_pages=5)  # queued, not grouped yet
+    pool = zc.pool(pid)
+    handles = [zc.lookup(pool, 1, i) for i in range(5)]
+    for i in range(5):
+        zc.flush_page(pid, 1, i)
+    for i in range(5):  # the freed handles go to a peer's pages
+        assert zc.put_raw(foreign, 1, i, zc._compress(page(100 + i)))
+    assert sorted(zc.lookup(foreign, 1, i) for i in range(5)) == sorted(handles)
+    while zc.recompress_pending():
+        zc.recompress()
+    zc.check()
+    for i in range(5):
+        assert not is_cold(zc.lookup(foreign, 1, i))
+        assert zc.get_raw(foreign, 1, i, False) == zc._compress(page(100 + i))  # as it came
+    assert stats(zc)["cold_pages"] > 0
+    reads_back(zc, pid, {i: page(i) for i in range(5, 40)})
