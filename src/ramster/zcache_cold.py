@@ -118,36 +118,68 @@ class ColdGroups:
 
     # ---- making groups (called by the recompression pass) ---------------------------------------
 
-    def _cold_take(self, h: int) -> int:
-        """Queue the page of dense handle h, held by its own slot, for a group; the
-        pages grouped now (when the window is full).
+    def _cold_take(self, h: int) -> None:
+        """Queue the page of dense handle h, held by its own slot, for a group.
 
         The queue is a window of up to COLD_WINDOW pages, sorted by slot before it
-        is cut into groups, so a group holds neighbouring pages (a swap area's
-        slots), and a swap-in that reads a page and its neighbours decompresses
-        one group, not one per page. The window waits across calls of the pass,
-        while puts and frees run, so it keeps no bytes and no owner: a page is
-        grouped as its handle holds it when the group is made, and only if the
-        slot its handle names still holds that handle (a page freed, replaced or
-        moved since is left alone). It is an array of handles: no Python object a
-        page (see coldlog.py on arenas)."""
+        is cut into groups (`_cold_stage`), so a group holds neighbouring pages (a
+        swap area's slots), and a swap-in that reads a page and its neighbours
+        decompresses one group, not one per page. The window and the sorted
+        queue wait across calls of the pass, while puts and frees run, so they
+        keep no bytes and no owner: a page is grouped as its handle holds it when
+        the group is made, and only if the slot its handle names still holds that
+        handle (a page freed, replaced or moved since is left alone). They are
+        arrays of handles: no Python object a page (see coldlog.py on arenas)."""
         batch = self._cold_batch
         batch.append(h)
-        return self._cold_flush() if len(batch) >= COLD_WINDOW else 0
+        if len(batch) >= COLD_WINDOW and self._cold_ready_pos >= len(self._cold_ready):
+            self._cold_stage()
 
-    def _cold_flush(self) -> int:
-        """Make groups of the queued pages still in place; the pages grouped."""
+    def _cold_stage(self) -> None:
+        """The window, sorted, becomes the queue groups are cut from."""
         batch, self._cold_batch = self._cold_batch, array("i")
-        order = self._cold_sorted(batch)
-        del batch
+        self._cold_ready = self._cold_sorted(batch)
+        self._cold_ready_pos = 0
+
+    def _cold_pending(self) -> int:
+        """Pages queued for groups, and 1 while sparse groups may still merge."""
+        return len(self._cold_batch) + len(self._cold_ready) - self._cold_ready_pos + self._cold_more
+
+    def _cold_work(self, groups: int, finishing: bool) -> tuple[int, bool]:
+        """Make at most `groups` groups from the queue; with `finishing` (the pass
+        has looked at every page), the window's rest too, and then merge sparse
+        groups. A call's work is bounded so a pass at a CPU share never holds the
+        node's loop for long. Returns (pages grouped or moved, whether work is left)."""
+        ready = self._cold_ready
+        if self._cold_ready_pos >= len(ready) and (finishing or len(self._cold_batch) >= COLD_WINDOW):
+            if self._cold_batch:
+                self._cold_stage()
+                ready = self._cold_ready
         done = 0
-        for i in range(0, len(order), COLD_GROUP):
-            members = [(self._cold_owner(h), h) for h in order[i:i + COLD_GROUP]]
-            n = self._cold_group(members)
-            if n < 0:
-                break  # no frames: a later pass tries again
+        while groups > 0 and self._cold_ready_pos < len(ready):
+            pos = self._cold_ready_pos
+            self._cold_ready_pos = pos + COLD_GROUP
+            groups -= 1
+            members = []
+            for h in ready[pos:pos + COLD_GROUP]:
+                owner = self._cold_fit(h)
+                if owner is not None:
+                    members.append((owner, h))
+            n = self._cold_group(members) if members else 0
+            if n < 0:  # no frames for the blob now: these pages wait for a later pass
+                self._cold_ready_pos = len(ready)
+                break
             done += n
-        return done
+        if self._cold_ready_pos >= len(ready):
+            self._cold_ready, self._cold_ready_pos = array("i"), 0
+        if not finishing or self._cold_ready or self._cold_batch:
+            return done, bool(self._cold_ready or (finishing and self._cold_batch))
+        if groups <= 0:
+            self._cold_more = 1  # the sparse groups, at the next call
+            return done, True
+        n, more = self._cold_regroup(groups)
+        self._cold_more = int(more)
+        return done + n, more
 
     def _cold_sorted(self, handles) -> array:
         """The handles still fit for a group, each once (a new pass may look at a page
@@ -155,13 +187,9 @@ class ColdGroups:
         key with the handle in its low bits, and all are gone before any group is:
         a tuple or two a page, kept until the sort, grew the process by a megabyte
         the allocator's arenas kept (see coldlog.py)."""
-        dense = self.zbud
-        state = dense.state
         keys = []
         for h in handles:
-            if not dense.hsize[h] or state[dense.unit_of(h)] & _STATE != LIVE or dense.codec(h):
-                continue
-            owner = self._cold_owner(h)
+            owner = self._cold_fit(h)
             if owner is not None:
                 pool, oid, index = owner
                 keys.append(_slot_key(pool.pool_id, oid, index) << 32 | h)
@@ -175,11 +203,15 @@ class ColdGroups:
                 last = h
         return out
 
-    def _cold_owner(self, h: int):
-        """(pool, oid, index) of the slot dense handle h's header names, if that slot
-        is a local persistent pool's and still holds h; else None (a handle queued,
-        freed and handed to a peer's page meanwhile names a foreign slot)."""
-        client_id, pool_id, oid, index = self.zbud.handle(h)
+    def _cold_fit(self, h: int):
+        """(pool, oid, index) of the slot dense handle h's header names, if h holds a
+        page in the node's codec on a live unit, and that slot is a local persistent
+        pool's and still holds h; else None (a handle queued, freed and handed to
+        another page meanwhile, perhaps a peer's, fails one of those)."""
+        dense = self.zbud
+        if not dense.hsize[h] or dense.state[dense.unit_of(h)] & _STATE != LIVE or dense.codec(h):
+            return None
+        client_id, pool_id, oid, index = dense.handle(h)
         if client_id != LOCAL_CLIENT:
             return None
         pool = self.tmem.get_pool(client_id, pool_id)
@@ -224,15 +256,25 @@ class ColdGroups:
         self.cold_grouped += len(members)
         return len(members)
 
-    def _cold_regroup(self) -> int:
+    def _cold_regroup(self, groups: int) -> tuple[int, bool]:
         """Put the live members of sparse groups (a quarter full or less) into new
-        groups, when there are two sparse groups or more to merge; the pages moved.
-        A member's old place is freed once the new group holds it."""
+        groups, when there are two sparse groups or more to merge, at most `groups`
+        new ones a call; (the pages moved, whether sparse groups are left). A
+        member's old place is freed once the new group holds it."""
         log = self._cold
         sparse = [g for g in log.newest() if bin(log.mask[g]).count("1") <= SPARSE]
         if len(sparse) < 2:
-            return 0
-        batch = sorted(((owner, cold(g, m), page) for g in sparse for owner, m, page in self._cold_members(g)),
+            return 0, False
+        take, pages = [], 0
+        for g in sparse:
+            if pages >= groups * COLD_GROUP:
+                break
+            take.append(g)
+            pages += bin(log.mask[g]).count("1")
+        more = len(sparse) - len(take) >= 2
+        if len(take) < 2:
+            return 0, more
+        batch = sorted(((owner, cold(g, m), page) for g in take for owner, m, page in self._cold_members(g)),
                        key=lambda entry: _slot_key(entry[0][0].pool_id, *entry[0][1:]))
         done = 0
         lookup = self.tmem.lookup
@@ -256,7 +298,7 @@ class ColdGroups:
                 self._cold_free(p)
             self.cold_regrouped += len(part)
             done += len(part)
-        return done
+        return done, more
 
     def _cold_members(self, g: int):
         """(owner, m, page) of every live member of group g whose slot still holds it."""
@@ -366,7 +408,10 @@ def cold_init(zc, on: bool) -> None:
     zc._cold = ColdLog(zc.arena, zc._cold_frames if zc._dense else None)
     zc._cold_c = None
     zc._cold_d = zstandard.ZstdDecompressor()
-    zc._cold_batch = array("i")
+    zc._cold_batch = array("i")  # the window: handles queued, unsorted
+    zc._cold_ready = array("i")  # the window sorted, groups cut from _cold_ready_pos on
+    zc._cold_ready_pos = 0
+    zc._cold_more = 0  # 1: sparse groups may still merge (the pass is not over)
     zc._cold_cached_g = -1
     zc._cold_cached = b""
     for name in COLD_COUNTERS:

@@ -68,7 +68,7 @@ from array import array
 
 from . import compress as _compress
 from .handles import page_budget
-from .pampd import HUGE_BASE
+from .pampd import COLD_GROUP, HUGE_BASE
 from .tmem import LOCAL_CLIENT
 from .units import PAGE_SIZE
 from .zbud import (CLASS_SHIFT, CODEC_OFFSET, EPH, HANDLE_SIZE, LIVE, MAX_BUDDY_SIZE, MAX_SIZE, NSENTINELS, PERS, TRIED,
@@ -100,8 +100,9 @@ class Recompress:
         compression, kept or not); returns the pages recompressed. Resumes where
         the last call stopped, until a pass is over (`recompress_pending`)."""
         limit = page_budget(max_pages)
+        # a pass is over once every page was looked at and its cold groups are made
         if (not self._recomp_queue or self._recomp_pass != (self._idle_epoch, idle_only)
-                or self._recomp_pos >= len(self._recomp_queue)):
+                or (self._recomp_pos >= len(self._recomp_queue) and not self._cold_pending())):
             # an array: ints kept in a list through the pass would pin the arenas of the
             # many small objects a pass makes and drops (coldlog.py)
             self._recomp_queue = array("i", self._recompress_candidates(idle_only))
@@ -121,21 +122,25 @@ class Recompress:
                 t, d = self._recompress_frame(item, idle_only)
             tried += t
             done += d
-        if self._dense and self._recomp_pos >= len(queue):
-            # the pass's last cold pages make a group, sparse groups merge, and the
-            # holes the pass left in the log and in the zspages are packed
-            done += self._cold_flush() + self._cold_regroup()
-            self._cold_release()
-            self._cold_compact()
-            self.zbud.compact()
+        if self._dense:
+            # cold groups: a group for each 32 pages the call may still look at, one at
+            # least; at the end of the pass the window's rest and the sparse groups,
+            # and then the holes the pass left in the log and in the zspages are packed
+            finishing = self._recomp_pos >= len(queue)
+            n, left = self._cold_work(max(1, (limit - tried) // COLD_GROUP), finishing)
+            done += n
+            if finishing and not left:
+                self._cold_release()
+                self._cold_compact()
+                self.zbud.compact()
         self.arena.release_free_frames()
         return done
 
     def recompress_pending(self) -> int:
-        """Frames and huge pages left in the current pass (0: the pass is over; the
-        next recompress() starts another, which finds nothing new until pages
-        are marked idle again or new huge pages arrive)."""
-        return len(self._recomp_queue) - self._recomp_pos
+        """Frames and huge pages left in the current pass, and pages queued for cold
+        groups (0: the pass is over; the next recompress() starts another, which
+        finds nothing new until pages are marked idle again or new huge pages arrive)."""
+        return len(self._recomp_queue) - self._recomp_pos + self._cold_pending()
 
     def recompress_waiting(self) -> bool:
         """Whether a new pass would find what the last one did not: pages marked idle
@@ -298,7 +303,7 @@ class Recompress:
                 continue
             tried += 1
             if c == PERS and self.cold_groups and type(d) is tuple:  # its own slot's: into a cold group (zcache_cold.py)
-                done += self._cold_take(h)
+                self._cold_take(h)
                 continue
             old = dense.hsize[h]
             page = self._decompress(dense.payload(h))

@@ -40,8 +40,10 @@ class ColdMachine(RuleBasedStateMachine):
 
     @rule(index=index_st, data=page_st)
     def put(self, index, data):
+        ok = self.zc.put_page(self.pid, 1, index, data, huge=True)
+        # the put may have made room by writing the page's old version to the sink
         self.disk.pop(index, None)
-        if self.zc.put_page(self.pid, 1, index, data, huge=True):
+        if ok:
             self.model[index] = data
         else:
             self.model.pop(index, None)

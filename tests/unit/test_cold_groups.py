@@ -339,3 +339,22 @@ def test_a_queued_handle_handed_to_a_peers_page_is_not_grouped():
         assert zc.get_raw(foreign, 1, i, False) == zc._compress(page(100 + i))  # as it came
     assert stats(zc)["cold_pages"] > 0
     reads_back(zc, pid, {i: page(i) for i in range(5, 40)})
+
+
+def test_a_pass_in_small_calls_makes_a_group_or_so_per_call_and_finishes():
+    """The background task calls recompress(8) at a CPU share: no call may make the
+    window's hundreds of groups at once and hold the node's loop meanwhile."""
+    pages = {i: page(i) for i in range(1500)}
+    zc, pid = filled(pages=list(pages.values()))
+    zc.mark_idle()
+    calls = 0
+    while True:
+        before = zc.cold_grouped + zc.cold_regrouped
+        zc.recompress(8)
+        calls += 1
+        assert zc.cold_grouped + zc.cold_regrouped - before <= 2 * COLD_GROUP
+        if not zc.recompress_pending():
+            break
+    zc.check()
+    assert stats(zc)["cold_pages"] > 1400 and calls > 1500 // COLD_GROUP
+    reads_back(zc, pid, pages)
