@@ -34,8 +34,9 @@ from .units import PAGE_SHIFT, PAGE_SIZE
 
 
 class ColdLog:
-    def __init__(self, arena, on_frames=None):
+    def __init__(self, arena, on_frames=None, max_groups: int = 1 << 31):
         self.arena = arena
+        self.max_groups = max_groups  # ids 0..max_groups-1: what the caller can name
         self._on_frames = on_frames  # told the log's frame count whenever it changes
         self.frames = array("i")  # log page k is arena frame frames[k]
         self.end = 0  # bytes of the log in use, holes included
@@ -109,7 +110,10 @@ class ColdLog:
     # ---- groups ---------------------------------------------------------------------------
 
     def add(self, blob: bytes, members: int) -> int:
-        """Append a group of `members` live pages; its id, or -1 when no frame is free."""
+        """Append a group of `members` live pages; its id, or -1 when no frame or no
+        id is free."""
+        if not self._free_g and len(self.pos) >= self.max_groups:
+            return -1
         start = self.end
         if not self._grow_to(start + len(blob)):
             return -1

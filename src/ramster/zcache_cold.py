@@ -99,10 +99,7 @@ class ColdGroups:
         if self._idle_marked:
             self._cold.seen[g] = 1
         m = k & (COLD_GROUP - 1)
-        raw = self._cold_raw(g)
-        n = len(raw) // (HANDLE_SIZE + PAGE_SIZE)
-        off = n * HANDLE_SIZE + m * PAGE_SIZE
-        return raw[off:off + PAGE_SIZE]
+        return _member_page(self._cold_raw(g), m)
 
     def _cold_free(self, p: int) -> None:
         k = COLD_BASE - p
@@ -223,8 +220,6 @@ class ColdGroups:
         """One group of `members` (owner, dense handle); the pages grouped, 0 when
         compressing them together saves nothing, -1 when the log has no room."""
         dense = self.zbud
-        if len(self._cold.mask) * COLD_GROUP >= MAX_COLD and not self._cold._free_g:
-            return -1
         decompress = self._decompress
         raw = (b"".join(dense.handle_bytes(h) for _, h in members)
                + b"".join(decompress(dense.payload(h)) for _, h in members))
@@ -235,14 +230,9 @@ class ColdGroups:
                 dense.set_codec(h, TRIED)  # a later pass skips the page
             self.recompress_skipped += len(members)
             return 0
-        if self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
-            return 0  # never kept: a blob that does not read back exactly
-        log = self._cold
-        g = log.add(blob, len(members))
+        g = self._cold_add(raw, blob, len(members))
         if g < 0:
-            return -1
-        if self._cold_cached_g == g:
-            self._cold_cached_g = -1
+            return g if g == -1 else 0
         dedup = self.dedup
         relink = self.tmem.relink
         for m, (owner, h) in enumerate(members):
@@ -255,6 +245,17 @@ class ColdGroups:
         self.recompressed += len(members)
         self.cold_grouped += len(members)
         return len(members)
+
+    def _cold_add(self, raw: bytes, blob: bytes, members: int) -> int:
+        """Keep `blob` (the compressed `raw`) as a group of `members` pages: its id;
+        -1 when the log has no frame or no id for it, -2 when the blob does not
+        read back exactly (never kept)."""
+        if self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
+            return -2
+        g = self._cold.add(blob, members)
+        if g >= 0 and self._cold_cached_g == g:
+            self._cold_cached_g = -1  # an id freed and given again: not the group cached
+        return g
 
     def _cold_regroup(self, groups: int) -> tuple[int, bool]:
         """Put the live members of sparse groups (a quarter full or less) into new
@@ -284,13 +285,11 @@ class ColdGroups:
                 continue
             raw = b"".join(_handle(o) for o, _, _ in part) + b"".join(pg for _, _, pg in part)
             blob = self._cold_compressor().compress(raw)
-            if self._cold_d.decompress(blob, max_output_size=RAW_MAX) != raw:
-                continue
-            g = log.add(blob, len(part))
-            if g < 0:
+            g = self._cold_add(raw, blob, len(part))
+            if g == -1:
                 break
-            if self._cold_cached_g == g:
-                self._cold_cached_g = -1
+            if g < 0:
+                continue
             self.zpages[PERS] += len(part)
             self.zbytes[PERS] += len(blob)
             for m, (owner, p, _) in enumerate(part):
@@ -316,8 +315,7 @@ class ColdGroups:
             pool = get_pool(client_id, pool_id)
             if pool is None or lookup(pool, oid, index) != cold(g, m):
                 continue
-            off = n * HANDLE_SIZE + m * PAGE_SIZE
-            out.append(((pool, oid, index), m, raw[off:off + PAGE_SIZE]))
+            out.append(((pool, oid, index), m, _member_page(raw, m)))
         return out
 
     # ---- leaving memory ----------------------------------------------------------------------------
@@ -390,6 +388,12 @@ def _slot_key(pool_id: int, oid: int, index: int) -> int:
     return (pool_id << 32 | index) << 192 | oid
 
 
+def _member_page(raw: bytes, m: int) -> bytes:
+    """Member m's page in a decompressed group: the members' handles come first."""
+    off = len(raw) // (HANDLE_SIZE + PAGE_SIZE) * HANDLE_SIZE + m * PAGE_SIZE
+    return raw[off:off + PAGE_SIZE]
+
+
 def _owner(raw: bytes, m: int) -> tuple[int, int, int, int]:
     """(oid, index, pool_id, client_id) of member m's handle."""
     oidb, index, pool_id, _codec, client_id = HANDLE.unpack_from(raw, m * HANDLE_SIZE)
@@ -405,7 +409,7 @@ def cold_init(zc, on: bool) -> None:
     """The state a Zcache keeps for cold groups (called from its __init__); `on`: the
     recompression pass makes them."""
     zc.cold_groups = on
-    zc._cold = ColdLog(zc.arena, zc._cold_frames if zc._dense else None)
+    zc._cold = ColdLog(zc.arena, zc._cold_frames if zc._dense else None, MAX_COLD >> COLD_SHIFT)
     zc._cold_c = None
     zc._cold_d = zstandard.ZstdDecompressor()
     zc._cold_batch = array("i")  # the window: handles queued, unsorted

@@ -147,10 +147,10 @@ class Reclaim:
         n = self._write_back_huge_frames(huge, sink, left - done)
         self.written_back_idle += n
         done += n
-        n = self._write_back_cold(sink, getattr(sink, "accepts", None), left - done, idle_only=True)[0]
+        accepts = getattr(sink, "accepts", None)
+        n = self._write_back_cold(sink, accepts, left - done, idle_only=True)[0]
         self.written_back_idle += n
         done += n
-        accepts = getattr(sink, "accepts", None)
         for f in zbud.idle_frames(PERS):
             if done >= left:
                 break

@@ -80,6 +80,15 @@ def test_a_full_budget_takes_nothing():
     log.check()
 
 
+def test_no_group_beyond_the_ids_the_caller_can_name():
+    log = ColdLog(FrameArena(16), max_groups=2)
+    g0, g1 = log.add(blob(1, 100), 1), log.add(blob(2, 100), 1)
+    assert log.add(blob(3, 100), 1) == -1 and log.groups == 2 and log.end == 200
+    log.free_member(g1, 0)  # at the end of the log: its id is free again
+    assert log.add(blob(4, 100), 1) == g1
+    log.check()
+
+
 def test_a_freed_id_is_reused_only_once_it_left_the_order():
     log = ColdLog(FrameArena(16))
     g0, g1 = log.add(blob(1, 100), 1), log.add(blob(2, 100), 1)
